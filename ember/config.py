@@ -1,0 +1,88 @@
+"""EngineConfig: every knob of Ember in one validated dataclass.
+
+CLI flags map one to one onto fields (`--max-num-seqs` is `max_num_seqs`), and
+`LLM(**kwargs)` takes the same names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB' -> 2147483648; plain integers are bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else None
+    if not m or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512MiB, 2GiB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
+    dtype: str = field(default="fp32", metadata={"help": "compute dtype: fp32 or bf16"})
+    linear: str = field(default="dense", metadata={"help": "LinearMethod for the projections"})
+    attention: str = field(default="torch", metadata={"help": "AttentionBackend"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
+    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
+    kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
+    kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
+    max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
+    max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
+    max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
+    seed: int = field(default=0, metadata={"help": "global random seed"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from ember.kernels.attention import ATTENTION_BACKENDS
+        from ember.kernels.linear import LINEAR_METHODS
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of: fp32, bf16")
+        if self.linear not in LINEAR_METHODS:
+            raise ValueError(f"linear {self.linear!r} is not one of: {', '.join(LINEAR_METHODS.names())}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention {self.attention!r} is not one of: {', '.join(ATTENTION_BACKENDS.names())}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("threads", "kv_cache_tokens", "max_model_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if parse_bytes(self.kv_cache_memory) <= 0:
+            raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory!r}")
+        if self.model is not None and not os.path.exists(self.model):
+            raise ValueError(f"model path does not exist: {self.model}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "EngineConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown engine option(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    def apply_threads(self) -> int:
+        n = self.threads or os.cpu_count() or 1
+        torch.set_num_threads(n)
+        return n

@@ -1,0 +1,45 @@
+"""`torch`: the reference attention backend in plain PyTorch (gather blocks, masked SDPA per sequence)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ember.kernels.attention.base import ATTENTION_BACKENDS, AttentionBackend, AttentionMetadata
+
+
+def causal_mask(q_len: int, kv_len: int, device=None) -> torch.Tensor:
+    """Boolean [q_len, kv_len]: query i (at position kv_len - q_len + i) sees keys up to itself."""
+    offset = kv_len - q_len
+    rows = torch.arange(q_len, device=device)[:, None] + offset
+    cols = torch.arange(kv_len, device=device)[None, :]
+    return cols <= rows
+
+
+@ATTENTION_BACKENDS.register("torch")
+class TorchAttention(AttentionBackend):
+    name = "torch"
+
+    def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
+        if kv_cache is not None:
+            kv_cache.write(layer, meta.slot_mapping, k, v)
+        out = torch.empty_like(q)
+        start = 0
+        for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
+            end = start + q_len
+            if kv_cache is None:
+                keys, values = k[start:end], v[start:end]
+            else:
+                keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
+            qi = q[start:end].transpose(0, 1)  # [H, q, D]
+            ki, vi = keys.transpose(0, 1), values.transpose(0, 1)  # [Hkv, ctx, D]
+            if q_len == ctx_len:
+                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+            elif q_len == 1:
+                o = F.scaled_dot_product_attention(qi, ki, vi, scale=scale, enable_gqa=True)
+            else:
+                mask = causal_mask(q_len, ctx_len, q.device)
+                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+            out[start:end] = o.transpose(0, 1)
+            start = end
+        return out

@@ -1,0 +1,11 @@
+"""LinearMethod: how a projection's weight is stored and multiplied. One file per method."""
+
+from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod
+from ember.kernels.linear import dense  # noqa: F401  (registers "dense")
+
+
+def get_linear_method(name: str) -> LinearMethod:
+    return LINEAR_METHODS.create(name)
+
+
+__all__ = ["LINEAR_METHODS", "LinearMethod", "get_linear_method"]

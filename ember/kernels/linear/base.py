@@ -1,0 +1,27 @@
+"""The LinearMethod seam: `pack` a float weight once at load, `apply` it to activations each step."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from ember.registry import Registry
+
+
+class LinearMethod(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Turn a float weight [out, in] into whatever tensors `apply` needs."""
+
+    @abstractmethod
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y = x @ W^T (+ b) for x [..., in]."""
+
+    def weight_bytes(self, params: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in params.values())
+
+
+LINEAR_METHODS: Registry[LinearMethod] = Registry("linear method")

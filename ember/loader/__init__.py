@@ -1,0 +1,67 @@
+"""Load a model and its tokenizer from a GGUF file or a Hugging Face directory, offline."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ember.kernels.attention import get_attention_backend
+from ember.kernels.linear import get_linear_method
+from ember.loader.default_model import default_model_path
+from ember.loader.errors import ModelLoadError
+from ember.loader.tokenizer import EmberTokenizer
+from ember.models import MODELS, ModelConfig
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: EmberTokenizer
+    config: ModelConfig
+    path: str
+    source_format: str  # "gguf" or "hf"
+
+
+def resolve_model_path(model: str | None) -> str:
+    path = default_model_path() if model is None else os.path.expanduser(model)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model not found: {path}")
+    return path
+
+
+def read_model_config(path: str) -> tuple[ModelConfig, str]:
+    if os.path.isdir(path):
+        from ember.loader import hf_dir
+        return hf_dir.read_config(path), "hf"
+    from ember.loader.gguf import GGUFFile
+    return GGUFFile(path).model_config(), "gguf"
+
+
+def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, linear: str = "dense",
+               attention: str = "torch", progress: bool = False) -> LoadedModel:
+    path = resolve_model_path(model)
+    if os.path.isdir(path):
+        from ember.loader import hf_dir
+        config = hf_dir.read_config(path)
+        tokenizer = EmberTokenizer.from_dir(path)
+        weights_iter, total, fmt = hf_dir.iter_weights(path, torch.float32), None, "hf"
+    else:
+        from ember.loader.gguf import GGUFFile
+        gguf_file = GGUFFile(path)
+        config = gguf_file.model_config()
+        tokenizer = EmberTokenizer.from_gguf_metadata(gguf_file.metadata)
+        weights_iter, total, fmt = gguf_file.weights(config, torch.float32), gguf_file.num_tensors(), "gguf"
+    if progress:
+        from tqdm import tqdm
+        weights_iter = tqdm(weights_iter, total=total, desc=f"loading {os.path.basename(path)}", unit="tensor", leave=False)
+    weights = dict(weights_iter)
+    net = MODELS.create(config.architecture, config, get_linear_method(linear), get_attention_backend(attention),
+                        dtype=dtype, lm_head_method=get_linear_method("dense"))
+    net.load_weights(weights)
+    net.eval()
+    return LoadedModel(net, tokenizer, config, path, fmt)
+
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "read_model_config", "resolve_model_path", "default_model_path"]
