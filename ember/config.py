@@ -44,6 +44,10 @@ class EngineConfig:
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "share KV blocks between requests with equal prefixes"})
+    policy: str = field(default="fcfs", metadata={"help": "scheduling policy"})
+    preemption: str = field(default="recompute", metadata={"help": "how a preempted request gives back its KV: recompute or swap"})
+    swap_space: str = field(default="1GiB", metadata={"help": "host memory for swapped-out KV blocks"})
     seed: int = field(default=0, metadata={"help": "global random seed"})
 
     def __post_init__(self) -> None:
@@ -65,6 +69,13 @@ class EngineConfig:
         for name in ("threads", "kv_cache_tokens", "max_model_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        from ember.engine.policies import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of: {', '.join(POLICIES.names())}")
+        if self.preemption not in ("recompute", "swap"):
+            raise ValueError(f"preemption {self.preemption!r} is not one of: recompute, swap")
+        parse_bytes(self.swap_space)
         if parse_bytes(self.kv_cache_memory) <= 0:
             raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory!r}")
         if self.model is not None and not os.path.exists(self.model):

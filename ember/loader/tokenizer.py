@@ -173,16 +173,20 @@ class IncrementalDetokenizer:
     decode a short window of recent tokens and emit only what it adds to the text so far.
     """
 
-    def __init__(self, tokenizer: EmberTokenizer):
+    def __init__(self, tokenizer: EmberTokenizer, skip_special_tokens: bool = True):
         self._tok = tokenizer
+        self._skip = skip_special_tokens
         self.ids: list[int] = []
         self._prefix = 0  # start of the decode window
         self._read = 0  # tokens already turned into emitted text
 
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=self._skip)
+
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        before = self._tok.decode(self.ids[self._prefix:self._read])
-        after = self._tok.decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self._prefix, self._read = self._read, len(self.ids)
             return after[len(before):]
@@ -190,8 +194,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character at the end of generation)."""
-        before = self._tok.decode(self.ids[self._prefix:self._read])
-        after = self._tok.decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
         self._prefix = self._read = len(self.ids)
         return after[len(before):] if len(after) > len(before) else ""
 

@@ -1,0 +1,227 @@
+"""`ember` command line: generate | chat | info | eval ppl."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from ember.config import EngineConfig
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Every EngineConfig field becomes a flag of the same name (`max_num_seqs` -> `--max-num-seqs`)."""
+    group = parser.add_argument_group("engine options")
+    for f in dataclasses.fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f"{help_text} (default: {f.default})")
+        else:
+            kind = int if f.type in ("int", int) else str
+            group.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                               metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    names = {f.name for f in dataclasses.fields(EngineConfig)}
+    return EngineConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=max_tokens, help=f"tokens to generate (default: {max_tokens})")
+    g.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default: 0.7)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (default: 0, off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_params(args):
+    from ember.engine.sampling_params import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          stop=args.stop, seed=args.seed)  # --seed makes the sampling reproducible
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember", description="Ember: a readable, efficient LLM inference engine.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("generate", help="generate a continuation of one prompt, streamed to stdout",
+                       description="Generate from one prompt and stream the text to stdout.")
+    p.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="wrap the prompt as one user message in the chat template (default when the model has one)")
+    mode.add_argument("--raw", dest="chat", action="store_false", help="use the prompt text as is")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    add_sampling_args(p, max_tokens=256)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat in the terminal",
+                       description="Chat with the model. Commands: /reset clears the history, /quit exits.")
+    p.add_argument("--system", default=None, help="system message")
+    add_sampling_args(p, max_tokens=512)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="model architecture, sizes and KV-cache capacity",
+                       description="Print the model's architecture, parameter count, layer shapes and memory.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--energy", action="store_true", help="add an op-count energy estimate per generated token")
+    add_engine_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="evaluations (ppl)", description="Evaluations.")
+    esub = p.add_subparsers(dest="eval_command", metavar="EVAL")
+    esub.required = True
+    e = esub.add_parser("ppl", help="perplexity over non-overlapping windows",
+                        description="Perplexity over non-overlapping windows of a text, each run without cache. "
+                                    "The default text is the English documentation every Python carries "
+                                    "(pydoc_data.topics).")
+    e.add_argument("--text", default=None, help="a UTF-8 text file (default: pydoc_data.topics)")
+    e.add_argument("--context", type=int, default=512, help="window length in tokens (default: 512)")
+    e.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
+    e.add_argument("--score", choices=["all", "second-half"], default="all",
+                   help="score every prediction, or only the second half of each window as llama.cpp does")
+    e.add_argument("--windows-per-batch", type=int, default=4, help="windows per forward pass (default: 4)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    add_engine_args(e)
+    e.set_defaults(func=cmd_eval_ppl)
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------
+def _llm(args, progress: bool = True):
+    from ember.llm import LLM
+
+    cfg = engine_config(args)
+    return LLM(progress=progress, **dataclasses.asdict(cfg))
+
+
+def cmd_generate(args) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = sampling_params(args)
+    llm = _llm(args)
+    use_chat = args.chat if args.chat is not None else bool(llm.tokenizer.chat_template)
+    if use_chat:
+        if not llm.tokenizer.chat_template:
+            raise SystemExit("error: --chat: this model has no chat template; use --raw")
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": prompt}]
+        source = {"prompt_token_ids": llm.encode_chat(messages)}
+    else:
+        source = prompt
+    for piece in llm.stream(source, params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _llm(args)
+    if not llm.tokenizer.chat_template:
+        raise SystemExit("error: this model has no chat template; use `ember generate --raw`")
+    params = sampling_params(args)
+    base = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(base)
+    interactive = sys.stdin.isatty()
+    print("Chat with the model. /reset clears the history, /quit or Ctrl-D exits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            history = list(base)
+            continue
+        history.append({"role": "user", "content": line})
+        ids = llm.encode_chat(history)
+        if len(ids) + 1 >= llm.engine.max_model_len:
+            print(f"[the conversation is {len(ids)} tokens, over the {llm.engine.max_model_len}-token limit; "
+                  "use /reset]", file=sys.stderr)
+            history.pop()
+            continue
+        reply = []
+        try:
+            for piece in llm.stream({"prompt_token_ids": ids}, params):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass  # stop this reply, keep the chat
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_info(args) -> int:
+    from ember.info import model_info
+
+    info = model_info(engine_config(args), energy=args.energy)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        from ember.info import format_info
+        print(format_info(info))
+    return 0
+
+
+def cmd_eval_ppl(args) -> int:
+    from ember.eval.perplexity import default_eval_text, evaluate_perplexity
+    from ember.loader import load_model
+
+    cfg = engine_config(args)
+    if args.text:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise SystemExit(f"error: --text: cannot read {args.text}: {exc.strerror}")
+    else:
+        text = default_eval_text()
+    cfg.apply_threads()
+    lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
+    result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,
+                                 score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json)
+    data = result.to_json()
+    data.update(model=lm.path, dtype=cfg.dtype, linear=cfg.linear, text=args.text or "pydoc_data.topics")
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(f"perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens scored "
+              f"({result.windows} windows of {args.context}, score={args.score}, dtype={cfg.dtype}, "
+              f"{result.seconds:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ember.loader.errors import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (ValueError, ModelLoadError) as exc:  # bad values and bad files: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

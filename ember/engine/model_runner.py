@@ -1,0 +1,64 @@
+"""ModelRunner: a scheduled batch -> flat tensors -> one model call -> logits of the rows to sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember.engine.request import Request
+from ember.engine.scheduler import SchedulerOutput
+from ember.kernels.attention import AttentionMetadata
+from ember.kv.cache import PagedKVCache
+
+
+@dataclass
+class StepResult:
+    sample_requests: list[Request]  # requests that reached the end of their known tokens this step
+    logits: torch.Tensor | None  # [len(sample_requests), vocab] fp32
+    # request -> (logits of the prompt positions computed this step, their first position)
+    prompt_logits: dict[str, tuple[torch.Tensor, int]]
+
+
+class ModelRunner:
+    def __init__(self, model, kv_cache: PagedKVCache, block_size: int):
+        self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
+
+    def prepare(self, batch: SchedulerOutput):
+        ids, positions, slots, query_lens, context_lens, tables = [], [], [], [], [], []
+        bs = self.block_size
+        for request, n in batch.scheduled:
+            start = request.num_computed_tokens
+            ids.extend(request.token_slice(start, start + n))
+            pos = range(start, start + n)
+            positions.extend(pos)
+            blocks = request.block_ids
+            slots.extend(blocks[p // bs] * bs + p % bs for p in pos)
+            query_lens.append(n)
+            context_lens.append(start + n)
+            tables.append(blocks)
+        width = max(len(t) for t in tables)
+        block_tables = torch.zeros(len(tables), width, dtype=torch.long)
+        for i, t in enumerate(tables):
+            block_tables[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        meta = AttentionMetadata(query_lens, context_lens, torch.tensor(slots, dtype=torch.long), block_tables)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta
+
+    def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = ()) -> StepResult:
+        self.kv_cache.copy_blocks(list(block_copies))
+        input_ids, positions, meta = self.prepare(batch)
+        hidden = self.model(input_ids, positions, meta, self.kv_cache)
+        rows, sample_requests, prompt_logits = [], [], {}
+        end = 0
+        for request, n in batch.scheduled:
+            start_row = end
+            end += n
+            first = request.num_computed_tokens
+            if request.params.prompt_logprobs is not None and first < request.num_prompt_tokens:
+                # logits at positions first..first+n-1 predict tokens first+1..first+n
+                prompt_logits[request.request_id] = (self.model.compute_logits(hidden[start_row:end]), first)
+            if first + n == request.num_tokens:
+                rows.append(end - 1)
+                sample_requests.append(request)
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.long)]) if rows else None
+        return StepResult(sample_requests, logits, prompt_logits)

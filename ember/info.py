@@ -1,0 +1,97 @@
+"""`ember info`: what a model is and what it costs, read from its file without running it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ember.config import EngineConfig, parse_bytes
+from ember.kv.cache import PagedKVCache
+from ember.loader import read_model_config, resolve_model_path
+
+
+def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
+    path = resolve_model_path(cfg.model)
+    mc, fmt = read_model_config(path)
+    dtype = cfg.torch_dtype
+    elem = torch.empty((), dtype=dtype).element_size()
+    kv_token = mc.kv_bytes_per_token(elem)
+    block_bytes = PagedKVCache.bytes_per_block(mc.num_layers, cfg.block_size, mc.num_kv_heads, mc.head_dim, dtype)
+    blocks = -(-cfg.kv_cache_tokens // cfg.block_size) if cfg.kv_cache_tokens else parse_bytes(cfg.kv_cache_memory) // block_bytes
+    params = mc.num_parameters()
+    file_bytes = os.path.getsize(path) if os.path.isfile(path) else sum(
+        os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+    info = {
+        "model": path,
+        "format": fmt,
+        "name": mc.name,
+        "architecture": mc.architecture,
+        "parameters": params,
+        "layers": mc.num_layers,
+        "hidden_size": mc.hidden_size,
+        "intermediate_size": mc.intermediate_size,
+        "heads": mc.num_heads,
+        "kv_heads": mc.num_kv_heads,
+        "head_dim": mc.head_dim,
+        "vocab_size": mc.vocab_size,
+        "context_length": mc.max_position,
+        "rope_theta": mc.rope_theta,
+        "tied_embeddings": mc.tie_embeddings,
+        "layer_shapes": {
+            "qkv_proj": [mc.q_size + 2 * mc.kv_size, mc.hidden_size],
+            "o_proj": [mc.hidden_size, mc.q_size],
+            "gate_up_proj": [2 * mc.intermediate_size, mc.hidden_size],
+            "down_proj": [mc.hidden_size, mc.intermediate_size],
+            "embedding": [mc.vocab_size, mc.hidden_size],
+        },
+        "file_bytes": file_bytes,
+        "dtype": cfg.dtype,
+        "linear": cfg.linear,
+        "weight_bytes_loaded": params * elem if cfg.linear == "dense" else None,
+        "kv_bytes_per_token": kv_token,
+        "kv_cache_blocks": blocks,
+        "kv_cache_tokens": blocks * cfg.block_size,
+        "kv_cache_bytes": blocks * block_bytes,
+    }
+    if energy:
+        info["energy"] = _energy(mc, cfg)
+    return info
+
+
+def _energy(mc, cfg: EngineConfig) -> dict:
+    from ember.numerics import energy
+
+    return energy.info_for_model(mc, cfg)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def format_info(info: dict) -> str:
+    lines = [
+        f"model         {info['model']} ({info['format']})",
+        f"name          {info['name']}",
+        f"architecture  {info['architecture']}: {info['layers']} layers, hidden {info['hidden_size']}, "
+        f"intermediate {info['intermediate_size']}",
+        f"attention     {info['heads']} heads, {info['kv_heads']} KV heads, head_dim {info['head_dim']}, "
+        f"rope theta {info['rope_theta']:g}",
+        f"vocabulary    {info['vocab_size']} (embeddings {'tied' if info['tied_embeddings'] else 'untied'})",
+        f"context       {info['context_length']} tokens",
+        f"parameters    {info['parameters']:,} ({info['parameters'] / 1e6:.1f} M)",
+        f"file size     {_size(info['file_bytes'])}",
+    ]
+    if info["weight_bytes_loaded"] is not None:
+        lines.append(f"weights       {_size(info['weight_bytes_loaded'])} in {info['dtype']} ({info['linear']})")
+    lines.append("layer shapes  " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in info["layer_shapes"].items()))
+    lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {info['dtype']}")
+    lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "
+                 f"({_size(info['kv_cache_bytes'])})")
+    if "energy" in info:
+        lines.append(info["energy"]["report"])
+    return "\n".join(lines)

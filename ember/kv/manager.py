@@ -1,0 +1,128 @@
+"""KVCacheManager: which blocks each request holds, prefix-cache hits, and freeing.
+
+The scheduler asks it for room; it never decides who runs. Prefix caching uses chained
+block hashes: a full block's hash covers its own tokens and its parent's hash, so equal
+hashes mean equal prefixes; every hit is also verified against the stored tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ember.engine.request import Request
+from ember.kv.block_pool import BlockPool
+
+
+@dataclass
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # of which found in the cache
+    requests: int = 0
+    requests_hit: int = 0
+
+
+def chain_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
+    return hash((parent, tokens))
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.pool = BlockPool(num_blocks)
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.stats = PrefixCacheStats()
+        self._hashes: dict[str, list[int]] = {}  # request id -> hashes of its cached full blocks
+        self.pending_copies: list[tuple[int, int]] = []  # (source, destination) blocks to copy
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # --- prefix cache -------------------------------------------------------------------------
+    def match_prefix(self, request: Request) -> tuple[list[int], int]:
+        """Cached blocks that hold a prefix of the request's tokens, and how many tokens they cover.
+
+        The last token is never taken from the cache: its logits must be computed.
+        """
+        if not self.enable_prefix_caching or request.params.prompt_logprobs is not None:
+            return [], 0
+        tokens = request.all_token_ids
+        limit = (len(tokens) - 1) // self.block_size
+        blocks, parent = [], None
+        for i in range(limit):
+            chunk = tuple(tokens[i * self.block_size:(i + 1) * self.block_size])
+            h = chain_hash(parent, chunk)
+            block = self.pool.lookup(h, chunk)
+            if block is None:
+                break
+            blocks.append(block)
+            parent = h
+        self.stats.requests += 1
+        self.stats.queries += len(tokens)
+        hit = len(blocks) * self.block_size
+        self.stats.hits += hit
+        self.stats.requests_hit += hit > 0
+        return blocks, hit
+
+    def take_cached(self, request: Request, blocks: list[int], num_tokens: int) -> None:
+        self.pool.share(blocks)
+        request.block_ids = list(blocks)
+        request.num_computed_tokens = num_tokens
+
+    def cache_full_blocks(self, request: Request) -> None:
+        """Index the request's newly completed blocks so later requests can reuse them."""
+        if not self.enable_prefix_caching:
+            return
+        hashes = self._hashes.setdefault(request.request_id, [])
+        full = request.num_computed_tokens // self.block_size
+        if len(hashes) >= full:
+            return
+        tokens = request.token_slice(len(hashes) * self.block_size, full * self.block_size)
+        parent = hashes[-1] if hashes else None
+        for j, i in enumerate(range(len(hashes), full)):
+            chunk = tuple(tokens[j * self.block_size:(j + 1) * self.block_size])
+            parent = chain_hash(parent, chunk)
+            hashes.append(parent)
+            self.pool.cache(request.block_ids[i], parent, chunk)
+
+    # --- allocation ---------------------------------------------------------------------------
+    def can_allocate(self, request: Request, num_new_tokens: int, reserve: int = 0) -> bool:
+        need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(request.block_ids)
+        return need <= self.pool.num_free_blocks - reserve
+
+    def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
+        """Make room for `num_new_tokens` more tokens of K/V; False (and nothing taken) if there is none.
+
+        Writing into a partly filled block that another sequence shares (after a fork) first
+        copies it (copy-on-write); the copy is queued in `pending_copies` for the runner.
+        """
+        need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(request.block_ids)
+        last_shared = (request.num_computed_tokens % self.block_size != 0 and num_new_tokens > 0
+                       and self.pool.ref_counts[request.block_ids[request.num_computed_tokens // self.block_size]] > 1)
+        total = max(need, 0) + last_shared
+        if total > self.pool.num_free_blocks:
+            return False
+        if last_shared:
+            i = request.num_computed_tokens // self.block_size
+            (copy,) = self.pool.allocate(1)
+            self.pending_copies.append((request.block_ids[i], copy))
+            self.pool.free([request.block_ids[i]])
+            request.block_ids[i] = copy
+        if need > 0:
+            request.block_ids.extend(self.pool.allocate(need))
+        return True
+
+    def take_pending_copies(self) -> list[tuple[int, int]]:
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
+
+    def free(self, request: Request) -> None:
+        self.pool.free(list(reversed(request.block_ids)))
+        request.block_ids = []
+        self._hashes.pop(request.request_id, None)
+
+    def fork(self, parent: Request, child: Request) -> None:
+        """Let `child` share every block of `parent` (n > 1 sequences from one prompt)."""
+        self.pool.share(parent.block_ids)
+        child.block_ids = list(parent.block_ids)
+        child.num_computed_tokens = parent.num_computed_tokens
+        self._hashes[child.request_id] = list(self._hashes.get(parent.request_id, []))
