@@ -59,10 +59,20 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
     return info
 
 
-def _energy(mc, cfg: EngineConfig) -> dict:
-    from ember.numerics import energy
+def _energy(mc, cfg: EngineConfig, context_len: int = 1024) -> dict:
+    """Estimated energy per generated token at `context_len`: an op-count model, not a measurement."""
+    from ember.numerics.energy import DecoderShape, estimate_decode_energy, format_report
 
-    return energy.info_for_model(mc, cfg)
+    shape = DecoderShape(hidden=mc.hidden_size, intermediate=mc.intermediate_size, n_layers=mc.num_layers,
+                         n_heads=mc.num_heads, n_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim,
+                         vocab=mc.vocab_size, tied_embeddings=mc.tie_embeddings)
+    stored = {"fp32": "fp32", "bf16": "bf16"}[cfg.dtype]
+    linear = "lmul" if cfg.linear == "lmul" else "dense"
+    estimate = estimate_decode_energy(shape, linear=linear, weight_dtype=stored, kv_dtype=stored,
+                                      context_len=context_len)
+    data = estimate.as_dict()
+    data["report"] = format_report(estimate)
+    return data
 
 
 def _size(n: int) -> str:

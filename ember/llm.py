@@ -15,9 +15,9 @@ from ember.loader.chat_template import render_chat
 class LLM:
     """`LLM(model=None, **config)`: every EngineConfig field can be passed by name."""
 
-    def __init__(self, model: str | None = None, progress: bool = False, **config):
+    def __init__(self, model: str | None = None, progress: bool = False, loaded=None, **config):
         self.config = EngineConfig.from_kwargs(model=model, **config)
-        self.engine = LLMEngine(self.config, progress=progress)
+        self.engine = LLMEngine(self.config, progress=progress, loaded=loaded)
         self.tokenizer = self.engine.tokenizer
 
     # --- offline batch ------------------------------------------------------------------------

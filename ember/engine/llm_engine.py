@@ -20,7 +20,7 @@ from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
-from ember.loader import load_model
+from ember.loader import LoadedModel, load_model
 
 
 @dataclass
@@ -32,10 +32,15 @@ class StepStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig | None = None, progress: bool = False):
+    def __init__(self, config: EngineConfig | None = None, progress: bool = False, loaded: LoadedModel | None = None):
+        """`loaded` reuses a model already in memory (tests, benchmarks); it must match the config."""
         self.config = config = config or EngineConfig()
         config.apply_threads()
-        self.loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
+        if loaded is None:
+            loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
+        elif loaded.model.dtype != config.torch_dtype:
+            raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
+        self.loaded = loaded
         self.model, self.tokenizer, self.model_config = self.loaded.model, self.loaded.tokenizer, self.loaded.config
         mc = self.model_config
         bs = config.block_size

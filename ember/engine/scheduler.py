@@ -41,6 +41,9 @@ class Preemptor:
         """Called before a preempted request is admitted again; False if it cannot come back yet."""
         return True
 
+    def release(self, request: Request) -> None:
+        """Drop anything held for a request that will not come back (finished or aborted)."""
+
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
@@ -134,4 +137,5 @@ class Scheduler:
             return
         request.status = status
         self.kv.free(request)
+        self.preemptor.release(request)
         self.policy.on_finish(request)

@@ -13,11 +13,13 @@ Parameter choice per group:
       is exactly representable, which padding and ReLU-like data need) maps
       onto [qmin, qmax]: scale = (hi - lo) / (qmax - qmin),
       z = qmin - round(lo / scale) clamped to [qmin, qmax].
-An all-zero group gets scale 1 and codes equal to z. Scales are float32.
+An all-zero group gets scale 1 and codes equal to z. Scales are float32 and
+at least 2^-126 (float32's smallest normal), so a group whose range is below
+~2^-126 * (qmax - qmin) is quantized with that coarser step.
 
 Encoding q = clamp(round(x / scale) + z, qmin, qmax) rounds to nearest, ties to
-even, and saturates; x / scale is evaluated in float64 so it is exact to far
-more bits than any code needs. NaN/inf inputs raise ValueError.
+even, exactly (no error from the division, see ``_round_div``), and saturates.
+NaN/inf inputs raise ValueError.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from ._bits import from_blocks, to_blocks
+
+FLOAT32_TINY = 2.0**-126  # smallest normal float32: the floor for stored scales
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -54,16 +58,39 @@ class IntKTensor:
         return int_decode(self)
 
 
+def _round_div(x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """round_half_even(x / scale) clamped to [lo, hi], exactly, in float64.
+
+    x / scale itself is rounded, so a quotient within an ulp of a half-integer
+    could round the wrong way. Instead take n = floor(x / scale), correct it by
+    one step if the division rounded across an integer, and compare x with the
+    midpoint (n + 1/2) * scale. With scale a float32 (24 bits) and |n| < 2^20,
+    all those products are exact in float64, so every comparison is exact.
+    """
+    n = torch.floor(x / scale).clamp(lo - 1, hi + 1)
+    n = torch.where(n * scale > x, n - 1, n)
+    n = torch.where((n + 1) * scale <= x, n + 1, n)
+    mid = (n + 0.5) * scale
+    odd = torch.remainder(n, 2) == 1
+    up = (x > mid) | ((x == mid) & odd)
+    return (n + up.to(n.dtype)).clamp(lo, hi)
+
+
 def int_encode_with(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, signed: bool
 ) -> torch.Tensor:
-    """Encode with given scale and zero point (broadcast against x); int64 codes."""
+    """Encode with given scale and zero point (broadcast against x); int64 codes.
+
+    The scale is rounded to float32 first (the type scales are stored in),
+    which is what makes the rounding exact (see ``_round_div``)."""
     qmin, qmax = code_range(bits, signed)
     x64 = x.detach().to(torch.float64)
     if not bool(torch.isfinite(x64).all()):
         raise ValueError("int-k cannot encode NaN or infinity")
-    q = torch.round(x64 / scale.to(torch.float64)) + zero_point.to(torch.float64)
-    return q.clamp(qmin, qmax).to(torch.int64)
+    scale64 = scale.to(torch.float32).to(torch.float64)
+    zp = zero_point.to(torch.float64)
+    q = _round_div(x64, scale64, qmin - zp, qmax - zp) + zp
+    return q.to(torch.int64)
 
 
 def int_encode(
@@ -86,7 +113,10 @@ def int_encode(
         scale = (hi - lo) / (qmax - qmin)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zp = (qmin - torch.round(lo / safe)).clamp(qmin, qmax).to(torch.int64)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # Keep the stored float32 scale normal: a group spanning less than ~2^-126
+    # would otherwise get a scale that underflows to zero (or loses bits).
+    scale = scale.clamp(min=FLOAT32_TINY).to(torch.float32)
     # Encode against the float32 scale actually stored, so decode matches.
     q = int_encode_with(groups, scale[..., None], zp[..., None], bits, signed).clamp(qmin, qmax)
     return IntKTensor(q.to(_code_dtype(bits, signed)), scale, zp.to(torch.int32), bits, signed, length)

@@ -20,7 +20,13 @@ subtract the exponent bias (127 << 23) and add the offset 2^-l(m) in mantissa
 units (1 << (23 - l)). A mantissa sum >= 1 carries into the exponent, so with
 s = xm + ym + 2^-l(m) and E = xe + ye the result is
 
-    (1 + s) 2^E  if s < 1,      2 s 2^E  if s >= 1   (the carry case).
+    (1 + s) 2^E        if s < 1,
+    2 s 2^E            if 1 <= s < 2   (one carry),
+    4 (s - 1) 2^E      if s >= 2       (two carries).
+
+The two-carry case needs xm + ym >= 2 - 2^-l, so it occurs only when l(m) < m,
+i.e. for m >= 4 (e.g. m = 4: xm = ym = 15/16). It is what the integer adder
+does, and it is accurate there: the exact product is then close to 4 * 2^E.
 
 ``mode="formula"`` (``lmul_formula``): the paper's formula read literally,
 (1 + s) 2^E for every s (the mantissa may reach 3 + 2^-l). Both agree whenever
@@ -39,8 +45,6 @@ float32 by default, as the paper assumes for dot products).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ._bits import pow2
@@ -48,7 +52,6 @@ from ._bits import pow2
 _BIAS_FIELD = 127 << 23
 _MIN_NORMAL_FIELD = 1 << 23
 _INF_FIELD = 0x7F800000
-_SIGN = -0x80000000  # int32 sign bit
 
 
 def offset_exponent(mantissa_bits: int) -> int:
@@ -162,7 +165,7 @@ def lmul_matmul(
       few dense matmuls. "formula": a @ P(b) + P(a) @ Q(b) with P(v) = sign 2^e
       and Q(y) = P(y) (ym + 2^-l). "bits": the carry rule depends on xm + ym,
       so a is split by its mantissa value u (at most 2^m buckets, empty ones
-      skipped) and each bucket is one matmul with the right factor for that u.
+      skipped) and each bucket is one matmul with the factor for that u.
       Used when all inputs are finite and no product can leave the float32
       normal range (where the flush/inf rules would apply).
     * otherwise the products are formed elementwise in chunks of at most
@@ -219,13 +222,16 @@ def _matmul_decomposed(ar, br, m, mode, acc):
     if mode == "formula":
         # sum_k sx sy 2^(xe+ye) [(1 + xm) + (ym + 2^-l)]
         return torch.matmul(ar.to(acc), pb) + torch.matmul(pa, pb * ((ub + off).to(acc) * scale))
+    # Mantissa factor for every (u, w) pair: the three carry cases of the module
+    # docstring, with s = u + w + off in units of 2^-m. One gather per bucket.
+    w = torch.arange(1 << m)
+    s = w[:, None] + w[None, :] + off
+    g = torch.where(s < (1 << m), s + (1 << m), torch.where(s < (2 << m), 2 * s, 4 * (s - (1 << m))))
+    g = g.to(acc) * scale
+    ub = ub.to(torch.int64)
     out = None
     for u in torch.unique(ua).tolist():
-        a_u = torch.where(ua == u, pa, 0.0)
-        s = ub + (u + off)  # mantissa sum in units of 2^-m
-        # No carry: 2^m + s; carry into the exponent: 2 s (module docstring).
-        g = torch.where(s < (1 << m), s + (1 << m), 2 * s).to(acc) * scale
-        term = torch.matmul(a_u, pb * g)
+        term = torch.matmul(torch.where(ua == u, pa, 0.0), pb * g[u][ub])
         out = term if out is None else out + term
     return out
 

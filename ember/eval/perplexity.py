@@ -1,0 +1,145 @@
+"""Perplexity over fixed, non-overlapping windows of a text (the recipe behind `ember eval ppl`).
+
+The recipe, as measured for the peers in shared/anchors/baseline-cpu.md: tokenize the text
+without BOS, cut the first `max_tokens` tokens into non-overlapping windows of `context` tokens
+(the ragged tail is dropped), run each window from scratch without a cache, and score the
+next-token predictions inside each window:
+
+- `"all"`: the logits at positions 0..context-2 predicting tokens 1..context-1
+  (transformers' usual scoring; 511 predictions per 512-token window).
+- `"second-half"`: the logits at positions context//2..context-2 only, predicting tokens
+  context//2+1..context-1 (llama.cpp's llama-perplexity: every scored token has at least half
+  a window of context; 255 predictions per 512-token window).
+
+The scoring core, `token_nll`, takes hidden states and target ids and knows nothing about
+windows, so a teacher-forced decode through a (compressed) KV cache can score its steps with
+exactly the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ember.kernels.attention import AttentionMetadata
+
+SCORE_MODES = ("all", "second-half")
+
+# Rows of logits turned into log-probabilities at a time: 512 x 49152 fp32 is ~100 MB, and
+# cross_entropy holds about two such buffers, so memory stays bounded whatever the batch.
+LOGIT_CHUNK_ROWS = 512
+
+
+def default_eval_text() -> str:
+    """The English text every Python carries: the pydoc topics, joined with blank lines.
+
+    It differs between CPython versions; the anchors were measured on CPython 3.11.7.
+    """
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics.values())
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll_sum: float  # natural-log NLL summed over the scored predictions
+    tokens_scored: int
+    windows: int
+    context: int
+    score: str
+    text_sha256: str
+    tokens_total: int  # tokens in the whole text, before windowing
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def first_scored_position(context: int, score: str) -> int:
+    """The first logit position inside a window whose prediction counts (the last is context-2)."""
+    if score == "all":
+        return 0
+    if score == "second-half":
+        return context // 2
+    raise ValueError(f"unknown score mode {score!r}; expected one of {', '.join(SCORE_MODES)}")
+
+
+@torch.inference_mode()
+def token_nll(model, hidden: torch.Tensor, targets: torch.Tensor,
+              chunk_rows: int = LOGIT_CHUNK_ROWS) -> torch.Tensor:
+    """Negative log-likelihood (nats, fp32) of `targets[i]` under the logits of `hidden[i]`.
+
+    hidden: [N, hidden_size] final hidden states; targets: [N] token ids. The vocabulary-sized
+    logits exist only `chunk_rows` rows at a time.
+    """
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
+    out = torch.empty(hidden.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        end = start + chunk_rows
+        logits = model.compute_logits(hidden[start:end]).float()
+        out[start:end] = F.cross_entropy(logits, targets[start:end], reduction="none")
+    return out
+
+
+@torch.inference_mode()
+def window_nll(model, windows: torch.Tensor, first: int = 0,
+               chunk_rows: int = LOGIT_CHUNK_ROWS) -> torch.Tensor:
+    """NLL [B, C-1-first] of each window's predictions from logit positions first..C-2.
+
+    windows: [B, C] token ids. All B windows run in one forward as a flat varlen batch, each
+    causal on its own with positions from 0, without a cache.
+    """
+    num, context = windows.shape
+    positions = torch.arange(context).repeat(num)
+    hidden = model(windows.reshape(-1), positions, AttentionMetadata.no_cache([context] * num))
+    # Only the scored positions reach the (large) output projection.
+    hidden = hidden.view(num, context, -1)[:, first:context - 1].reshape(-1, hidden.shape[-1])
+    targets = windows[:, first + 1:].reshape(-1)
+    return token_nll(model, hidden, targets, chunk_rows).view(num, context - 1 - first)
+
+
+def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tokens: int | None = None,
+                        score: str = "all", windows_per_batch: int = 4, progress: bool = True) -> PerplexityResult:
+    """Perplexity of `model` over `text` by the windowed recipe in this module's docstring."""
+    started = time.perf_counter()
+    first = first_scored_position(context, score)  # validates `score`
+    if context < 2:
+        raise ValueError(f"context must be at least 2 tokens (one prediction), got {context}")
+    max_position = model.cfg.max_position
+    if context > max_position:
+        raise ValueError(f"context {context} is beyond the model's maximum of {max_position} positions")
+    if windows_per_batch < 1:
+        raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
+    if max_tokens is not None and max_tokens < context:
+        raise ValueError(f"max_tokens={max_tokens} is less than one window of context={context}")
+
+    ids = tokenizer.encode(text, add_bos=False)
+    usable = len(ids) if max_tokens is None else min(len(ids), max_tokens)
+    num_windows = usable // context
+    if num_windows == 0:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of context={context}")
+    windows = torch.tensor(ids[:num_windows * context], dtype=torch.long).view(num_windows, context)
+
+    # Summed in float64: 65k fp32 terms would otherwise lose digits the comparison needs.
+    nll_sum, scored = 0.0, 0
+    from tqdm import tqdm
+    with tqdm(total=num_windows, desc=f"perplexity (ctx {context}, {score})", unit="window",
+              disable=not progress) as bar:
+        for start in range(0, num_windows, windows_per_batch):
+            nll = window_nll(model, windows[start:start + windows_per_batch], first)
+            nll_sum += float(nll.double().sum())
+            scored += nll.numel()
+            bar.update(nll.shape[0])
+
+    return PerplexityResult(
+        perplexity=math.exp(nll_sum / scored), nll_sum=nll_sum, tokens_scored=scored, windows=num_windows,
+        context=context, score=score, text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        tokens_total=len(ids), seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,42 @@
+"""Engine fixtures: one fp32 model shared by many engines with different configurations."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ember import LLM
+
+
+@pytest.fixture(scope="session")
+def make_llm(ember_lm):
+    def make(**config) -> LLM:
+        config.setdefault("kv_cache_tokens", 8192)
+        config.setdefault("threads", 2)
+        return LLM(loaded=ember_lm, **config)
+    return make
+
+
+@pytest.fixture(scope="session")
+def mixed_prompts(ember_lm, topics_text) -> list[dict]:
+    """32 prompts of mixed lengths (4..160 tokens) cut from real text."""
+    ids = ember_lm.tokenizer.encode(topics_text[:200_000])
+    rng = random.Random(1234)
+    prompts = []
+    for _ in range(32):
+        n = rng.randint(4, 160)
+        start = rng.randrange(0, len(ids) - n)
+        prompts.append({"prompt_token_ids": ids[start:start + n]})
+    return prompts
+
+
+def assert_no_leak(llm: LLM) -> None:
+    """Every block is free or cached-evictable; nothing is still held by a request."""
+    pool = llm.engine.kv.pool
+    pool.check_consistency()
+    assert pool.num_used_blocks == 0, f"{pool.num_used_blocks} KV blocks still held"
+    assert not llm.engine.requests
+    assert not llm.engine.scheduler.running and not llm.engine.scheduler.waiting
+    preemptor = llm.engine.scheduler.preemptor
+    assert not getattr(preemptor, "swapped", {}), "host swap blocks still held"

@@ -1,0 +1,65 @@
+"""Batched greedy decoding equals one-request-at-a-time decoding, whatever the scheduling."""
+
+from __future__ import annotations
+
+import pytest
+
+from ember import SamplingParams
+from tests.engine.conftest import assert_no_leak
+
+MAX_TOKENS = 12
+# At a near-tie, GEMM blocking may flip the argmax: both candidates must then be within this
+# many nats in the reference run (vLLM's check_logprobs_close applies the same idea).
+NEAR_TIE_NATS = 0.02
+
+
+@pytest.fixture(scope="module")
+def reference(make_llm, mixed_prompts):
+    """Each prompt alone (max_num_seqs=1), no prefix cache."""
+    llm = make_llm(max_num_seqs=1, enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=5)
+    outs = [llm.generate(p, params)[0].outputs[0] for p in mixed_prompts]
+    assert_no_leak(llm)
+    return outs
+
+
+def compare(reference, outputs) -> int:
+    """Number of sequences that diverged at a near-tie; fails on any other difference."""
+    near_ties = 0
+    for ref, out in zip(reference, outputs):
+        if ref.token_ids == out.token_ids:
+            continue
+        i = next(j for j, (a, b) in enumerate(zip(ref.token_ids, out.token_ids)) if a != b)
+        alts = ref.logprobs[i]
+        a, b = ref.token_ids[i], out.token_ids[i]
+        assert b in alts, f"token {b} at step {i} is not among the reference's top alternatives"
+        gap = alts[a].logprob - alts[b].logprob
+        assert gap <= NEAR_TIE_NATS, f"diverged at step {i} with a logprob gap of {gap:.4f} nats"
+        near_ties += 1
+    return near_ties
+
+
+@pytest.mark.parametrize("budget", [16, 64, 512])
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_batched_equals_sequential(make_llm, mixed_prompts, reference, budget, prefix_caching):
+    llm = make_llm(max_num_batched_tokens=budget, enable_prefix_caching=prefix_caching, max_num_seqs=32)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = [o.outputs[0] for o in llm.generate(mixed_prompts, params)]
+    near_ties = compare(reference, outs)
+    assert near_ties <= 2, f"{near_ties} of 32 sequences diverged (all at near-ties)"
+    assert_no_leak(llm)
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_preemption_keeps_outputs(make_llm, mixed_prompts, reference, preemption):
+    # 40 blocks of 16 tokens cannot hold 32 running sequences of up to 172 tokens.
+    llm = make_llm(kv_cache_tokens=40 * 16, max_num_seqs=32, max_num_batched_tokens=256,
+                   preemption=preemption, swap_space="64MiB")
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = [o.outputs[0] for o in llm.generate(mixed_prompts, params)]
+    assert llm.engine.scheduler.num_preemptions > 0, "the pool was meant to be too small"
+    if preemption == "swap":
+        assert llm.engine.scheduler.preemptor.num_swapped_out > 0
+        assert llm.engine.scheduler.preemptor.num_swapped_in > 0
+    compare(reference, outs)
+    assert_no_leak(llm)
