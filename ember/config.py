@@ -36,7 +36,7 @@ class EngineConfig:
     model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
     dtype: str = field(default="fp32", metadata={"help": "compute dtype: fp32 or bf16"})
     linear: str = field(default="dense", metadata={"help": "LinearMethod for the projections"})
-    attention: str = field(default="torch", metadata={"help": "AttentionBackend"})
+    attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})

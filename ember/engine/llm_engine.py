@@ -18,6 +18,7 @@ from ember.engine.request import Request, RequestStatus
 from ember.engine.sampling import Sampler
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
+from ember.kernels.attention import get_attention_backend
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
 from ember.loader import LoadedModel, load_model
@@ -59,7 +60,7 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, POLICIES.create(config.policy), config.max_num_seqs,
                                    config.max_num_batched_tokens, preemptor=self._make_preemptor())
-        self.runner = ModelRunner(self.model, self.kv_cache, bs)
+        self.runner = ModelRunner(self.model, self.kv_cache, bs, get_attention_backend(config.attention))
         self.sampler = Sampler(config.seed)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences

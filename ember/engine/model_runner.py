@@ -8,7 +8,7 @@ import torch
 
 from ember.engine.request import Request
 from ember.engine.scheduler import SchedulerOutput
-from ember.kernels.attention import AttentionMetadata
+from ember.kernels.attention import AttentionBackend, AttentionMetadata
 from ember.kv.cache import PagedKVCache
 
 
@@ -21,8 +21,9 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: PagedKVCache, block_size: int):
+    def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend):
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
+        self.attention = attention
 
     def prepare(self, batch: SchedulerOutput):
         ids, positions, slots, query_lens, context_lens, tables = [], [], [], [], [], []
@@ -47,7 +48,7 @@ class ModelRunner:
     def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = ()) -> StepResult:
         self.kv_cache.copy_blocks(list(block_copies))
         input_ids, positions, meta = self.prepare(batch)
-        hidden = self.model(input_ids, positions, meta, self.kv_cache)
+        hidden = self.model(input_ids, positions, meta, self.kv_cache, self.attention)
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
         for request, n in batch.scheduled:

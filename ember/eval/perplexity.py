@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ember.kernels.attention import AttentionMetadata
 
@@ -109,9 +110,11 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
                         score: str = "all", windows_per_batch: int = 4, progress: bool = True) -> PerplexityResult:
     """Perplexity of `model` over `text` by the windowed recipe in this module's docstring."""
     started = time.perf_counter()
-    first = first_scored_position(context, score)  # validates `score`
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens (one prediction), got {context}")
+    first = first_scored_position(context, score)  # validates `score`
+    if first > context - 2:
+        raise ValueError(f"score {score!r} scores no prediction in a window of {context} tokens; use a longer context")
     max_position = model.cfg.max_position
     if context > max_position:
         raise ValueError(f"context {context} is beyond the model's maximum of {max_position} positions")
@@ -129,7 +132,6 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
 
     # Summed in float64: 65k fp32 terms would otherwise lose digits the comparison needs.
     nll_sum, scored = 0.0, 0
-    from tqdm import tqdm
     with tqdm(total=num_windows, desc=f"perplexity (ctx {context}, {score})", unit="window",
               disable=not progress) as bar:
         for start in range(0, num_windows, windows_per_batch):

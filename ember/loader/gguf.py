@@ -91,6 +91,10 @@ class GGUFFile:
             raise ModelLoadError(
                 f"unknown architecture {arch!r} in {self.path}; supported: {sorted(LLAMA_FAMILY)}"
             )
+        missing = [f"{arch}.{k}" for k in ("embedding_length", "attention.head_count", "feed_forward_length",
+                                           "block_count") if self._arch_key(k) is None]
+        if missing:
+            raise ModelLoadError(f"GGUF metadata in {self.path} lacks {', '.join(missing)}")
         hidden = int(self._arch_key("embedding_length"))
         n_heads = int(self._arch_key("attention.head_count"))
         n_kv = int(self._arch_key("attention.head_count_kv", n_heads))

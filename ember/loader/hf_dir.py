@@ -19,12 +19,19 @@ def read_config(path: str) -> ModelConfig:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise ModelLoadError(f"no config.json in model directory {path}")
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{cfg_path} is not valid JSON: {exc}") from exc
     archs = cfg.get("architectures") or []
     arch = next((LLAMA_FAMILY[a] for a in archs if a in LLAMA_FAMILY), None)
     if arch is None:
         raise ModelLoadError(f"unknown architecture {archs} in {cfg_path}; supported: {sorted(LLAMA_FAMILY)}")
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if cfg.get(k) is None]
+    if missing:
+        raise ModelLoadError(f"{cfg_path} lacks {', '.join(missing)}")
     heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     rope_scaling = cfg.get("rope_scaling")

@@ -40,23 +40,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, index: int, method: LinearMethod, backend: AttentionBackend):
+    def __init__(self, cfg: ModelConfig, index: int, method: LinearMethod):
         super().__init__()
-        self.cfg, self.index, self.backend = cfg, index, backend
+        self.cfg, self.index = cfg, index
         self.qkv_proj, self.o_proj = Linear(method), Linear(method)
         self.gate_up_proj, self.down_proj = Linear(method), Linear(method)
         self.input_norm = nn.Parameter(torch.empty(0), requires_grad=False)
         self.post_attention_norm = nn.Parameter(torch.empty(0), requires_grad=False)
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache):
+    def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache, attention: AttentionBackend):
         cfg = self.cfg
         h = rms_norm(x, self.input_norm, cfg.rms_norm_eps)
         q, k, v = self.qkv_proj(h).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
         q = apply_rope(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)
         k = apply_rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
         v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
-        attn = self.backend.forward(self.index, q, k, v, meta, kv_cache, self.scale)
+        attn = attention.forward(self.index, q, k, v, meta, kv_cache, self.scale)
         x = x + self.o_proj(attn.reshape(-1, cfg.q_size))
         h = rms_norm(x, self.post_attention_norm, cfg.rms_norm_eps)
         gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
@@ -68,7 +68,8 @@ class LlamaForCausalLM(nn.Module):
                  dtype: torch.dtype = torch.float32, lm_head_method: LinearMethod | None = None):
         super().__init__()
         self.cfg, self.dtype = cfg, dtype
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, method, backend) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, method) for i in range(cfg.num_layers))
+        self.attention = backend  # the default; a caller may pass another per forward
         self.embed = nn.Parameter(torch.empty(0), requires_grad=False)
         self.norm = nn.Parameter(torch.empty(0), requires_grad=False)
         # The output head is the largest matrix; it keeps its own method (dense unless asked).
@@ -123,14 +124,15 @@ class LlamaForCausalLM(nn.Module):
     # --- running ------------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache=None) -> torch.Tensor:
+                kv_cache=None, attention: AttentionBackend | None = None) -> torch.Tensor:
         """Final hidden states [T, hidden] for a flat batch of T tokens."""
+        attention = attention or self.attention
         if positions.numel() and int(positions.max()) >= self.cfg.max_position:
             raise ValueError(f"position {int(positions.max())} is beyond the model's context of {self.cfg.max_position}")
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.cos[positions], self.sin[positions]
         for layer in self.layers:
-            x = layer(x, cos, sin, meta, kv_cache)
+            x = layer(x, cos, sin, meta, kv_cache, attention)
         return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
 
     @torch.inference_mode()

@@ -15,8 +15,8 @@ NEAR_TIE_NATS = 0.02
 
 @pytest.fixture(scope="module")
 def reference(make_llm, mixed_prompts):
-    """Each prompt alone (max_num_seqs=1), no prefix cache."""
-    llm = make_llm(max_num_seqs=1, enable_prefix_caching=False)
+    """Each prompt alone (max_num_seqs=1), no prefix cache, reference attention."""
+    llm = make_llm(max_num_seqs=1, enable_prefix_caching=False, attention="torch")
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=5)
     outs = [llm.generate(p, params)[0].outputs[0] for p in mixed_prompts]
     assert_no_leak(llm)

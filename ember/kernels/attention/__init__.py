@@ -1,7 +1,7 @@
 """AttentionBackend: attention over a flat varlen batch and an (optional) paged KV cache."""
 
 from ember.kernels.attention.base import ATTENTION_BACKENDS, AttentionBackend, AttentionMetadata
-from ember.kernels.attention import torch_ref  # noqa: F401  (registers "torch")
+from ember.kernels.attention import batched, lmul, torch_ref  # noqa: F401  (register the backends)
 
 
 def get_attention_backend(name: str) -> AttentionBackend:

@@ -31,15 +31,20 @@ class TorchAttention(AttentionBackend):
                 keys, values = k[start:end], v[start:end]
             else:
                 keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
-            qi = q[start:end].transpose(0, 1)  # [H, q, D]
-            ki, vi = keys.transpose(0, 1), values.transpose(0, 1)  # [Hkv, ctx, D]
-            if q_len == ctx_len:
-                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
-            elif q_len == 1:
-                o = F.scaled_dot_product_attention(qi, ki, vi, scale=scale, enable_gqa=True)
-            else:
-                mask = causal_mask(q_len, ctx_len, q.device)
-                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
-            out[start:end] = o.transpose(0, 1)
+            out[start:end] = self.attend_one(q[start:end], keys, values, scale)
             start = end
         return out
+
+    @staticmethod
+    def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+        """One sequence: q [q_len, H, D] at the end of keys/values [ctx, Hkv, D]."""
+        q_len, ctx_len = q.shape[0], keys.shape[0]
+        qi, ki, vi = q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1)
+        if q_len == ctx_len:
+            o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+        elif q_len == 1:
+            o = F.scaled_dot_product_attention(qi, ki, vi, scale=scale, enable_gqa=True)
+        else:
+            mask = causal_mask(q_len, ctx_len, q.device)
+            o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+        return o.transpose(0, 1)
