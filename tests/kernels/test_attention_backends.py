@@ -77,3 +77,9 @@ def test_paged_cache_chunked_prefill_and_decode(backend_name):
         idx = torch.tensor(rows)
         out = backend.forward(0, q[idx], k[idx], v[idx], meta, cache, 0.25)
         torch.testing.assert_close(out, full[idx], atol=1e-5, rtol=1e-4)
+
+
+def test_fresh_cache_is_finite():
+    """Batched decode reads padding slots under a mask; 0 x NaN there would poison the output."""
+    cache = PagedKVCache(num_layers=2, num_blocks=8, block_size=4, num_kv_heads=2, head_dim=8)
+    assert all(torch.isfinite(t).all() for t in cache.k + cache.v)

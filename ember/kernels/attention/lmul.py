@@ -9,37 +9,26 @@ from __future__ import annotations
 
 import torch
 
-from ember.kernels.attention.base import ATTENTION_BACKENDS, AttentionBackend, AttentionMetadata
-from ember.kernels.attention.torch_ref import causal_mask
+from ember.kernels.attention.base import ATTENTION_BACKENDS
+from ember.kernels.attention.torch_ref import TorchAttention, causal_mask
 from ember.numerics.lmul import lmul_matmul
 
 
-class LMulAttention(AttentionBackend):
+class LMulAttention(TorchAttention):
+    """The reference backend's loop over sequences, with L-Mul scores for each one."""
+
     def __init__(self, mantissa_bits: int):
         self.mantissa_bits = mantissa_bits
         self.name = f"lmul{mantissa_bits}"
 
-    def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
-        if kv_cache is not None:
-            kv_cache.write(layer, meta.slot_mapping, k, v)
-        out = torch.empty_like(q)
-        group = q.shape[1] // k.shape[1]
-        start = 0
-        for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
-            end = start + q_len
-            if kv_cache is None:
-                keys, values = k[start:end], v[start:end]
-            else:
-                keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
-            qi = q[start:end].transpose(0, 1).float()  # [H, q, D]
-            ki = keys.transpose(0, 1).repeat_interleave(group, dim=0).float()  # [H, ctx, D]
-            vi = values.transpose(0, 1).repeat_interleave(group, dim=0)
-            scores = lmul_matmul(qi, ki.transpose(1, 2), self.mantissa_bits) * scale
-            scores = scores.masked_fill(~causal_mask(q_len, ctx_len, q.device), float("-inf"))
-            probs = scores.softmax(dim=-1).to(vi.dtype)
-            out[start:end] = (probs @ vi).transpose(0, 1)
-            start = end
-        return out
+    def attend_one(self, q, keys, values, scale):
+        group = q.shape[1] // keys.shape[1]
+        qi = q.transpose(0, 1).float()  # [H, q, D]
+        ki = keys.transpose(0, 1).repeat_interleave(group, dim=0).float()  # [H, ctx, D]
+        vi = values.transpose(0, 1).repeat_interleave(group, dim=0)
+        scores = lmul_matmul(qi, ki.transpose(1, 2), self.mantissa_bits) * scale
+        scores = scores.masked_fill(~causal_mask(q.shape[0], keys.shape[0], q.device), float("-inf"))
+        return (scores.softmax(dim=-1).to(vi.dtype) @ vi).transpose(0, 1)
 
 
 for _bits in (2, 3, 4, 5):

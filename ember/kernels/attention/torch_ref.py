@@ -35,8 +35,7 @@ class TorchAttention(AttentionBackend):
             start = end
         return out
 
-    @staticmethod
-    def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend_one(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
         """One sequence: q [q_len, H, D] at the end of keys/values [ctx, Hkv, D]."""
         q_len, ctx_len = q.shape[0], keys.shape[0]
         qi, ki, vi = q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1)
