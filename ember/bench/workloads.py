@@ -1,0 +1,176 @@
+"""Benchmark workloads, generated offline from a seed: the same seed gives the same requests.
+
+A workload is a list of `Session`s. Every workload but `multi-turn` has one turn per session.
+Arrival times are not part of the workload: the runner draws them (Poisson at --request-rate).
+
+- `random`: input and output lengths uniform in [L*(1-r), L*(1+r)] for --input-len, --output-len
+  and --range-ratio r (r=0: every request exactly L).
+- `chat-like`: heavy-tailed lengths shaped like public chat traces. Input and output lengths are
+  lognormal, clipped to [4, --max-input-len] and [1, --max-output-len]:
+      input  ~ LogNormal(mu=ln 42,  sigma=1.0)  -> median 42, mean ~69 tokens
+      output ~ LogNormal(mu=ln 156, sigma=0.8)  -> median 156, mean ~214 tokens
+  The means are those LMSYS-Chat-1M reports (69.5 tokens per prompt, 214.5 per response; Zheng
+  et al. 2023); the lognormal shape and the sigmas are this tool's choice of a heavy right tail,
+  not a fit to the trace.
+- `shared-prefix`: --num-prefixes groups; every request of a group starts with the group's
+  --prefix-len-token system prompt, then its own --input-len-token question. Groups interleave.
+- `multi-turn`: conversations of --turns turns. Each turn sends a new --input-len-token user
+  message after the whole history (earlier messages and the server's real replies); before each
+  turn after the first the user thinks for an exponential time of mean --think-time seconds.
+  --num-prompts counts turns, so conversations = ceil(num_prompts / turns).
+- `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT,... Each request belongs to a tenant drawn
+  with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson arrivals at
+  rate R this is exactly each tenant sending its own Poisson stream at R*WEIGHT/sum(WEIGHTS).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ember.bench.corpus import PromptMaker
+
+WORKLOADS = ("random", "chat-like", "shared-prefix", "multi-turn", "multi-tenant")
+CHAT_INPUT = (math.log(42.0), 1.0)    # (mu, sigma) of the lognormal input length
+CHAT_OUTPUT = (math.log(156.0), 0.8)  # (mu, sigma) of the lognormal output length
+
+
+@dataclass
+class Turn:
+    """One request to send: a user message (the whole prompt, for completions) and its output budget."""
+    text: str
+    input_len: int                 # tokens of `text` by the bench's tokenizer
+    output_len: int                # max_tokens
+    system: str = ""               # shared-prefix: the group's system prompt
+    system_len: int = 0
+    think_time: float = 0.0        # seconds to wait after the previous turn's reply
+
+
+@dataclass
+class Session:
+    turns: list[Turn]
+    user: str | None = None
+    group: int = 0
+
+
+@dataclass
+class WorkloadSpec:
+    name: str = "random"
+    num_prompts: int = 100
+    seed: int = 0
+    input_len: int = 128
+    output_len: int = 64
+    range_ratio: float = 0.0
+    max_input_len: int = 1024
+    max_output_len: int = 512
+    num_prefixes: int = 4
+    prefix_len: int = 256
+    turns: int = 3
+    think_time: float = 1.0
+    tenants: list[tuple[str, float, int, int]] = field(default_factory=lambda: [("a", 3.0, 64, 32), ("b", 1.0, 256, 128)])
+
+    def validate(self) -> None:
+        if self.name not in WORKLOADS:
+            raise ValueError(f"--workload {self.name!r} is not one of: {', '.join(WORKLOADS)}")
+        for key in ("num_prompts", "input_len", "output_len", "max_input_len", "max_output_len", "num_prefixes", "turns"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if self.prefix_len < 0 or self.think_time < 0:
+            raise ValueError("--prefix-len and --think-time must not be negative")
+        if not 0.0 <= self.range_ratio < 1.0:
+            raise ValueError(f"--range-ratio must be in [0, 1), got {self.range_ratio}")
+        if not self.tenants:
+            raise ValueError("--tenants: give at least one NAME:WEIGHT:INPUT:OUTPUT")
+
+
+def parse_tenants(text: str) -> list[tuple[str, float, int, int]]:
+    """'a:3:64:32,b:1:256:128' -> [('a', 3.0, 64, 32), ('b', 1.0, 256, 128)]."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        parts = item.split(":")
+        try:
+            name, weight, inp, outp = parts[0], float(parts[1]), int(parts[2]), int(parts[3])
+            if len(parts) != 4 or not name or weight <= 0 or inp < 1 or outp < 1:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ValueError(f"--tenants: {item!r} is not NAME:WEIGHT:INPUT:OUTPUT "
+                             "(weight > 0, lengths >= 1)") from None
+        out.append((name, weight, inp, outp))
+    return out
+
+
+def _uniform_len(rng, length: int, ratio: float) -> int:
+    lo, hi = max(1, int(length * (1 - ratio))), max(1, int(length * (1 + ratio)))
+    return int(rng.integers(lo, hi + 1))
+
+
+def _lognormal_len(rng, mu_sigma: tuple[float, float], lo: int, hi: int) -> int:
+    return int(np.clip(round(rng.lognormal(*mu_sigma)), lo, hi))
+
+
+def build_workload(spec: WorkloadSpec, tokenizer) -> list[Session]:
+    """The sessions of `spec`: lengths from one seeded generator, text from another."""
+    spec.validate()
+    rng = np.random.default_rng(spec.seed)
+    maker = PromptMaker(tokenizer, seed=spec.seed + 1)
+    n = spec.num_prompts
+
+    def one(inp: int, outp: int, **kw) -> Session:
+        text, real = maker.text(inp)
+        return Session([Turn(text, real, outp)], **kw)
+
+    if spec.name == "random":
+        return [one(_uniform_len(rng, spec.input_len, spec.range_ratio),
+                    _uniform_len(rng, spec.output_len, spec.range_ratio)) for _ in range(n)]
+    if spec.name == "chat-like":
+        return [one(_lognormal_len(rng, CHAT_INPUT, 4, spec.max_input_len),
+                    _lognormal_len(rng, CHAT_OUTPUT, 1, spec.max_output_len)) for _ in range(n)]
+    if spec.name == "shared-prefix":
+        prefixes = [maker.text(spec.prefix_len) for _ in range(spec.num_prefixes)]
+        sessions = []
+        for i in range(n):
+            g = int(rng.integers(spec.num_prefixes))
+            s = one(_uniform_len(rng, spec.input_len, spec.range_ratio),
+                    _uniform_len(rng, spec.output_len, spec.range_ratio), group=g)
+            s.turns[0].system, s.turns[0].system_len = prefixes[g]
+            sessions.append(s)
+        return sessions
+    if spec.name == "multi-turn":
+        sessions, left = [], n
+        while left > 0:
+            k = min(spec.turns, left)
+            turns = []
+            for t in range(k):
+                text, real = maker.text(_uniform_len(rng, spec.input_len, spec.range_ratio))
+                think = float(rng.exponential(spec.think_time)) if t and spec.think_time > 0 else 0.0
+                turns.append(Turn(text, real, _uniform_len(rng, spec.output_len, spec.range_ratio), think_time=think))
+            sessions.append(Session(turns, group=len(sessions)))
+            left -= k
+        return sessions
+    # multi-tenant
+    weights = np.array([w for _, w, _, _ in spec.tenants], dtype=np.float64)
+    picks = rng.choice(len(spec.tenants), size=n, p=weights / weights.sum())
+    sessions = []
+    for k in picks:
+        name, _, inp, outp = spec.tenants[int(k)]
+        sessions.append(one(_uniform_len(rng, inp, spec.range_ratio), _uniform_len(rng, outp, spec.range_ratio),
+                            user=name, group=int(k)))
+    return sessions
+
+
+def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
+    """Send times (s after the start) of `count` arrivals at `rate` per second; all 0 for rate=inf."""
+    if math.isinf(rate):
+        return [0.0] * count
+    gaps = np.random.default_rng(seed + 7919).exponential(1.0 / rate, size=count)
+    gaps[0] = 0.0  # the first request goes at once; the run's clock starts with it
+    return [float(t) for t in np.cumsum(gaps)]
+
+
+def workload_summary(sessions: list[Session]) -> dict:
+    turns = [t for s in sessions for t in s.turns]
+    return {"sessions": len(sessions), "requests": len(turns),
+            "input_tokens": sum(t.input_len + t.system_len for t in turns),
+            "max_output_tokens": sum(t.output_len for t in turns)}

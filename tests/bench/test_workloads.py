@@ -1,0 +1,103 @@
+"""Workloads: seeded, real English cut to the asked token counts, the shapes each kind promises."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ember.bench.workloads import (CHAT_INPUT, CHAT_OUTPUT, WorkloadSpec, _lognormal_len, build_workload,
+                                   parse_tenants, poisson_arrivals)
+
+
+def build(tok, **kw):
+    return build_workload(WorkloadSpec(**kw), tok)
+
+
+def test_same_seed_same_requests_other_seed_others(bench_tokenizer):
+    a = build(bench_tokenizer, name="random", num_prompts=6, range_ratio=0.5, seed=3)
+    b = build(bench_tokenizer, name="random", num_prompts=6, range_ratio=0.5, seed=3)
+    c = build(bench_tokenizer, name="random", num_prompts=6, range_ratio=0.5, seed=4)
+    assert a == b
+    assert [s.turns[0].text for s in a] != [s.turns[0].text for s in c]
+
+
+def test_random_prompts_are_english_of_the_asked_length(bench_tokenizer):
+    sessions = build(bench_tokenizer, name="random", num_prompts=10, input_len=48, output_len=7)
+    for s in sessions:
+        t = s.turns[0]
+        assert t.input_len == 48 == len(bench_tokenizer.encode(t.text, add_bos=False))
+        assert t.output_len == 7
+        assert sum(ch.isalpha() for ch in t.text) > len(t.text) / 2  # words, not token soup
+
+
+def test_range_ratio_bounds_the_lengths(bench_tokenizer):
+    sessions = build(bench_tokenizer, name="random", num_prompts=30, input_len=40, output_len=20, range_ratio=0.5)
+    ins = [s.turns[0].input_len for s in sessions]
+    outs = [s.turns[0].output_len for s in sessions]
+    assert min(ins) >= 20 and max(ins) <= 60 and len(set(ins)) > 5
+    assert min(outs) >= 10 and max(outs) <= 30
+
+
+def test_chat_like_lengths_are_heavy_tailed_lognormals():
+    rng = np.random.default_rng(0)
+    ins = np.array([_lognormal_len(rng, CHAT_INPUT, 4, 10**6) for _ in range(20000)])
+    outs = np.array([_lognormal_len(rng, CHAT_OUTPUT, 1, 10**6) for _ in range(20000)])
+    assert abs(np.median(ins) - 42) < 3 and abs(ins.mean() - 69.5) < 4
+    assert abs(np.median(outs) - 156) < 8 and abs(outs.mean() - 214.5) < 8
+    assert np.percentile(ins, 99) > 5 * np.median(ins)  # the right tail a chat trace has
+
+
+def test_chat_like_respects_its_caps(bench_tokenizer):
+    sessions = build(bench_tokenizer, name="chat-like", num_prompts=40, max_input_len=64, max_output_len=50)
+    assert all(4 <= s.turns[0].input_len <= 64 and 1 <= s.turns[0].output_len <= 50 for s in sessions)
+    assert max(s.turns[0].output_len for s in sessions) == 50  # median 156 > cap: many hit it
+
+
+def test_shared_prefix_groups_share_their_system_prompt(bench_tokenizer):
+    sessions = build(bench_tokenizer, name="shared-prefix", num_prompts=24, num_prefixes=3, prefix_len=64, input_len=16)
+    by_group = {}
+    for s in sessions:
+        by_group.setdefault(s.group, set()).add(s.turns[0].system)
+        assert s.turns[0].system_len == 64
+    assert len(by_group) == 3 and all(len(v) == 1 for v in by_group.values())
+    assert len({next(iter(v)) for v in by_group.values()}) == 3
+    assert len({s.turns[0].text for s in sessions}) == 24
+
+
+def test_multi_turn_conversations(bench_tokenizer):
+    sessions = build(bench_tokenizer, name="multi-turn", num_prompts=10, turns=4, think_time=2.0, input_len=16)
+    assert [len(s.turns) for s in sessions] == [4, 4, 2]  # 10 turns, ceil(10/4) conversations
+    assert all(s.turns[0].think_time == 0.0 for s in sessions)
+    assert all(t.think_time > 0 for s in sessions for t in s.turns[1:])
+
+
+def test_multi_tenant_users_rates_and_lengths(bench_tokenizer):
+    tenants = parse_tenants("big:3:24:6,small:1:80:12")
+    sessions = build(bench_tokenizer, name="multi-tenant", num_prompts=200, tenants=tenants)
+    big = [s for s in sessions if s.user == "big"]
+    small = [s for s in sessions if s.user == "small"]
+    assert len(big) + len(small) == 200 and 125 < len(big) < 175  # weight 3:1 -> 150 expected
+    assert all(s.turns[0].input_len == 24 and s.turns[0].output_len == 6 for s in big)
+    assert all(s.turns[0].input_len == 80 and s.turns[0].output_len == 12 for s in small)
+
+
+@pytest.mark.parametrize("bad", ["a:1:2", "a:0:5:5", ":1:5:5", "a:x:5:5", "a:1:5:5:5"])
+def test_bad_tenant_specs_are_refused(bad):
+    with pytest.raises(ValueError, match="--tenants"):
+        parse_tenants(bad)
+
+
+def test_bad_specs_are_refused(bench_tokenizer):
+    with pytest.raises(ValueError, match="--workload"):
+        build(bench_tokenizer, name="nope")
+    with pytest.raises(ValueError, match="--num-prompts"):
+        build(bench_tokenizer, num_prompts=0)
+
+
+def test_poisson_arrivals():
+    assert poisson_arrivals(5, math.inf, 0) == [0.0] * 5
+    t = poisson_arrivals(4000, 4.0, 1)
+    assert t == poisson_arrivals(4000, 4.0, 1) and t[0] == 0.0
+    gaps = np.diff(t)
+    assert (gaps >= 0).all() and abs(gaps.mean() - 0.25) < 0.02
+    assert abs(gaps.std() - 0.25) < 0.03  # exponential: std equals mean
