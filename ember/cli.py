@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_args(e)
     e.set_defaults(func=cmd_eval_ppl)
+    from ember.bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 
