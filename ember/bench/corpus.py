@@ -29,12 +29,18 @@ def sentences() -> tuple[str, ...]:
 
 def load_tokenizer(path: str | None = None):
     """The tokenizer of a GGUF file or Hugging Face directory (default: the default model's), without loading weights."""
+    from ember.loader import resolve_model_path
+
+    return _load_tokenizer(resolve_model_path(path))
+
+
+@lru_cache(maxsize=4)  # reading a GGUF's vocabulary takes seconds; tokenizers are only read from
+def _load_tokenizer(path: str):
     import os
 
-    from ember.loader import ModelLoadError, resolve_model_path
+    from ember.loader import ModelLoadError
     from ember.loader.tokenizer import EmberTokenizer
 
-    path = resolve_model_path(path)
     if os.path.isdir(path):
         return EmberTokenizer.from_dir(path)
     from ember.loader.gguf import GGUFFile
