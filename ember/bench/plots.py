@@ -36,7 +36,8 @@ def plot_cdfs(reports: list[dict], folder: str) -> list[str]:
             for run in rep["runs"]:
                 xs = _latencies(run, which)
                 if xs:
-                    ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=run_name(rep, run), drawstyle="steps-post")
+                    ys = [0.0] + [(i + 1) / len(xs) for i in range(len(xs))]
+                    ax.plot([xs[0]] + xs, ys, label=run_name(rep, run), drawstyle="steps-post")
                     drawn += 1
         if drawn:
             ax.set_xlabel(xlabel)
@@ -82,8 +83,11 @@ def plot_sweeps(reports: list[dict], folder: str) -> list[str]:
                 pts.append((x, y))
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=rep.get("label") or "run")
-        ax.set_xlabel("request rate (req/s; rightmost point: inf)" if key == "request_rate" and math.inf in
-                      [r.get(key) for rep, _ in swept for r in rep["runs"]] else key.replace("_", " "))
+        ticks = sorted({x for rep, k in swept if k == key for x in
+                        (inf_at if r.get(key) == math.inf else float(r[key]) for r in rep["runs"])})
+        ax.set_xticks(ticks, ["inf" if x == inf_at and math.inf in [r.get(key) for rep, _ in swept for r in rep["runs"]]
+                              else f"{x:g}" for x in ticks])
+        ax.set_xlabel("request rate (req/s)" if key == "request_rate" else "max concurrency")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

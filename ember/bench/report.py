@@ -83,6 +83,8 @@ def serve_rows(metrics: dict) -> list[tuple[str, float]]:
         slos = " ".join(f"{k}<={v:g}ms" for k, v in g["slos_ms"].items())
         rows.append((f"goodput (req/s, {slos})", g["request_goodput"]))
     for key, name in LATENCIES:
+        if key not in metrics:  # offline runs have no per-token gaps
+            continue
         for stat in STATS:
             rows.append((f"{name} {stat} (ms)", metrics[key][stat]))
     if (metrics.get("energy") or {}).get("joules_per_output_token") is not None:
@@ -118,17 +120,17 @@ def report_columns(reports: list[dict]) -> list[tuple[str, list[tuple[str, float
     columns = []
     for rep in reports:
         for run in rep["runs"]:
-            rows = serve_rows(run["metrics"]) if rep["kind"] == "serve" else \
+            rows = serve_rows(run["metrics"]) if rep["kind"] in ("serve", "throughput") else \
                 [(k, v) for k, v in run["metrics"].items() if isinstance(v, (int, float))]
             columns.append((run_name(rep, run), rows))
     return columns
 
 
 def print_reports(reports: list[dict], console=None) -> None:
-    """The table of every run of every report; with exactly two runs, their ratio too."""
+    """The table of every run of every report; for two reports of one run each, their ratio too."""
     columns = report_columns(reports)
     title = " vs ".join(dict.fromkeys(r.get("label") or r["kind"] for r in reports))
-    print_table(columns, title, console, ratio=len(columns) == 2)
+    print_table(columns, title, console, ratio=len(columns) == 2 and len(reports) == 2)
 
 
 def energy_line(energy: dict) -> str:

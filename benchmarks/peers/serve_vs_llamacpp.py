@@ -1,0 +1,178 @@
+"""The same `ember bench serve` workload against `ember serve` and llama.cpp's OpenAI server.
+
+Both servers run one after the other on loopback, on the same GGUF file, with the same thread
+count; the client (this checkout's `ember bench serve`) and its seeded workload are the same for
+both, so the ratios compare the servers. llama.cpp is `python -m llama_cpp.server` from the peer
+venv that `benchmarks/peers/llamacpp_env.sh` builds (llama-cpp-python 0.3.36 from source).
+Never part of `make test`.
+
+  .venv/bin/python benchmarks/peers/serve_vs_llamacpp.py --workload chat-like --num-prompts 200 \\
+      --sweep-rate inf,4 --out-dir reports/peers
+
+Output tokens must match for the ratios to mean "same work": with --ignore-eos Ember ignores EOS
+itself, and llama.cpp (which has no ignore_eos) gets a logit bias of -100 on its end tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEERS = os.path.join(ROOT, "benchmarks", "peers")
+sys.path.insert(0, ROOT)
+
+from ember.bench.report import load_report, print_table, run_name  # noqa: E402
+
+RATIO_ROWS = (("output tok/s", lambda m: m["output_throughput"]), ("requests/s", lambda m: m["request_throughput"]),
+              ("TTFT mean ms", lambda m: m["ttft_ms"]["mean"]), ("TTFT p99 ms", lambda m: m["ttft_ms"]["p99"]),
+              ("TPOT mean ms", lambda m: m["tpot_ms"]["mean"]), ("ITL p99 ms", lambda m: m["itl_ms"]["p99"]),
+              ("E2EL mean ms", lambda m: m["e2el_ms"]["mean"]), ("completed", lambda m: m["completed"]),
+              ("failed", lambda m: m["failed"]), ("output tokens", lambda m: m["total_output_tokens"]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: str, limit_s: float = 300.0) -> None:
+    """Poll `url` until it answers 200; bounded, and fails early if the server exits."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit(f"server not ready after {limit_s:.0f} s; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def llamacpp_python(given: str | None) -> str:
+    if given:
+        return given
+    out = subprocess.run(["bash", os.path.join(PEERS, "llamacpp_env.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llamacpp_env.sh failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def server_commands(args, model: str, port: int) -> dict[str, tuple[list[str], str]]:
+    """name -> (command, readiness URL)."""
+    ember = [os.path.join(ROOT, ".venv", "bin", "ember"), "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--model", model, "--threads", str(args.threads), "--max-num-seqs", str(args.max_num_seqs)]
+    ember += shlex.split(args.ember_args)
+    llama = [llamacpp_python(args.llamacpp_python) if "llamacpp" in args.servers else "python", "-m",
+             "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+             "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx)]
+    llama += shlex.split(args.llamacpp_args)
+    base = f"http://127.0.0.1:{port}"
+    return {"ember": (ember, base + "/health"), "llamacpp": (llama, base + "/v1/models")}
+
+
+def bench_command(args, name: str, port: int, out: str) -> list[str]:
+    cmd = [os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "serve", "--base-url", f"http://127.0.0.1:{port}",
+           "--endpoint", args.endpoint, "--workload", args.workload, "--num-prompts", str(args.num_prompts),
+           "--sweep-rate", args.sweep_rate, "--seed", str(args.seed), "--output", out, "--label", name]
+    if args.max_concurrency:
+        cmd += ["--max-concurrency", str(args.max_concurrency)]
+    if args.ignore_eos:
+        cmd += ["--ignore-eos"]
+        if name == "llamacpp":  # no ignore_eos field there: forbid its end tokens instead
+            cmd += ["--extra-body", json.dumps({"logit_bias": {str(t): -100.0 for t in args.end_tokens}})]
+    return cmd + shlex.split(args.bench_args)
+
+
+def ratio_table(files: dict[str, str]) -> None:
+    reports = {name: load_report(path) for name, path in files.items()}
+    if set(reports) != {"ember", "llamacpp"}:
+        return
+    ember, llama = reports["ember"], reports["llamacpp"]
+    columns = []
+    for run_e, run_l in zip(ember["runs"], llama["runs"]):
+        me, ml = run_e["metrics"], run_l["metrics"]
+        rows_e = [(k, f(me)) for k, f in RATIO_ROWS]
+        rows_l = [(k, f(ml)) for k, f in RATIO_ROWS]
+        rows_r = [(k, (a / b) if isinstance(a, (int, float)) and b else float("nan")) for (k, a), (_, b) in zip(rows_e, rows_l)]
+        columns += [(run_name(ember, run_e), rows_e), (run_name(llama, run_l), rows_l), ("ember / llamacpp", rows_r)]
+    print_table(columns, "ember serve vs llama.cpp server (same client, same workload)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default="ember,llamacpp", help="which to run, in order")
+    p.add_argument("--model", default=None, help="GGUF file (default: the default model)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-num-seqs", type=int, default=32, help="ember serve --max-num-seqs")
+    p.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context (its default 2048 is short for chat-like)")
+    p.add_argument("--ember-args", default="", help="more `ember serve` flags, one string")
+    p.add_argument("--llamacpp-args", default="", help="more `llama_cpp.server` flags, one string")
+    p.add_argument("--llamacpp-python", default=None, help="python of the peer venv (default: build/find it)")
+    p.add_argument("--endpoint", default="chat", choices=["chat", "completions"])
+    p.add_argument("--workload", default="chat-like")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--sweep-rate", default="inf,4", help="request rates, one run each")
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--end-tokens", default="0,2", help="token ids llama.cpp must not emit under --ignore-eos")
+    p.add_argument("--bench-args", default="", help="more `ember bench serve` flags, one string")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "reports", "peers"))
+    args = p.parse_args()
+    args.end_tokens = [int(t) for t in args.end_tokens.split(",") if t.strip()]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not servers or any(s not in ("ember", "llamacpp") for s in servers):
+        raise SystemExit("--servers: a comma-separated list of ember, llamacpp")
+    args.servers = servers
+    from ember.loader import default_model_path
+    model = os.path.abspath(args.model) if args.model else default_model_path()
+    os.makedirs(args.out_dir, exist_ok=True)
+    files = {}
+    for name in servers:
+        port = free_port()
+        cmd, ready = server_commands(args, model, port)[name]
+        log = os.path.join(args.out_dir, f"{name}-server.log")
+        print(f"[{name}] {' '.join(cmd)}", file=sys.stderr)
+        with open(log, "wb") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_ready(proc, ready, log)
+            out = os.path.join(args.out_dir, f"{name}.json")
+            bench = bench_command(args, name, port, out)
+            print(f"[{name}] {' '.join(shlex.quote(c) for c in bench)}", file=sys.stderr)
+            if subprocess.run(bench, cwd=ROOT).returncode != 0:
+                raise SystemExit(f"[{name}] ember bench serve failed")
+            files[name] = out
+        finally:
+            stop(proc)
+    ratio_table(files)
+    subprocess.run([os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "compare", *files.values(),
+                    "--plot", os.path.join(args.out_dir, "plots")], cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"results and plots in {args.out_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
