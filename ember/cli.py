@@ -1,4 +1,4 @@
-"""`ember` command line: generate | chat | info | eval ppl."""
+"""`ember` command line: serve | generate | chat | info | eval ppl | bench."""
 
 from __future__ import annotations
 
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    p = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API",
+                       description="Serve the model over an OpenAI-compatible HTTP API "
+                                   "(/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics).")
+    from ember.serve.server import add_server_args
+    add_server_args(p)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("generate", help="generate a continuation of one prompt, streamed to stdout",
                        description="Generate from one prompt and stream the text to stdout.")
     p.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
@@ -107,6 +115,12 @@ def _llm(args, progress: bool = True):
 
     cfg = engine_config(args)
     return LLM(progress=progress, **dataclasses.asdict(cfg))
+
+
+def cmd_serve(args) -> int:
+    from ember.serve.server import serve, server_config
+
+    return serve(engine_config(args), server_config(args))
 
 
 def cmd_generate(args) -> int:

@@ -9,7 +9,7 @@ from ember.engine.llm_engine import LLMEngine
 from ember.engine.outputs import CompletionOutput, Logprob, RequestMetricsOut, RequestOutput
 from ember.engine.request import Request
 from ember.engine.sampling_params import SamplingParams
-from ember.loader.chat_template import render_chat
+from ember.loader.chat_template import encode_chat
 
 
 class LLM:
@@ -48,14 +48,7 @@ class LLM:
         return self.generate(prompts, params, use_tqdm=use_tqdm)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        template = self.tokenizer.chat_template
-        if not template:
-            raise ValueError("this model has no chat template; use generate() with a raw prompt")
-        tok = self.tokenizer
-        text = render_chat(template, messages, add_generation_prompt,
-                           bos_token=tok.token_text(tok.bos_token_id) if tok.bos_token_id is not None else "",
-                           eos_token=tok.token_text(tok.eos_token_id) if tok.eos_token_id is not None else "")
-        return tok.encode(text, add_bos=False)
+        return encode_chat(self.tokenizer, messages, add_generation_prompt)
 
     def stream(self, prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text pieces of one prompt's first sequence as they are generated."""
