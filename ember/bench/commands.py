@@ -21,6 +21,9 @@ def _finish(report: dict, args) -> int:
     from ember.bench.report import print_reports, save_report
 
     print_reports([report])
+    for run in report["runs"]:
+        for message, count in (run["metrics"].get("errors") or {}).items():
+            print(f"failed: {count} x {message}", file=sys.stderr)
     if args.output:
         save_report(report, args.output)
         print(f"wrote {args.output}", file=sys.stderr)
