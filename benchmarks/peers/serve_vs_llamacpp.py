@@ -86,7 +86,8 @@ def server_commands(args, model: str, port: int) -> dict[str, tuple[list[str], s
     ember += shlex.split(args.ember_args)
     llama = [llamacpp_python(args.llamacpp_python) if "llamacpp" in args.servers else "python", "-m",
              "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-             "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx)]
+             "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
+             "--interrupt_requests", "False"]  # its default True ends a stream when another request arrives
     llama += shlex.split(args.llamacpp_args)
     base = f"http://127.0.0.1:{port}"
     return {"ember": (ember, base + "/health"), "llamacpp": (llama, base + "/v1/models")}

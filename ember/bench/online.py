@@ -144,8 +144,19 @@ def _fill_counts(result: RequestResult, body: dict, tokenizer) -> None:
         result.output_tokens = (len(tokenizer.encode(result.generated_text, add_bos=False)) if tokenizer
                                 else len(result.chunk_times))
     if not result.prompt_tokens and tokenizer is not None:
-        sent = body.get("prompt") or "\n".join(m["content"] for m in body.get("messages", []))
+        sent = body["prompt"] if "prompt" in body else _chat_text(body["messages"], tokenizer)
         result.prompt_tokens = len(tokenizer.encode(sent, add_bos=False))
+
+
+def _chat_text(messages: list[dict], tokenizer) -> str:
+    """The messages as the model's chat template renders them (what a server tokenizes)."""
+    if not tokenizer.chat_template:
+        return "\n".join(m["content"] for m in messages)
+    from ember.loader.chat_template import render_chat
+
+    special = lambda i: tokenizer.token_text(i) if i is not None else ""  # noqa: E731
+    return render_chat(tokenizer.chat_template, messages, True, bos_token=special(tokenizer.bos_token_id),
+                       eos_token=special(tokenizer.eos_token_id))
 
 
 async def run_sessions(cfg: ClientConfig, sessions: list[Session], tokenizer=None, on_done=None) -> tuple[list[RequestResult], float]:

@@ -67,6 +67,8 @@ def run_name(report: dict, run: dict) -> str:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) < 1e5 else f"{v:,.0f}"
     return str(v)
@@ -113,7 +115,8 @@ def print_table(columns: list[tuple[str, list[tuple[str, float]]]], title: str, 
                 a, b = values[0].get(k), values[-1].get(k)
                 cells.append(f"{b / a:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-")
             table.add_row(k, *cells)
-    (console or Console()).print(table)
+    # wide enough for every column even when stdout is not a terminal (rich would assume 80)
+    (console or Console(width=max(100, 34 + 16 * (len(columns) + ratio)))).print(table)
 
 
 def report_columns(reports: list[dict]) -> list[tuple[str, list[tuple[str, float]]]]:
