@@ -31,7 +31,7 @@ def plot_cdfs(reports: list[dict], folder: str) -> list[str]:
     paths = []
     for which, xlabel in CDFS:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        drawn = 0
+        drawn, lo, hi = 0, math.inf, 0.0
         for rep in reports:
             for run in rep["runs"]:
                 xs = _latencies(run, which)
@@ -39,7 +39,10 @@ def plot_cdfs(reports: list[dict], folder: str) -> list[str]:
                     ys = [0.0] + [(i + 1) / len(xs) for i in range(len(xs))]
                     ax.plot([xs[0]] + xs, ys, label=run_name(rep, run), drawstyle="steps-post")
                     drawn += 1
+                    lo, hi = min(lo, xs[0]), max(hi, xs[-1])
         if drawn:
+            if lo > 0 and hi / lo > 100:  # heavy tails: a log axis keeps the body of the curve readable
+                ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("fraction of requests" if which != "itl" else "fraction of gaps")
             ax.set_ylim(0, 1.02)
