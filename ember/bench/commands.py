@@ -17,6 +17,19 @@ def _spec(args):
                         tenants=parse_tenants(args.tenants))
 
 
+def _check_output(args) -> None:
+    """Refuse an unwritable --output or --plot before a long run, not after it."""
+    import os
+
+    for path in filter(None, (args.output and os.path.dirname(os.path.abspath(args.output)), args.plot)):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"cannot write to {path}")
+
+
 def _finish(report: dict, args) -> int:
     from ember.bench.report import print_reports, save_report
 
@@ -59,6 +72,7 @@ def cmd_serve(args) -> int:
         raise ValueError("--sweep-concurrency values must be at least 1")
     spec = _spec(args)
     spec.validate()
+    _check_output(args)
     tokenizer = load_tokenizer(args.tokenizer)
     sessions = build_workload(spec, tokenizer)
     report = run_serve_benchmark(cfg, spec, sessions, tokenizer, args.sweep_rate or [args.request_rate],
@@ -84,6 +98,7 @@ def cmd_throughput(args) -> int:
     spec = _spec(args)
     if spec.name == "multi-turn":
         raise ValueError("multi-turn needs the server's replies between turns; run it with `ember bench serve`")
+    _check_output(args)
     llm = _engine(args)
     sessions = build_workload(spec, llm.tokenizer)
     prompts_of(sessions)  # refuses what offline cannot run, before any work
@@ -103,6 +118,7 @@ def cmd_latency(args) -> int:
     if min(args.batch_size) < 1 or args.input_len < 1 or args.output_len < 1 or args.num_iters < 1 \
             or args.num_iters_warmup < 0:
         raise ValueError("--batch-size, --input-len, --output-len and --num-iters must be at least 1")
+    _check_output(args)
     llm = _engine(args)
     report = new_report("latency", args.label or "ember latency", engine=dataclasses.asdict(llm.config))
     steps = len(args.batch_size) * (args.num_iters + args.num_iters_warmup)

@@ -43,7 +43,20 @@ def run_serve_benchmark(cfg: ClientConfig, spec: WorkloadSpec, sessions: list[Se
                 bar.close()
             metrics = compute_metrics(results, duration, slos)
             metrics["energy"] = meter.stop(metrics["total_output_tokens"])
+            users = sorted({r.user for r in results if r.user is not None})
+            if users:  # multi-tenant: each tenant's share, for fairness comparisons
+                metrics["per_user"] = {u: _brief(compute_metrics([r for r in results if r.user == u], duration, slos))
+                                       for u in users}
             report["model"] = point.model  # as the server named it
             report["runs"].append({"request_rate": rate, "max_concurrency": conc, "metrics": metrics,
                                    "requests": [r.to_json(keep_text) for r in results]})
     return report
+
+
+def _brief(m: dict) -> dict:
+    keep = ("completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput", "output_throughput")
+    out = {k: m[k] for k in keep}
+    out.update(ttft_ms_mean=m["ttft_ms"]["mean"], ttft_ms_p99=m["ttft_ms"]["p99"], e2el_ms_mean=m["e2el_ms"]["mean"])
+    if "goodput" in m:
+        out["request_goodput"] = m["goodput"]["request_goodput"]
+    return out

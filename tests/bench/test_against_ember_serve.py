@@ -68,3 +68,22 @@ def test_http_400s_are_counted_as_failed(ember_server, bench_tokenizer):
     assert [r.session for r in failed] == [1, 3]
     assert all(r.error.startswith("HTTP 400") for r in failed), [r.error for r in failed]
     assert m["total_output_tokens"] == 8  # only the two that completed
+
+
+def test_multi_tenant_run_reports_each_user(ember_server, bench_tokenizer):
+    from ember.bench.serve_bench import run_serve_benchmark
+    from ember.bench.workloads import parse_tenants
+
+    spec = WorkloadSpec(name="multi-tenant", num_prompts=6, tenants=parse_tenants("alice:1:8:3,bob:1:24:5"), seed=1)
+    sessions = build_workload(spec, bench_tokenizer)
+    cfg = ClientConfig(ember_server, ignore_eos=True)
+    report = run_serve_benchmark(cfg, spec, sessions, bench_tokenizer, [50.0], [2], {"ttft": 600000.0},
+                                 "ember", progress=False)
+    m = report["runs"][0]["metrics"]
+    users = {s.user for s in sessions}
+    assert set(m["per_user"]) == users and m["failed"] == 0
+    for u in users:
+        n = sum(s.user == u for s in sessions)
+        want = 3 if u == "alice" else 5
+        assert m["per_user"][u]["completed"] == n and m["per_user"][u]["total_output_tokens"] == n * want
+    assert report["runs"][0]["max_concurrency"] == 2 and report["model"]
