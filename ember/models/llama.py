@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ember.kernels.attention import AttentionBackend, AttentionMetadata
-from ember.kernels.linear import LinearMethod
+from ember.kernels.linear import LinearMethod, get_linear_method
 from ember.models.config import ModelConfig
 from ember.models.rope import apply_rope, cos_sin_table, inverse_frequencies
 
@@ -72,7 +72,10 @@ class LlamaForCausalLM(nn.Module):
         self.attention = backend  # the default; a caller may pass another per forward
         self.embed = nn.Parameter(torch.empty(0), requires_grad=False)
         self.norm = nn.Parameter(torch.empty(0), requires_grad=False)
-        # The output head is the largest matrix; it keeps its own method (dense unless asked).
+        # The output head is the largest matrix; it keeps its own method (dense unless asked),
+        # except that a quantized body method names the head precision it is validated with.
+        if method.head_method is not None:
+            lm_head_method = get_linear_method(method.head_method)
         self.lm_head = Linear(lm_head_method or method)
         self.cos = self.sin = torch.empty(0)
 
@@ -146,6 +149,7 @@ class LlamaForCausalLM(nn.Module):
             total += layer.input_norm.numel() * layer.input_norm.element_size() * 2
             for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
                 total += lin.method.weight_bytes(lin.params)
-        if not self.cfg.tie_embeddings:
+        head = self.lm_head.params.get("weight")
+        if not (self.cfg.tie_embeddings and head is not None and head.data_ptr() == self.embed.data_ptr()):
             total += self.lm_head.method.weight_bytes(self.lm_head.params)
         return total

@@ -11,6 +11,9 @@ from ember.registry import Registry
 
 class LinearMethod(ABC):
     name: str = ""
+    # The method the output head should use beside this one (a quantized body names a head
+    # precision that keeps accuracy); None: whatever the model's caller asked for.
+    head_method: str | None = None
 
     @abstractmethod
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -1,0 +1,84 @@
+"""`int4` LinearMethod: packing, the aten kernel against the plain-torch reference, quantization error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.kernels.linear import get_linear_method
+from ember.kernels.linear.int4 import GROUP, dequantize_int4, quantize_int4, reference_apply, unpack_int4
+
+
+@pytest.fixture(scope="module")
+def weights(ember_lm):
+    """Real projections of the default model (Q4_1 in the GGUF): fused QKV [960, 576], down [576, 1536]."""
+    layer = ember_lm.model.layers[3]
+    return [layer.qkv_proj.params["weight"], layer.down_proj.params["weight"]]
+
+
+def test_unpack_inverts_the_kernel_packing():
+    torch.manual_seed(0)
+    for n, k in [(32, 64), (960, 576), (576, 1536)]:
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        assert torch.equal(unpack_int4(packed, n, k), q)
+
+
+def test_shapes_the_kernel_cannot_take_are_refused():
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        quantize_int4(torch.randn(64, 48))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_int4(torch.randn(48, 64))
+
+
+def test_quantization_error_random_weights():
+    torch.manual_seed(1)
+    w = torch.randn(256, 512)
+    q, scale, zero = quantize_int4(w)
+    assert int(q.min()) >= 0 and int(q.max()) <= 15
+    deq = ((q.float().view(256, -1, GROUP) - 8) * scale.float()[..., None] + zero.float()[..., None]).view(256, 512)
+    step = scale.float().repeat_interleave(GROUP, dim=1)
+    # Half a step from rounding, plus the bf16 rounding of the zero point (|zero| * 2^-8).
+    slack = zero.float().abs().repeat_interleave(GROUP, dim=1) * 2 ** -8 + 1e-6
+    assert bool(((deq - w).abs() <= step * 0.5 + slack).all())
+    assert (deq - w).norm() / w.norm() < 0.12  # ~0.09 expected for 16 levels over a Gaussian group
+
+
+def test_gguf_q4_1_weights_requantize_onto_their_own_grid(weights):
+    """Q4_1 blocks are 32 wide, like our groups: requantizing costs little beyond bf16 scales."""
+    for w in weights:
+        q, scale, zero = quantize_int4(w)
+        deq = ((q.float().view(w.shape[0], -1, GROUP) - 8) * scale.float()[..., None]
+               + zero.float()[..., None]).view_as(w)
+        rel = (deq - w).norm() / w.norm()
+        assert rel < 0.01, f"relative error {rel:.4f} (random Gaussian weights give ~0.09)"
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32])
+def test_kernel_matches_reference(weights, rows):
+    method = get_linear_method("int4")
+    torch.manual_seed(rows)
+    for w in weights:
+        params = method.pack(w, None, torch.float32)
+        x = torch.randn(rows, w.shape[1])
+        y, ref = method.apply(x, params), reference_apply(x, params)
+        assert y.shape == (rows, w.shape[0]) and y.dtype == torch.float32
+        assert bool(((y - ref).abs() <= ref.abs() * 2 ** -8 + 1e-4 * ref.abs().max()).all())
+        exact = F.linear(x, w)
+        assert (y - exact).norm() / exact.norm() < 0.05
+
+
+def test_large_batches_take_the_dense_path_exactly(weights):
+    method = get_linear_method("int4")
+    w = weights[1]
+    params = method.pack(w, None, torch.float32)
+    x = torch.randn(method.dense_rows, w.shape[1])
+    torch.testing.assert_close(method.apply(x, params), F.linear(x, dequantize_int4(params)), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_bytes_are_about_an_eighth_of_fp32(weights):
+    method = get_linear_method("int4")
+    w = weights[0]
+    params = method.pack(w, None, torch.float32)
+    assert method.weight_bytes(params) < w.numel() * 4 / 6

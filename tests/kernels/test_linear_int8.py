@@ -1,0 +1,65 @@
+"""`int8` LinearMethod: the aten kernel against the plain-torch reference, and the quantization error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.kernels.linear import get_linear_method
+from ember.kernels.linear.int8 import dequantize_int8, quantize_int8, reference_apply
+
+
+@pytest.fixture(scope="module")
+def weights(ember_lm):
+    """Real projections of the default model: fused QKV [960, 576] and down [576, 1536] of layer 3."""
+    layer = ember_lm.model.layers[3]
+    return [layer.qkv_proj.params["weight"], layer.down_proj.params["weight"]]
+
+
+def test_quantization_error_is_within_half_a_step(weights):
+    for w in weights:
+        q, scale = quantize_int8(w)
+        assert q.dtype == torch.int8 and int(q.abs().max()) <= 127
+        deq = dequantize_int8({"qweight": q, "scale": scale})
+        err = (deq - w).abs()
+        # Half a step from rounding, plus a little for the bf16 scale (codes are chosen against it).
+        assert bool((err <= scale.float()[:, None] * 0.5 + 1e-6).all())
+        rel = (deq - w).norm() / w.norm()
+        assert rel < 0.01, f"relative Frobenius error {rel:.4f}"
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32])
+def test_kernel_matches_reference(weights, rows):
+    method = get_linear_method("int8")
+    torch.manual_seed(rows)
+    for w in weights:
+        params = method.pack(w, None, torch.float32)
+        x = torch.randn(rows, w.shape[1])
+        y, ref = method.apply(x, params), reference_apply(x, params)
+        assert y.shape == (rows, w.shape[0]) and y.dtype == torch.float32
+        # The kernel's only extra rounding is its bf16 output: < 2^-8 relative per element.
+        assert bool(((y - ref).abs() <= ref.abs() * 2 ** -8 + 1e-4 * ref.abs().max()).all())
+        # And against the float weight: the error of int8 weights with bf16 activations.
+        exact = F.linear(x, w)
+        assert (y - exact).norm() / exact.norm() < 0.02
+
+
+def test_large_batches_take_the_dense_path_exactly(weights):
+    method = get_linear_method("int8")
+    w = weights[0]
+    params = method.pack(w, torch.randn(w.shape[0]), torch.float32)
+    x = torch.randn(method.dense_rows + 3, w.shape[1])
+    y = method.apply(x, params)
+    torch.testing.assert_close(y, F.linear(x, dequantize_int8(params), params["bias"]), rtol=1e-5, atol=1e-5)
+    # Small batches add the bias too, and leading dims are kept.
+    y3 = method.apply(x[:4].view(2, 2, -1), params)
+    assert y3.shape == (2, 2, w.shape[0])
+    torch.testing.assert_close(y3.view(4, -1), reference_apply(x[:4], params), rtol=1e-2, atol=1e-2)
+
+
+def test_weight_bytes_are_a_quarter_of_fp32(weights):
+    method = get_linear_method("int8")
+    w = weights[0]
+    params = method.pack(w, None, torch.float32)
+    assert method.weight_bytes(params) < w.numel() * 4 / 3.9
