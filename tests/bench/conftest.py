@@ -36,7 +36,7 @@ def ember_cmd() -> list[str]:
     return [sys.executable, "-m", "ember.cli"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # only one module needs it; it should not idle through the rest of a run
 def ember_server(tmp_path_factory):
     """`ember serve` as a subprocess on a free loopback port; yields its base URL; killed after."""
     import importlib.util
