@@ -32,7 +32,8 @@ sys.path.insert(0, ROOT)
 
 from ember.bench.report import load_report, print_table, run_name  # noqa: E402
 
-RATIO_ROWS = (("output tok/s", lambda m: m["output_throughput"]), ("requests/s", lambda m: m["request_throughput"]),
+RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda m: m["output_throughput"]),
+              ("total tok/s", lambda m: m["total_token_throughput"]), ("requests/s", lambda m: m["request_throughput"]),
               ("TTFT mean ms", lambda m: m["ttft_ms"]["mean"]), ("TTFT p99 ms", lambda m: m["ttft_ms"]["p99"]),
               ("TPOT mean ms", lambda m: m["tpot_ms"]["mean"]), ("ITL p99 ms", lambda m: m["itl_ms"]["p99"]),
               ("E2EL mean ms", lambda m: m["e2el_ms"]["mean"]), ("completed", lambda m: m["completed"]),
@@ -121,6 +122,29 @@ def ratio_table(files: dict[str, str]) -> None:
     print_table(columns, "ember serve vs llama.cpp server (same client, same workload)")
 
 
+def _num(v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def markdown_table(files: dict[str, str]) -> str:
+    """The ratio table as Markdown, for benchmarks/README.md."""
+    ember, llama = load_report(files["ember"]), load_report(files["llamacpp"])
+    head = ["metric"]
+    for run in ember["runs"]:
+        rate = run_name(ember, run).split(" ", 1)[1]
+        head += [f"ember {rate}", f"llama.cpp {rate}", "ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, f in RATIO_ROWS:
+        cells = [key]
+        for run_e, run_l in zip(ember["runs"], llama["runs"]):
+            a, b = f(run_e["metrics"]), f(run_l["metrics"])
+            cells += [_num(a), _num(b), f"{a / b:.2f}" if b else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default="ember,llamacpp", help="which to run, in order")
@@ -169,6 +193,8 @@ def main() -> int:
         finally:
             stop(proc)
     ratio_table(files)
+    if set(files) == {"ember", "llamacpp"}:
+        print(markdown_table(files))
     subprocess.run([os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "compare", *files.values(),
                     "--plot", os.path.join(args.out_dir, "plots")], cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"results and plots in {args.out_dir}", file=sys.stderr)
