@@ -163,13 +163,11 @@ class AsyncEngine:
                 self._wake.clear()
                 continue
             try:
-                changed = self.engine.step()
-            except Exception as exc:  # never let one bad step kill the server
+                self._publish(self.engine.step())
+            except Exception as exc:  # never let one bad step kill the server: fail its requests
                 log.exception("engine step failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._fail_all(exc)
-                continue
-            self._publish(changed)
 
     def _drain(self) -> None:
         while self._inbox:

@@ -7,10 +7,9 @@ import uuid
 from contextlib import aclosing
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
 
 from ember.serve import outputs as out
-from ember.serve.context import Served, log_state, until_disconnect, updates
+from ember.serve.context import Served, finish_summary, log_state, respond, updates
 from ember.serve.errors import OpenAIError
 from ember.serve.inputs import chat_prompt, check_chat, resolve_max_tokens, sampling_params
 from ember.serve.protocol import ChatCompletionRequest
@@ -28,10 +27,7 @@ async def handle_chat(served: Served, body: ChatCompletionRequest, request: Requ
     params = sampling_params(body, max_tokens, served.vocab_size, logprobs=logprobs)
     served.admit()
     job = _Chat(served, body, request, model, prompt, params)
-    if body.stream:
-        return StreamingResponse(job.stream(), media_type="text/event-stream")
-    result = await until_disconnect(request, job.collect())
-    return Response(status_code=499) if result is None else result
+    return await respond(request, job, body.stream)
 
 
 class _Chat:
@@ -62,7 +58,7 @@ class _Chat:
                 self.completion_tokens = update.num_output_tokens
         choices = [out.chat_choice(j, texts[j], self._logprobs(entries[j]), finish[j]) for j in range(n)]
         log_state(self.request, self.request_id, len(self.prompt.token_ids), self.completion_tokens,
-                  ",".join(sorted({f or "none" for f in finish})))
+                  finish_summary(finish))
         return out.chat_body(self.request_id, self.created, self.model, choices, self._usage())
 
     async def stream(self):
@@ -94,5 +90,5 @@ class _Chat:
         if with_usage:
             yield out.sse(out.chat_chunk(self.request_id, self.created, self.model, [], self._usage(), True))
         log_state(self.request, self.request_id, len(self.prompt.token_ids), self.completion_tokens,
-                  ",".join(sorted({f or "none" for f in finish.values()})))
+                  finish_summary(finish.values()))
         yield out.sse("[DONE]")

@@ -7,10 +7,9 @@ import uuid
 from contextlib import aclosing
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
 
 from ember.serve import outputs as out
-from ember.serve.context import Served, log_state, until_disconnect, updates
+from ember.serve.context import Served, finish_summary, log_state, respond, updates
 from ember.serve.errors import OpenAIError
 from ember.serve.inputs import check_completion, completion_prompts, resolve_max_tokens, sampling_params
 from ember.serve.protocol import CompletionRequest
@@ -29,10 +28,7 @@ async def handle_completions(served: Served, body: CompletionRequest, request: R
               for p in prompts]
     served.admit()
     job = _Completion(served, body, request, model, prompts, params)
-    if body.stream:
-        return StreamingResponse(job.stream(), media_type="text/event-stream")
-    result = await until_disconnect(request, job.collect())
-    return Response(status_code=499) if result is None else result
+    return await respond(request, job, body.stream)
 
 
 class _Completion:
@@ -81,7 +77,7 @@ class _Completion:
             text = self.prompt_text(i) + texts[c] if self.body.echo else texts[c]
             choices.append(out.completion_choice(c, text, logprobs, finish[c]))
         log_state(self.request, self.request_id, self.prompt_tokens, sum(self.completion_tokens),
-                  ",".join(sorted({f or "none" for f in finish})))
+                  finish_summary(finish))
         return out.completion_body(self.request_id, self.created, self.model, choices, self._usage())
 
     async def stream(self):
@@ -118,5 +114,5 @@ class _Completion:
         if with_usage:
             yield out.sse(out.completion_chunk(self.request_id, self.created, self.model, [], self._usage(), True))
         log_state(self.request, self.request_id, self.prompt_tokens, sum(self.completion_tokens),
-                  ",".join(sorted({f or "none" for f in finish.values()})))
+                  finish_summary(finish.values()))
         yield out.sse("[DONE]")

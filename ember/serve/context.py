@@ -8,6 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
 
 from ember.engine.async_engine import AsyncEngine, EngineStoppedError, QueueFullError, RequestRejectedError
 from ember.serve import outputs as out
@@ -120,3 +121,15 @@ def log_state(request: Request, request_id: str, prompt_tokens: int, completion_
     request.state.prompt_tokens = prompt_tokens
     request.state.completion_tokens = completion_tokens
     request.state.finish_reason = finish
+
+
+async def respond(request: Request, job, stream: bool):
+    """Server-sent events, or the whole body once done (499, for the log, if the client left first)."""
+    if stream:
+        return StreamingResponse(job.stream(), media_type="text/event-stream")
+    result = await until_disconnect(request, job.collect())
+    return Response(status_code=499) if result is None else result
+
+
+def finish_summary(reasons) -> str:
+    return ",".join(sorted({r or "none" for r in reasons}))

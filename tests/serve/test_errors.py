@@ -181,3 +181,27 @@ def test_queue_full_is_503(make_server):
 
 def test_no_leak_after_errors(server):
     assert_no_leak(server)
+
+
+def test_engine_failure_fails_its_requests_not_the_server(make_server):
+    """A step that raises (a fault injected into the model runner) ends the requests in it with a
+    500 (or an error event mid-stream); the server keeps serving and no block stays held."""
+    with make_server() as s:
+        runner = s.engine.runner
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected fault")
+
+        runner.execute = broken
+        try:
+            error = assert_error(s.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3}), 500)
+            assert "injected fault" in error["message"] and error["type"] == "server_error"
+            streamed = s.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3, "stream": True})
+            assert streamed.status_code == 200
+            events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+            assert '"error"' in events[0] and events[-1] == "[DONE]"
+        finally:
+            del runner.execute
+        assert s.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
+        assert s.async_engine.is_alive()
+        assert_no_leak(s)

@@ -7,7 +7,6 @@ finishes quickly.
 
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -17,7 +16,6 @@ from tests.serve.conftest import assert_no_leak
 EXAMPLES_PER_OPERATION = 30  # per operation and per mode (valid, invalid)
 
 
-@pytest.mark.slow
 def test_openapi_fuzzing_finds_no_server_error(make_server):
     with make_server(max_model_len=64, max_num_seqs=8) as server:
         schema = schemathesis.openapi.from_url(server.base_url + "/openapi.json")
