@@ -94,10 +94,10 @@ def server_commands(args, model: str, port: int) -> dict[str, tuple[list[str], s
     return {"ember": (ember, base + "/health"), "llamacpp": (llama, base + "/v1/models")}
 
 
-def bench_command(args, name: str, port: int, out: str) -> list[str]:
+def bench_command(args, name: str, port: int, out: str, rate: str) -> list[str]:
     cmd = [os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "serve", "--base-url", f"http://127.0.0.1:{port}",
            "--endpoint", args.endpoint, "--workload", args.workload, "--num-prompts", str(args.num_prompts),
-           "--sweep-rate", args.sweep_rate, "--seed", str(args.seed), "--output", out, "--label", name]
+           "--request-rate", rate, "--seed", str(args.seed), "--output", out, "--label", name]
     if args.max_concurrency:
         cmd += ["--max-concurrency", str(args.max_concurrency)]
     if args.ignore_eos:
@@ -145,6 +145,35 @@ def markdown_table(files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def run_one(args, name: str, model: str, rate: str, out: str) -> None:
+    """Start server `name`, run the workload at `rate` into `out`, stop the server."""
+    port = free_port()
+    cmd, ready = server_commands(args, model, port)[name]
+    log = os.path.join(args.out_dir, f"{name}-rate{rate}-server.log")
+    print(f"[{name}] {' '.join(cmd)}", file=sys.stderr)
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_ready(proc, ready, log)
+        bench = bench_command(args, name, port, out, rate)
+        print(f"[{name}] {' '.join(shlex.quote(c) for c in bench)}", file=sys.stderr)
+        if subprocess.run(bench, cwd=ROOT).returncode != 0:
+            raise SystemExit(f"[{name}] ember bench serve failed")
+    finally:
+        stop(proc)
+
+
+def merge_runs(paths: list[str], out: str) -> str:
+    """One report holding the runs of several single-rate reports (what `compare` plots as a sweep)."""
+    from ember.bench.report import save_report
+
+    merged = load_report(paths[0])
+    for path in paths[1:]:
+        merged["runs"] += load_report(path)["runs"]
+    save_report(merged, out)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default="ember,llamacpp", help="which to run, in order")
@@ -174,24 +203,15 @@ def main() -> int:
     from ember.loader import default_model_path
     model = os.path.abspath(args.model) if args.model else default_model_path()
     os.makedirs(args.out_dir, exist_ok=True)
-    files = {}
-    for name in servers:
-        port = free_port()
-        cmd, ready = server_commands(args, model, port)[name]
-        log = os.path.join(args.out_dir, f"{name}-server.log")
-        print(f"[{name}] {' '.join(cmd)}", file=sys.stderr)
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_ready(proc, ready, log)
-            out = os.path.join(args.out_dir, f"{name}.json")
-            bench = bench_command(args, name, port, out)
-            print(f"[{name}] {' '.join(shlex.quote(c) for c in bench)}", file=sys.stderr)
-            if subprocess.run(bench, cwd=ROOT).returncode != 0:
-                raise SystemExit(f"[{name}] ember bench serve failed")
-            files[name] = out
-        finally:
-            stop(proc)
+    parts: dict[str, list[str]] = {name: [] for name in servers}
+    # rates outer, servers inner: the two runs of one rate are close in time (a shared machine's load
+    # drifts), and every run gets a fresh server, so no run starts with a cache the previous one warmed
+    for rate in args.sweep_rate.split(","):
+        for name in servers:
+            out = os.path.join(args.out_dir, f"{name}-rate{rate.strip()}.json")
+            run_one(args, name, model, rate.strip(), out)
+            parts[name].append(out)
+    files = {name: merge_runs(paths, os.path.join(args.out_dir, f"{name}.json")) for name, paths in parts.items()}
     ratio_table(files)
     if set(files) == {"ember", "llamacpp"}:
         print(markdown_table(files))

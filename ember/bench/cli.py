@@ -89,6 +89,8 @@ def _add_serve(sub) -> None:
     g.add_argument("--extra-body", default=None, metavar="JSON", help="fields merged into every request body")
     g.add_argument("--api-key", default=None)
     g.add_argument("--timeout", type=float, default=600.0, help="seconds a request may wait for its next bytes")
+    g.add_argument("--warmup-requests", type=int, default=1,
+                   help="short untimed requests sent first, one by one (default: 1; a failure stops the run)")
     _add_report_args(p)
     g = p.add_argument_group("goodput")
     g.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50 e2el:5000")

@@ -66,7 +66,10 @@ def cmd_serve(args) -> int:
     if args.temperature < 0 or args.timeout <= 0:
         raise ValueError("--temperature must not be negative and --timeout must be positive")
     cfg = ClientConfig(args.base_url, args.endpoint, args.model, args.request_rate, args.max_concurrency,
-                       args.ignore_eos, args.temperature, args.seed, args.timeout, args.api_key, extra)
+                       args.ignore_eos, args.temperature, args.seed, args.timeout, args.api_key, extra,
+                       args.warmup_requests)
+    if args.warmup_requests < 0:
+        raise ValueError("--warmup-requests must not be negative")
     cfg.validate()
     if args.sweep_concurrency and any(c < 1 for c in args.sweep_concurrency):
         raise ValueError("--sweep-concurrency values must be at least 1")

@@ -37,6 +37,7 @@ class ClientConfig:
     timeout_s: float = 600.0
     api_key: str | None = None
     extra_body: dict = field(default_factory=dict)
+    warmup_requests: int = 0       # untimed requests sent one by one before the run (cold starts are not load)
 
     def validate(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -159,6 +160,18 @@ def _chat_text(messages: list[dict], tokenizer) -> str:
                        eos_token=special(tokenizer.eos_token_id))
 
 
+WARMUP_TEXT = "Write one sentence about the sea."  # not from the workload: no run starts with its prompts cached
+
+
+async def warm_up(client: httpx.AsyncClient, cfg: ClientConfig) -> None:
+    """Send `cfg.warmup_requests` short requests one by one; a failure here stops the benchmark."""
+    for _ in range(cfg.warmup_requests):
+        result = RequestResult(False, 0.0)
+        await send_request(client, cfg, build_payload(cfg, Turn(WARMUP_TEXT, 8, 16), [], None), result)
+        if not result.success:
+            raise ConnectionError(f"the warm-up request to {cfg.base_url} failed: {result.error}")
+
+
 async def run_sessions(cfg: ClientConfig, sessions: list[Session], tokenizer=None, on_done=None) -> tuple[list[RequestResult], float]:
     """Send every turn of every session; returns the results (session order) and the run's duration."""
     cfg.validate()
@@ -172,6 +185,7 @@ async def run_sessions(cfg: ClientConfig, sessions: list[Session], tokenizer=Non
             except (httpx.HTTPError, ValueError, KeyError, json.JSONDecodeError) as exc:
                 raise ConnectionError(f"cannot ask {cfg.base_url} for its model ({type(exc).__name__}: {exc}); "
                                       "pass --model, and check the server is up") from None
+        await warm_up(client, cfg)
         t0 = time.perf_counter()
 
         async def run_one(k: int, session: Session) -> None:

@@ -39,3 +39,9 @@ def test_server_down_is_a_clear_error(capsys):
     code, err = run(["bench", "serve", "--base-url", f"http://127.0.0.1:{free_port()}", "--num-prompts", "2",
                      "--no-progress"], capsys)
     assert code == 2 and "cannot ask" in err and "Traceback" not in err
+
+
+def test_failed_warm_up_stops_the_run_with_a_clear_error(capsys):
+    code, err = run(["bench", "serve", "--base-url", f"http://127.0.0.1:{free_port()}", "--model", "m",
+                     "--num-prompts", "2", "--no-progress"], capsys)
+    assert code == 2 and "warm-up request" in err and "Traceback" not in err
