@@ -52,10 +52,12 @@ class DecoderLayer(nn.Module):
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache, attention: AttentionBackend):
         cfg = self.cfg
         h = rms_norm(x, self.input_norm, cfg.rms_norm_eps)
-        q, k, v = self.qkv_proj(h).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q = apply_rope(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)
-        k = apply_rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-        v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        qkv = self.qkv_proj(h)
+        # Q and K heads side by side get their rotation in one pass (half the small ops).
+        qk = apply_rope(qkv[:, :cfg.q_size + cfg.kv_size].view(-1, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim),
+                        cos, sin)
+        q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
+        v = qkv[:, cfg.q_size + cfg.kv_size:].view(-1, cfg.num_kv_heads, cfg.head_dim)
         attn = attention.forward(self.index, q, k, v, meta, kv_cache, self.scale)
         x = x + self.o_proj(attn.reshape(-1, cfg.q_size))
         h = rms_norm(x, self.post_attention_norm, cfg.rms_norm_eps)

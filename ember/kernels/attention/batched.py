@@ -42,9 +42,15 @@ class BatchedAttention(AttentionBackend):
             lens = torch.tensor([meta.context_lens[i] for i in seqs])
             width = -(-int(lens.max()) // block_size)
             tables = meta.block_tables[torch.tensor(seqs), :width]
-            positions = torch.arange(width * block_size)
-            mask = positions[None, :] < lens[:, None]  # [B, ctx]
-            plan = (torch.tensor(rows), seqs, tables, mask[:, None, None, :])
+            if len(seqs) == 1:
+                # One sequence: cut its keys to its length instead of masking the padding.
+                mask, cut = None, meta.context_lens[seqs[0]]
+            else:
+                positions = torch.arange(width * block_size)
+                mask, cut = (positions[None, :] < lens[:, None])[:, None, None, :], None  # [B, 1, 1, ctx]
+            # Decode-only steps (the common case) need no scatter back into the flat rows.
+            only = len(rows) == len(meta.query_lens)
+            plan = (torch.tensor(rows), seqs, tables, mask, cut, only)
         self._plan_key, self._plan = meta, plan
         return plan
 
@@ -52,19 +58,23 @@ class BatchedAttention(AttentionBackend):
         if kv_cache is None or 1 not in meta.query_lens:
             return self._reference.forward(layer, q, k, v, meta, kv_cache, scale)
         kv_cache.write(layer, meta.slot_mapping, k, v)
-        out = torch.empty_like(q)
         plan = self._decode_plan(meta, kv_cache.block_size)
         decode_rows = set()
         if plan is not None:
-            rows, seqs, tables, mask = plan
+            rows, seqs, tables, mask, cut, only = plan
             b = len(seqs)
             shape = (b, -1, kv_cache.num_kv_heads, kv_cache.head_dim)
-            keys = kv_cache.k[layer][tables].reshape(shape).transpose(1, 2)  # [B, Hkv, ctx, D]
-            values = kv_cache.v[layer][tables].reshape(shape).transpose(1, 2)
-            qs = q[rows][:, :, None, :]  # [B, H, 1, D]
+            keys = kv_cache.k[layer][tables].reshape(shape)[:, :cut].transpose(1, 2)  # [B, Hkv, ctx, D]
+            values = kv_cache.v[layer][tables].reshape(shape)[:, :cut].transpose(1, 2)
+            qs = (q if only else q[rows])[:, :, None, :]  # [B, H, 1, D]
             o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+            if only:
+                return o[:, :, 0, :]
+            out = torch.empty_like(q)
             out[rows] = o[:, :, 0, :]
             decode_rows = set(seqs)
+        else:
+            out = torch.empty_like(q)
         start = 0
         for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
             if i not in decode_rows:
