@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 
 from ember.registry import Registry
 
@@ -25,6 +26,15 @@ class LinearMethod(ABC):
 
     def weight_bytes(self, params: dict[str, torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in params.values())
+
+
+def fp32_linear(x: torch.Tensor, weight: torch.Tensor, params: dict[str, torch.Tensor],
+                out_dtype: torch.dtype) -> torch.Tensor:
+    """F.linear in fp32 with the method's bias, cast to out_dtype: what the references share."""
+    y = F.linear(x.float(), weight.float())
+    if "bias" in params:
+        y = y + params["bias"].float()
+    return y.to(out_dtype)
 
 
 LINEAR_METHODS: Registry[LinearMethod] = Registry("linear method")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod
+from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod, fp32_linear
 
 KERNEL_DTYPE = torch.bfloat16
 GROUP = 32
@@ -58,10 +58,7 @@ def dequantize_int4(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Plain torch: dequantize, then F.linear in fp32 on the kernel-dtype-rounded activations."""
-    y = F.linear(x.to(KERNEL_DTYPE).float(), dequantize_int4(params))
-    if "bias" in params:
-        y = y + params["bias"].float()
-    return y.to(x.dtype)
+    return fp32_linear(x.to(KERNEL_DTYPE), dequantize_int4(params), params, x.dtype)
 
 
 @LINEAR_METHODS.register("int4")

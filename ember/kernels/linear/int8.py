@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.kernels.linear import _native
-from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod
+from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod, fp32_linear
 
 KERNEL_DTYPE = torch.bfloat16
 
@@ -37,18 +37,12 @@ def dequantize_int8(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Plain torch for the aten path: dequantize, then F.linear in fp32 on bf16-rounded activations."""
-    y = F.linear(x.to(KERNEL_DTYPE).float(), dequantize_int8(params))
-    if "bias" in params:
-        y = y + params["bias"].float()
-    return y.to(x.dtype)
+    return fp32_linear(x.to(KERNEL_DTYPE), dequantize_int8(params), params, x.dtype)
 
 
 def native_reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Plain torch for the C kernel: dequantize, then F.linear in fp32."""
-    y = F.linear(x.float(), dequantize_int8(params))
-    if "bias" in params:
-        y = y + params["bias"].float()
-    return y.to(x.dtype)
+    return fp32_linear(x, dequantize_int8(params), params, x.dtype)
 
 
 @LINEAR_METHODS.register("int8")
