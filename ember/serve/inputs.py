@@ -141,8 +141,14 @@ def sampling_params(body, max_tokens: int, vocab_size: int, logprobs: int | None
         raise bad_request(str(exc), param=str(exc).split(" ", 1)[0])
 
 
+def _check_stream_options(body) -> None:
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed with stream: true", param="stream_options")
+
+
 def check_completion(body: CompletionRequest) -> None:
     check_unsupported(body, UNSUPPORTED_COMPLETION)
+    _check_stream_options(body)
     if body.stream and body.echo and body.logprobs is not None:
         raise bad_request("echo with logprobs is supported without streaming only", param="echo",
                           code="unsupported_parameter")
@@ -150,5 +156,6 @@ def check_completion(body: CompletionRequest) -> None:
 
 def check_chat(body: ChatCompletionRequest) -> None:
     check_unsupported(body, UNSUPPORTED_CHAT)
+    _check_stream_options(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")

@@ -57,6 +57,7 @@ BAD_VALUES = [
     (COMPLETIONS, {"prompt": "x", "max_tokens": "many"}, "max_tokens"),
     (COMPLETIONS, {"prompt": "x", "stream": "yes please"}, "stream"),
     (COMPLETIONS, {"prompt": "x", "no_such_field": 1}, "no_such_field"),
+    (CHAT, {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),  # without stream
 ]
 
 
