@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from contextlib import aclosing
 
 from fastapi import Request
 
 from ember.serve import outputs as out
-from ember.serve.context import Served, finish_summary, log_state, respond, updates
+from ember.serve.context import Job, Served, finish_summary, log_state, respond, updates
 from ember.serve.errors import OpenAIError
 from ember.serve.inputs import chat_prompt, check_chat, resolve_max_tokens, sampling_params
 from ember.serve.protocol import ChatCompletionRequest
@@ -30,11 +28,12 @@ async def handle_chat(served: Served, body: ChatCompletionRequest, request: Requ
     return await respond(request, job, body.stream)
 
 
-class _Chat:
+class _Chat(Job):
+    id_prefix = "chatcmpl"
+
     def __init__(self, served: Served, body: ChatCompletionRequest, request: Request, model, prompt, params):
-        self.served, self.body, self.request, self.model = served, body, request, model
+        super().__init__(served, body, request, model)
         self.prompt, self.params = prompt, params
-        self.request_id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         self.completion_tokens = 0
 
     def _updates(self):

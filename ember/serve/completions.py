@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from contextlib import aclosing
 
 from fastapi import Request
 
 from ember.serve import outputs as out
-from ember.serve.context import Served, finish_summary, log_state, respond, updates
+from ember.serve.context import Job, Served, finish_summary, log_state, respond, updates
 from ember.serve.errors import OpenAIError
 from ember.serve.inputs import check_completion, completion_prompts, resolve_max_tokens, sampling_params
 from ember.serve.protocol import CompletionRequest
@@ -31,11 +29,12 @@ async def handle_completions(served: Served, body: CompletionRequest, request: R
     return await respond(request, job, body.stream)
 
 
-class _Completion:
+class _Completion(Job):
+    id_prefix = "cmpl"
+
     def __init__(self, served: Served, body: CompletionRequest, request: Request, model, prompts, params):
-        self.served, self.body, self.request, self.model = served, body, request, model
+        super().__init__(served, body, request, model)
         self.prompts, self.params = prompts, params
-        self.request_id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         self.n = body.n
         self.prompt_tokens = sum(len(p.token_ids) for p in prompts)
         self.completion_tokens = [0] * len(prompts)

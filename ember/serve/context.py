@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -133,3 +134,13 @@ async def respond(request: Request, job, stream: bool):
 
 def finish_summary(reasons) -> str:
     return ",".join(sorted({r or "none" for r in reasons}))
+
+
+class Job:
+    """One API request on its way through the engine: what both routes keep about it."""
+
+    id_prefix = "req"
+
+    def __init__(self, served: Served, body, request: Request, model: str):
+        self.served, self.body, self.request, self.model = served, body, request, model
+        self.request_id, self.created = f"{self.id_prefix}-{uuid.uuid4().hex}", int(time.time())

@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ember import SamplingParams
-from tests.engine.conftest import assert_no_leak
+from tests.engine.conftest import assert_no_leak, count_near_ties
 
 MAX_TOKENS = 12
-# At a near-tie, GEMM blocking may flip the argmax: both candidates must then be within this
-# many nats in the reference run (vLLM's check_logprobs_close applies the same idea).
-NEAR_TIE_NATS = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +20,6 @@ def reference(make_llm, mixed_prompts):
     return outs
 
 
-def compare(reference, outputs) -> int:
-    """Number of sequences that diverged at a near-tie; fails on any other difference."""
-    near_ties = 0
-    for ref, out in zip(reference, outputs):
-        if ref.token_ids == out.token_ids:
-            continue
-        i = next(j for j, (a, b) in enumerate(zip(ref.token_ids, out.token_ids)) if a != b)
-        alts = ref.logprobs[i]
-        a, b = ref.token_ids[i], out.token_ids[i]
-        assert b in alts, f"token {b} at step {i} is not among the reference's top alternatives"
-        gap = alts[a].logprob - alts[b].logprob
-        assert gap <= NEAR_TIE_NATS, f"diverged at step {i} with a logprob gap of {gap:.4f} nats"
-        near_ties += 1
-    return near_ties
 
 
 @pytest.mark.parametrize("budget", [16, 64, 512])
@@ -45,7 +28,7 @@ def test_batched_equals_sequential(make_llm, mixed_prompts, reference, budget, p
     llm = make_llm(max_num_batched_tokens=budget, enable_prefix_caching=prefix_caching, max_num_seqs=32)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = [o.outputs[0] for o in llm.generate(mixed_prompts, params)]
-    near_ties = compare(reference, outs)
+    near_ties = count_near_ties(reference, outs)
     print(f"budget {budget}, prefix caching {prefix_caching}: {near_ties} of 32 diverged at a near-tie")
     assert near_ties <= 2, f"{near_ties} of 32 sequences diverged (all at near-ties)"
     assert_no_leak(llm)
@@ -62,7 +45,7 @@ def test_preemption_keeps_outputs(make_llm, mixed_prompts, reference, preemption
     if preemption == "swap":
         assert llm.engine.scheduler.preemptor.num_swapped_out > 0
         assert llm.engine.scheduler.preemptor.num_swapped_in > 0
-    near_ties = compare(reference, outs)
+    near_ties = count_near_ties(reference, outs)
     print(f"preemption {preemption}: {llm.engine.scheduler.num_preemptions} preemptions, "
           f"{near_ties} of 32 diverged at a near-tie")
     assert_no_leak(llm)

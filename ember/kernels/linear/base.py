@@ -28,6 +28,42 @@ class LinearMethod(ABC):
         return sum(t.numel() * t.element_size() for t in params.values())
 
 
+class WeightOnlyLinear(LinearMethod):
+    """Quantized weights with float activations (int8, int4): one skeleton for both.
+
+    Small batches (decode) run the method's kernel on the packed weight; at `dense_rows` rows
+    and above the product is arithmetic-bound, so the weight is dequantized and the dense
+    GEMM wins.
+    """
+
+    dense_rows = 64
+
+    @abstractmethod
+    def dequantize(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The float weight [out, in] the packed tensors stand for."""
+
+    @abstractmethod
+    def small_batch(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x2 [rows, in] @ W^T without bias, in any float dtype."""
+
+    @staticmethod
+    def add_bias(params: dict[str, torch.Tensor], bias: torch.Tensor | None, dtype: torch.dtype) -> dict:
+        if bias is not None:
+            params["bias"] = bias.to(dtype)
+        return params
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k)
+        if x2.shape[0] >= self.dense_rows:
+            y = F.linear(x2, self.dequantize(params, x.dtype))
+        else:
+            y = self.small_batch(x2, params).to(x.dtype)
+        if "bias" in params:
+            y = y + params["bias"]
+        return y.view(*lead, y.shape[-1])
+
+
 def fp32_linear(x: torch.Tensor, weight: torch.Tensor, params: dict[str, torch.Tensor],
                 out_dtype: torch.dtype) -> torch.Tensor:
     """F.linear in fp32 with the method's bias, cast to out_dtype: what the references share."""

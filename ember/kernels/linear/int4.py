@@ -12,9 +12,8 @@ Large batches (prefill) unpack the codes, dequantize to x's dtype and use the de
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod, fp32_linear
+from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
 
 KERNEL_DTYPE = torch.bfloat16
 GROUP = 32
@@ -62,30 +61,21 @@ def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.T
 
 
 @LINEAR_METHODS.register("int4")
-class Int4Linear(LinearMethod):
+class Int4Linear(WeightOnlyLinear):
     name = "int4"
     # The tied output head keeps 8 bits: it is a Q8_0 tensor in the GGUF, and 4 bits there cost
     # more perplexity than all 30 layers' projections together (benchmarks/README.md).
     head_method = "int8"
-    dense_rows = 64  # see int8.py
 
     def pack(self, weight, bias, dtype):
         q, scale, zero = quantize_int4(weight)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         params = {"qweight": packed, "scale_zero": torch.stack([scale.t(), zero.t()], dim=-1).contiguous()}
-        if bias is not None:
-            params["bias"] = bias.to(dtype)
-        return params
+        return self.add_bias(params, bias, dtype)
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        lead, k = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if x2.shape[0] >= self.dense_rows:
-            y = F.linear(x2, dequantize_int4(params, x.dtype))
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), params["qweight"], GROUP,
-                                                            params["scale_zero"])
-            y = y.to(x.dtype)
-        if "bias" in params:
-            y = y + params["bias"]
-        return y.view(*lead, y.shape[-1])
+    def dequantize(self, params, dtype):
+        return dequantize_int4(params, dtype)
+
+    def small_batch(self, x2, params):
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), params["qweight"], GROUP,
+                                                          params["scale_zero"])

@@ -14,10 +14,9 @@ to x's dtype and use the dense GEMM, which is both faster and more exact.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ember.kernels.linear import _native
-from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod, fp32_linear
+from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
 
 KERNEL_DTYPE = torch.bfloat16
 
@@ -46,34 +45,22 @@ def native_reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> 
 
 
 @LINEAR_METHODS.register("int8")
-class Int8Linear(LinearMethod):
+class Int8Linear(WeightOnlyLinear):
     name = "int8"
     # The tied output head (49152 x 576 for the default model) is the largest matrix; int8 keeps
     # its perplexity cost small (see benchmarks/README.md) and reads 4x fewer bytes per token.
     head_method = "int8"
-    # Rows at or above which the product is arithmetic-bound and dequantize + dense GEMM wins.
-    dense_rows = 64
 
     def pack(self, weight, bias, dtype):
         q, scale = quantize_int8(weight)
-        params = {"qweight": q, "scale": scale, "scale_f32": scale.float()}
-        if bias is not None:
-            params["bias"] = bias.to(dtype)
-        return params
+        return self.add_bias({"qweight": q, "scale": scale, "scale_f32": scale.float()}, bias, dtype)
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        lead, k = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if x2.shape[0] >= self.dense_rows:
-            y = F.linear(x2, dequantize_int8(params, x.dtype))
-        else:
-            y = _native.int8_gemm(x2.float().contiguous(), params["qweight"], params["scale_f32"])
-            if y is None:
-                y = self.apply_aten(x2, params)
-            y = y.to(x.dtype)
-        if "bias" in params:
-            y = y + params["bias"]
-        return y.view(*lead, y.shape[-1])
+    def dequantize(self, params, dtype):
+        return dequantize_int8(params, dtype)
+
+    def small_batch(self, x2, params):
+        y = _native.int8_gemm(x2.float().contiguous(), params["qweight"], params["scale_f32"])
+        return self.apply_aten(x2, params) if y is None else y
 
     @staticmethod
     def apply_aten(x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
