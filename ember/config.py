@@ -37,6 +37,7 @@ class EngineConfig:
     dtype: str = field(default="fp32", metadata={"help": "compute dtype: fp32 or bf16"})
     linear: str = field(default="dense", metadata={"help": "LinearMethod for the projections"})
     attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
+    fused_decode: str = field(default="auto", metadata={"help": "decode steps as one C call: auto (when the model, dtype, linear method and attention allow), on (fail if they don't), off (the PyTorch path)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
@@ -73,6 +74,8 @@ class EngineConfig:
 
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of: {', '.join(POLICIES.names())}")
+        if self.fused_decode not in ("auto", "on", "off"):
+            raise ValueError(f"fused_decode {self.fused_decode!r} is not one of: auto, on, off")
         if self.preemption not in ("recompute", "swap"):
             raise ValueError(f"preemption {self.preemption!r} is not one of: recompute, swap")
         parse_bytes(self.swap_space)

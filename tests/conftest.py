@@ -40,6 +40,18 @@ def ember_lm_bf16(default_gguf_path):
 
 
 @pytest.fixture(scope="session")
+def ember_lm_int8(default_gguf_path):
+    """The default model with `--linear int8` projections and head (LoadedModel)."""
+    return load_model(default_gguf_path, dtype=torch.float32, linear="int8")
+
+
+@pytest.fixture(scope="session")
+def ember_lm_int4(default_gguf_path):
+    """The default model with `--linear int4` projections and an int8 head (LoadedModel)."""
+    return load_model(default_gguf_path, dtype=torch.float32, linear="int4")
+
+
+@pytest.fixture(scope="session")
 def hf_tokenizer(default_gguf_path):
     """transformers' tokenizer built from the same GGUF metadata (the oracle)."""
     transformers = pytest.importorskip("transformers")

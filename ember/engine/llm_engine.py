@@ -19,6 +19,7 @@ from ember.engine.sampling import Sampler
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.kernels.attention import get_attention_backend
+from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
 from ember.loader import LoadedModel, load_model
@@ -60,7 +61,8 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, POLICIES.create(config.policy), config.max_num_seqs,
                                    config.max_num_batched_tokens, preemptor=self._make_preemptor())
-        self.runner = ModelRunner(self.model, self.kv_cache, bs, get_attention_backend(config.attention))
+        attention = get_attention_backend(config.attention)
+        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
@@ -72,6 +74,25 @@ class LLMEngine:
         self.last_step = StepStats()
         self.total_generated_tokens = 0
         self.total_prompt_tokens = 0
+
+    def _make_decoder(self, attention):
+        """The model's fused decode step, as config.fused_decode asks; None: the PyTorch path.
+        Why it is off, when it is, stays in `fused_decode_off_reason`."""
+        self.fused_decode_off_reason = "fused_decode=off"
+        if self.config.fused_decode == "off":
+            return None
+        make = getattr(self.model, "native_decoder", None)
+        try:
+            if make is None:
+                raise NativeUnavailable(f"{type(self.model).__name__} has no fused decode step")
+            decoder = make(self.kv_cache, attention)
+            self.fused_decode_off_reason = None
+            return decoder
+        except NativeUnavailable as e:
+            if self.config.fused_decode == "on":
+                raise ValueError(f"fused_decode=on, but the fused decode step can't run: {e}") from None
+            self.fused_decode_off_reason = str(e)
+            return None
 
     def _make_preemptor(self):
         if self.config.preemption == "swap":

@@ -21,9 +21,11 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend):
+    def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend, decoder=None):
+        """`decoder`: the model's fused decode step (input_ids, positions, meta) -> hidden, used
+        for decode-only batches; None: every batch goes through the model's forward."""
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
-        self.attention = attention
+        self.attention, self.decoder = attention, decoder
 
     def prepare(self, batch: SchedulerOutput):
         ids, positions, slots, query_lens, context_lens, tables = [], [], [], [], [], []
@@ -48,7 +50,10 @@ class ModelRunner:
     def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = ()) -> StepResult:
         self.kv_cache.copy_blocks(list(block_copies))
         input_ids, positions, meta = self.prepare(batch)
-        hidden = self.model(input_ids, positions, meta, self.kv_cache, self.attention)
+        if self.decoder is not None and meta.is_decode_only:
+            hidden = self.decoder(input_ids, positions, meta)
+        else:
+            hidden = self.model(input_ids, positions, meta, self.kv_cache, self.attention)
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
         for request, n in batch.scheduled:

@@ -140,6 +140,12 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin, meta, kv_cache, attention)
         return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
 
+    def native_decoder(self, kv_cache, attention: AttentionBackend):
+        """This model's decode step as one C call (models/llama_native.py), over `kv_cache`;
+        raises kernels.native.NativeUnavailable with the reason when it can't run."""
+        from ember.models.llama_native import NativeDecoder
+        return NativeDecoder(self, kv_cache, attention)
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [N, vocab] for the given hidden states."""

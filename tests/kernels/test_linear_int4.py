@@ -6,8 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ember.kernels import native
 from ember.kernels.linear import get_linear_method
-from ember.kernels.linear.int4 import GROUP, dequantize_int4, quantize_int4, reference_apply, unpack_int4
+from ember.kernels.linear.int4 import (GROUP, Int4Linear, dequantize_int4, pack_nibbles, quantize_int4,
+                                       reference_apply, unpack_int4, unpack_nibbles)
+
+needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
+# Both packings: the C kernels' (where they build) and aten's fallback.
+PACKINGS = [pytest.param(True, id="c-kernel", marks=needs_native), pytest.param(False, id="aten")]
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +31,22 @@ def test_unpack_inverts_the_kernel_packing():
         assert torch.equal(unpack_int4(packed, n, k), q)
 
 
+def test_nibble_packing_round_trips_and_puts_8_codes_per_extension():
+    torch.manual_seed(0)
+    q = torch.randint(0, 16, (48, 96), dtype=torch.int32)
+    packed = pack_nibbles(q)
+    assert packed.shape == (48, 48) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_nibbles(packed), q)
+    # Byte j < 8 of a group: codes j (low) and j + 8 (high); byte 8 + j: codes 16 + j and 24 + j.
+    assert int(packed[0, 3]) == int(q[0, 3]) | int(q[0, 11]) << 4
+    assert int(packed[0, 8 + 5]) == int(q[0, 21]) | int(q[0, 29]) << 4
+
+
 def test_shapes_the_kernel_cannot_take_are_refused():
     with pytest.raises(ValueError, match="multiple of the group size"):
         quantize_int4(torch.randn(64, 48))
     with pytest.raises(ValueError, match="multiple of 32"):
-        quantize_int4(torch.randn(48, 64))
+        Int4Linear(use_native=False).pack(torch.randn(48, 64), None, torch.float32)
 
 
 def test_quantization_error_random_weights():
@@ -55,18 +72,33 @@ def test_gguf_q4_1_weights_requantize_onto_their_own_grid(weights):
         assert rel < 0.01, f"relative error {rel:.4f} (random Gaussian weights give ~0.09)"
 
 
-@pytest.mark.parametrize("rows", [1, 7, 32])
-def test_kernel_matches_reference(weights, rows):
-    method = get_linear_method("int4")
+@pytest.mark.parametrize("use_native", PACKINGS)
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 32])
+def test_kernel_matches_reference(weights, rows, use_native):
+    method = Int4Linear(use_native=use_native)
     torch.manual_seed(rows)
     for w in weights:
-        params = method.pack(w, None, torch.float32)
+        bias = torch.randn(w.shape[0])
+        params = method.pack(w, bias, torch.float32)
+        assert ("codes" in params) == use_native
         x = torch.randn(rows, w.shape[1])
         y, ref = method.apply(x, params), reference_apply(x, params)
         assert y.shape == (rows, w.shape[0]) and y.dtype == torch.float32
-        assert bool(((y - ref).abs() <= ref.abs() * 2 ** -8 + 1e-4 * ref.abs().max()).all())
-        exact = F.linear(x, w)
+        if use_native:  # fp32 activations: the same products as the reference, summed in another order
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+        else:  # the aten kernel also rounds its output (before the bias) to bf16
+            product = (ref - bias).abs()
+            assert bool(((y - ref).abs() <= product * 2 ** -8 + 1e-4 * product.max()).all())
+        exact = F.linear(x, w, bias)
         assert (y - exact).norm() / exact.norm() < 0.05
+
+
+@needs_native
+def test_both_packings_hold_the_same_weight(weights):
+    w = weights[0]
+    mine = Int4Linear(use_native=True).pack(w, None, torch.float32)
+    aten = Int4Linear(use_native=False).pack(w, None, torch.float32)
+    assert torch.equal(dequantize_int4(mine), dequantize_int4(aten))
 
 
 def test_large_batches_take_the_dense_path_exactly(weights):
@@ -77,8 +109,9 @@ def test_large_batches_take_the_dense_path_exactly(weights):
     torch.testing.assert_close(method.apply(x, params), F.linear(x, dequantize_int4(params)), rtol=1e-5, atol=1e-5)
 
 
-def test_weight_bytes_are_about_an_eighth_of_fp32(weights):
-    method = get_linear_method("int4")
+@pytest.mark.parametrize("use_native", PACKINGS)
+def test_weight_bytes_are_about_an_eighth_of_fp32(weights, use_native):
+    method = Int4Linear(use_native=use_native)
     w = weights[0]
     params = method.pack(w, None, torch.float32)
     assert method.weight_bytes(params) < w.numel() * 4 / 6

@@ -39,6 +39,9 @@ class AttentionMetadata:
 
 class AttentionBackend(ABC):
     name: str = ""
+    # True when the backend is one fast way of computing exact softmax(q.k * scale) @ v over the
+    # plain cache, so a fused decode step (models/llama_native.py) may compute it in its place.
+    plain_softmax: bool = False
 
     @abstractmethod
     def forward(

@@ -18,6 +18,7 @@ from ember.kernels.attention.torch_ref import TorchAttention
 @ATTENTION_BACKENDS.register("batched")
 class BatchedAttention(AttentionBackend):
     name = "batched"
+    plain_softmax = True
 
     def __init__(self):
         self._reference = TorchAttention()

@@ -17,6 +17,8 @@ from ember.numerics.lmul import lmul_matmul
 class LMulAttention(TorchAttention):
     """The reference backend's loop over sequences, with L-Mul scores for each one."""
 
+    plain_softmax = False  # approximate score products
+
     def __init__(self, mantissa_bits: int):
         self.mantissa_bits = mantissa_bits
         self.name = f"lmul{mantissa_bits}"

@@ -19,6 +19,7 @@ def causal_mask(q_len: int, kv_len: int, device=None) -> torch.Tensor:
 @ATTENTION_BACKENDS.register("torch")
 class TorchAttention(AttentionBackend):
     name = "torch"
+    plain_softmax = False  # the reference always runs itself: choosing it turns fused decode off
 
     def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
         if kv_cache is not None:

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from ember.kernels import native
 from ember.registry import Registry
 
 
@@ -27,24 +28,42 @@ class LinearMethod(ABC):
     def weight_bytes(self, params: dict[str, torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in params.values())
 
+    def native_weight(self, params: dict[str, torch.Tensor], with_bias: bool = True) -> native.Weight | None:
+        """The packed storage as the C kernels' `ember_weight` (csrc/linear.h), for the fused
+        decoder; None if this method's storage has no C kernel."""
+        return None
+
 
 class WeightOnlyLinear(LinearMethod):
     """Quantized weights with float activations (int8, int4): one skeleton for both.
 
-    Small batches (decode) run the method's kernel on the packed weight; at `dense_rows` rows
-    and above the product is arithmetic-bound, so the weight is dequantized and the dense
-    GEMM wins.
+    Small batches (decode) run the C kernel of csrc/linear.h on the packed weight (fp32
+    activations and sums), or the method's `fallback` where the kernels can't be built; at
+    `dense_rows` rows and above the product is arithmetic-bound, so the weight is dequantized
+    and the dense GEMM wins.
     """
 
     dense_rows = 64
 
+    def __init__(self):
+        self._weights: dict[tuple[int, int], native.Weight | None] = {}  # bias-free structs, by params
+
+    def small_batch(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x2 [rows, in] @ W^T without bias, in any float dtype."""
+        key = (id(params), next(iter(params.values())).data_ptr())
+        if key not in self._weights:
+            self._weights[key] = self.native_weight(params, with_bias=False)
+        w = self._weights[key]
+        y = native.linear(x2, w) if w is not None else None
+        return self.fallback(x2, params) if y is None else y
+
+    @abstractmethod
+    def fallback(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """small_batch in torch alone (no C compiler or no AVX2)."""
+
     @abstractmethod
     def dequantize(self, params: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """The float weight [out, in] the packed tensors stand for."""
-
-    @abstractmethod
-    def small_batch(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """x2 [rows, in] @ W^T without bias, in any float dtype."""
 
     @staticmethod
     def add_bias(params: dict[str, torch.Tensor], bias: torch.Tensor | None, dtype: torch.dtype) -> dict:

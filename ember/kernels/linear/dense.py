@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, LinearMethod
 
 
@@ -20,3 +21,9 @@ class DenseLinear(LinearMethod):
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.linear(x, params["weight"], params.get("bias"))
+
+    def native_weight(self, params, with_bias=True):
+        w = params["weight"]
+        if w.dtype != torch.float32:
+            return None
+        return native.weight(native.F32, w, w.shape[0], w.shape[1], bias=params.get("bias") if with_bias else None)

@@ -1,11 +1,10 @@
 """`int8`: weight-only int8, one symmetric scale per output channel.
 
 The weight is stored as int8 [out, in] plus a scale per row (4x less memory than fp32).
-Small batches (decode, memory-bound) run the C kernel of csrc/int8_gemm.c: int8 weights
+Small batches (decode, memory-bound) run the C kernel of csrc/linear.h: int8 weights
 widened in registers, fp32 activations and accumulation; ~2x faster than torch's kernel on
-AVX2, as exact as dequantize + F.linear, and batch-invariant (a row's result does not depend
-on the other rows, so batched decode equals sequential decode). Without a C compiler
-or AVX2 they fall back to `aten._weight_int8pack_mm`, whose fast path wants bf16 activations
+AVX2 and as exact as dequantize + F.linear (only the order of the fp32 sums differs).
+Without a C compiler or AVX2 they fall back to `aten._weight_int8pack_mm`, whose fast path wants bf16 activations
 and scales (its fp32 path is a slow fallback, ~20x slower in torch 2.13): x is cast to bf16
 and the result back. Large batches (prefill) are arithmetic-bound: they dequantize the weight
 to x's dtype and use the dense GEMM, which is both faster and more exact.
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ember.kernels.linear import _native
+from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
 
 KERNEL_DTYPE = torch.bfloat16
@@ -58,9 +57,13 @@ class Int8Linear(WeightOnlyLinear):
     def dequantize(self, params, dtype):
         return dequantize_int8(params, dtype)
 
-    def small_batch(self, x2, params):
-        y = _native.int8_gemm(x2.float().contiguous(), params["qweight"], params["scale_f32"])
-        return self.apply_aten(x2, params) if y is None else y
+    def native_weight(self, params, with_bias=True):
+        q = params["qweight"]
+        return native.weight(native.INT8, q, q.shape[0], q.shape[1], scale=params["scale_f32"],
+                             bias=params.get("bias") if with_bias else None)
+
+    def fallback(self, x2, params):
+        return self.apply_aten(x2, params)
 
     @staticmethod
     def apply_aten(x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:

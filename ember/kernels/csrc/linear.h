@@ -1,0 +1,187 @@
+/* Weight-only linear kernels for decode-sized batches: y[M,N] (+)= x[M,K] @ W^T (+ bias).
+ *
+ * Activations and sums are fp32; the weight is widened in registers, never written out as a
+ * whole float matrix. Three storages (ember_weight.kind):
+ *   F32   w: float [N,K]
+ *   INT8  w: int8 [N,K], scale: float [N]           w[n,k] = q * scale[n]
+ *   INT4  w: uint8 [N,K/2], sz: bf16 pairs [N,K/32,2] w = q * s + (z - 8 s), q in 0..15: one
+ *         fma, rounded once, so it equals (q - 8) * s + z of the torch reference bit for bit.
+ *         Group of 32 = 16 bytes: byte j < 8 holds codes j (low nibble) and j + 8 (high),
+ *         byte 8 + j holds codes 16 + j and 24 + j, so one zero-extension gives 8 codes.
+ * Up to 4 rows (decode at batch 1-4, memory-bound) the weight row is decoded once per tile of
+ * rows straight into the FMAs. Above that (batched decode, arithmetic-bound) two weight rows
+ * are decoded into an fp32 buffer in L1 and reused by every tile of 4 rows.
+ * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
+ * it shares that team (the fused decoder); alone it runs on one thread.
+ * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
+ */
+#ifndef EMBER_LINEAR_H
+#define EMBER_LINEAR_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "simd.h"
+
+enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2 };
+
+typedef struct {
+    int64_t kind, n, k;
+    const void* w;
+    const float* scale;   /* INT8: [N] */
+    const uint16_t* sz;   /* INT4: bf16 (scale, zero) per group, [N, K/32, 2] */
+    const float* bias;    /* [N] or NULL */
+} ember_weight;
+
+/* Row n of W, decoded to fp32 (INT8: unscaled codes; the scale is applied to the sums). */
+static void decode_row(const ember_weight* W, long n, float* out) {
+    long K = W->k;
+    if (W->kind == EMBER_INT8) {
+        const int8_t* q = (const int8_t*)W->w + n * K;
+        for (long k = 0; k < K; k += 8)
+            _mm256_storeu_ps(out + k, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k)))));
+    } else {
+        const uint8_t* c = (const uint8_t*)W->w + n * (K / 2);
+        const uint16_t* sz = W->sz + n * (K / 32) * 2;
+        const __m256i low = _mm256_set1_epi32(15);
+        for (long g = 0; g < K / 32; g++) {
+            float s = bf16_to_f32(sz[2 * g]), z = bf16_to_f32(sz[2 * g + 1]);
+            __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(z - 8.0f * s);
+            __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g)));
+            __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g + 8)));
+            float* o = out + 32 * g;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), vs, vb));
+            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), vs, vb));
+            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low)), vs, vb));
+            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), vs, vb));
+        }
+    }
+}
+
+static inline __m256 load_w8(const ember_weight* W, const void* row, long k) {
+    if (W->kind == EMBER_F32) return _mm256_loadu_ps((const float*)row + k);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)((const int8_t*)row + k))));
+}
+
+/* Rows m0..m0+mt-1 (mt <= 4) times F32 or INT8 row n: two accumulators per row. */
+static void dot_rows_f32_int8(const ember_weight* W, long n, const float* x, long mt, float* r) {
+    long K = W->k;
+    const void* row = W->kind == EMBER_F32 ? (const void*)((const float*)W->w + n * K)
+                                           : (const void*)((const int8_t*)W->w + n * K);
+    __m256 a[4], b[4];
+    for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+    for (long k = 0; k < K; k += 16) {
+        __m256 w0 = load_w8(W, row, k), w1 = load_w8(W, row, k + 8);
+        for (int i = 0; i < 4; i++) {
+            if (i < mt) {
+                a[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i * K + k), a[i]);
+                b[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i * K + k + 8), b[i]);
+            }
+        }
+    }
+    float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+    for (int i = 0; i < mt; i++) r[i] = hsum_ps(_mm256_add_ps(a[i], b[i])) * s;
+}
+
+/* Rows m0..m0+mt-1 (mt <= 2) times INT4 row n: four accumulators per row hide FMA latency. */
+static void dot_rows_int4(const ember_weight* W, long n, const float* x, long mt, float* r) {
+    long K = W->k;
+    const uint8_t* c = (const uint8_t*)W->w + n * (K / 2);
+    const uint16_t* sz = W->sz + n * (K / 32) * 2;
+    const __m256i low = _mm256_set1_epi32(15);
+    __m256 acc[2][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
+    for (long g = 0; g < K / 32; g++) {
+        float s = bf16_to_f32(sz[2 * g]), z = bf16_to_f32(sz[2 * g + 1]);
+        __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(z - 8.0f * s);
+        __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g)));
+        __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g + 8)));
+        __m256 w[4];
+        w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), vs, vb);
+        w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), vs, vb);
+        w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low)), vs, vb);
+        w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), vs, vb);
+        for (int i = 0; i < 2; i++) {
+            if (i < mt) {
+                const float* xg = x + i * K + 32 * g;
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xg + 8 * j), acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < mt; i++)
+        r[i] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), _mm256_add_ps(acc[i][2], acc[i][3])));
+}
+
+static inline void put(float* y, float v, const float* bias, long n, int accumulate) {
+    if (bias) v += bias[n];
+    *y = accumulate ? *y + v : v;
+}
+
+/* Two decoded weight rows (fp32, in L1) against rows 0..M-1 of x, 4 rows at a time. */
+static void dot_pair_buffered(const float* w0, const float* w1, long K, const float* x, long M,
+                              float* r0, float* r1) {
+    for (long m0 = 0; m0 < M; m0 += 4) {
+        long mt = M - m0 < 4 ? M - m0 : 4;
+        const float* xr = x + m0 * K;
+        __m256 a[4], b[4];
+        for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+        for (long k = 0; k < K; k += 8) {
+            __m256 u = _mm256_loadu_ps(w0 + k), v = _mm256_loadu_ps(w1 + k);
+            for (int i = 0; i < 4; i++) {
+                if (i < mt) {
+                    __m256 xv = _mm256_loadu_ps(xr + i * K + k);
+                    a[i] = _mm256_fmadd_ps(u, xv, a[i]);
+                    b[i] = _mm256_fmadd_ps(v, xv, b[i]);
+                }
+            }
+        }
+        for (int i = 0; i < mt; i++) {
+            r0[m0 + i] = hsum_ps(a[i]);
+            r1[m0 + i] = hsum_ps(b[i]);
+        }
+    }
+}
+
+/* y[m * ldy + n] = (or +=, with accumulate) x[m] . W[n] + bias[n]. K: a multiple of 32. */
+static void linear_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
+    long N = W->n, K = W->k;
+    if (M <= 4) {
+        long tile = W->kind == EMBER_INT4 ? 2 : 4;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            float r[4];
+            for (long m0 = 0; m0 < M; m0 += tile) {
+                long mt = M - m0 < tile ? M - m0 : tile;
+                if (W->kind == EMBER_INT4) dot_rows_int4(W, n, x + m0 * K, mt, r);
+                else dot_rows_f32_int8(W, n, x + m0 * K, mt, r);
+                for (long i = 0; i < mt; i++) put(y + (m0 + i) * ldy + n, r[i], W->bias, n, accumulate);
+            }
+        }
+        return;
+    }
+    float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 2 * K);
+    float* r = (float*)malloc(sizeof(float) * 2 * M);
+    #pragma omp for schedule(static)
+    for (long p = 0; p < (N + 1) / 2; p++) {
+        long n0 = 2 * p, n1 = n0 + 1 < N ? n0 + 1 : n0;  /* odd N: the last row twice */
+        const float *w0, *w1;
+        if (buf) {
+            decode_row(W, n0, buf);
+            decode_row(W, n1, buf + K);
+            w0 = buf, w1 = buf + K;
+        } else {
+            w0 = (const float*)W->w + n0 * K, w1 = (const float*)W->w + n1 * K;
+        }
+        dot_pair_buffered(w0, w1, K, x, M, r, r + M);
+        float s0 = W->kind == EMBER_INT8 ? W->scale[n0] : 1.0f, s1 = W->kind == EMBER_INT8 ? W->scale[n1] : 1.0f;
+        for (long m = 0; m < M; m++) {
+            put(y + m * ldy + n0, r[m] * s0, W->bias, n0, accumulate);
+            if (n1 != n0) put(y + m * ldy + n1, r[M + m] * s1, W->bias, n1, accumulate);
+        }
+    }
+    free(buf);
+    free(r);
+}
+
+#endif

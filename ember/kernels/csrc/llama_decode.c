@@ -1,0 +1,148 @@
+/* One decode step of a Llama-family decoder in a single call: M sequences, one new token each.
+ *
+ * Why: the PyTorch path runs ~40 small ops per layer from Python, which at batch 1 costs more
+ * than reading the weights. Here the whole stack (embedding, 30 x [RMSNorm, QKV, RoPE, KV write,
+ * paged attention, O + residual, RMSNorm, gate/up, SiLU * up, down + residual], final norm) runs
+ * inside one OpenMP parallel region: each step's work is split over the team with `omp for`,
+ * whose implicit barriers order the phases, so threads are forked once per token.
+ * Projections use the kernels of linear.h on each layer's own storage (fp32, int8 or int4).
+ * Attention reads the paged fp32 cache [blocks, block_size, kv_heads, head_dim] through each
+ * sequence's block table; softmax in fp32 with exp256_ps.
+ * Reference: the model's own forward (ember/models/llama.py) with the `torch` attention backend;
+ * tests/models/test_native_decode.py holds this file to it. Built by kernels/linear/_native.py.
+ */
+#include "linear.h"
+
+typedef struct {
+    ember_weight qkv, o, gate_up, down;
+    const float* input_norm;
+    const float* post_norm;
+    float* k_cache;
+    float* v_cache;
+} ember_layer;
+
+typedef struct {
+    int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size;
+    double eps, scale;
+    const float* embed;      /* [vocab, hidden] */
+    const float* final_norm; /* [hidden] */
+    const float* cos;        /* [max_position, head_dim] */
+    const float* sin;
+    const ember_layer* layers;
+} ember_model;
+
+static void rms_norm(const float* x, const float* w, long D, double eps, float* out) {
+    __m256 acc = _mm256_setzero_ps();
+    for (long i = 0; i < D; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float inv = 1.0f / sqrtf(hsum_ps(acc) / (float)D + (float)eps);
+    for (long i = 0; i < D; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+static void rope(float* x, long heads, long Dh, const float* c, const float* s) {
+    long half = Dh / 2;
+    for (long h = 0; h < heads; h++, x += Dh) {
+        for (long i = 0; i < half; i++) {
+            float a = x[i], b = x[i + half];
+            x[i] = a * c[i] - b * s[i];
+            x[i + half] = b * c[i + half] + a * s[i + half];
+        }
+    }
+}
+
+/* One query head over the first L tokens of its sequence's cache. scores: L floats. */
+static void attend(const float* q, const float* kc, const float* vc, const int64_t* table, long L,
+                   long bs, long Hkv, long Dh, long kvh, float scale, float* scores, float* out) {
+    float mx = -INFINITY;
+    for (long t = 0; t < L; t++) {
+        const float* k = kc + ((table[t / bs] * bs + t % bs) * Hkv + kvh) * Dh;
+        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+        for (long i = 0; i < Dh; i += 16) {
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a);
+            b = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), b);
+        }
+        float sc = hsum_ps(_mm256_add_ps(a, b)) * scale;
+        scores[t] = sc;
+        mx = sc > mx ? sc : mx;
+    }
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    long t = 0;
+    for (; t + 8 <= L; t += 8) {
+        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + t), vmx));
+        _mm256_storeu_ps(scores + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_ps(vsum);
+    for (; t < L; t++) {
+        scores[t] = expf(scores[t] - mx);
+        sum += scores[t];
+    }
+    for (long i = 0; i < Dh; i++) out[i] = 0.0f;
+    for (t = 0; t < L; t++) {
+        const float* v = vc + ((table[t / bs] * bs + t % bs) * Hkv + kvh) * Dh;
+        __m256 p = _mm256_set1_ps(scores[t]);
+        for (long i = 0; i < Dh; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    }
+    float inv = 1.0f / sum;
+    for (long i = 0; i < Dh; i++) out[i] *= inv;
+}
+
+static void silu_mul(const float* gu, long I, float* out) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (long i = 0; i < I; i += 8) {
+        __m256 g = _mm256_loadu_ps(gu + i), u = _mm256_loadu_ps(gu + I + i);
+        __m256 sig = _mm256_div_ps(g, _mm256_add_ps(one, exp256_ps(_mm256_sub_ps(zero, g))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(sig, u));
+    }
+}
+
+/* out: final hidden states [M, hidden]. work: M * (2 * hidden + qkv + q + 3 * intermediate) floats. */
+void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const int64_t* pos,
+                        const int64_t* slots, const int64_t* tables, long table_width,
+                        const int64_t* ctx_lens, float* out, float* work, int nthreads) {
+    const long D = md->hidden, H = md->num_heads, Hkv = md->num_kv_heads, Dh = md->head_dim;
+    const long I = md->intermediate, bs = md->block_size, Q = H * Dh, KV = Hkv * Dh, QKV = Q + 2 * KV;
+    float *x = work, *h = x + M * D, *qkv = h + M * D, *att = qkv + M * QKV, *gu = att + M * Q, *act = gu + 2 * M * I;
+    long max_len = 1;
+    for (long m = 0; m < M; m++) max_len = ctx_lens[m] > max_len ? ctx_lens[m] : max_len;
+    const float scale = (float)md->scale;
+
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* scores = (float*)malloc(sizeof(float) * (max_len + 8));
+        #pragma omp for schedule(static)
+        for (long m = 0; m < M; m++) memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
+        for (long l = 0; l < md->num_layers; l++) {
+            const ember_layer* L = md->layers + l;
+            #pragma omp for schedule(static)
+            for (long m = 0; m < M; m++) rms_norm(x + m * D, L->input_norm, D, md->eps, h + m * D);
+            linear_omp(&L->qkv, h, M, qkv, QKV, 0);
+            #pragma omp for schedule(static)
+            for (long m = 0; m < M; m++) {
+                float* row = qkv + m * QKV;
+                rope(row, H + Hkv, Dh, md->cos + pos[m] * Dh, md->sin + pos[m] * Dh);
+                memcpy(L->k_cache + slots[m] * KV, row + Q, sizeof(float) * KV);
+                memcpy(L->v_cache + slots[m] * KV, row + Q + KV, sizeof(float) * KV);
+            }
+            #pragma omp for schedule(static)
+            for (long mh = 0; mh < M * H; mh++) {
+                long m = mh / H, hd = mh % H;
+                attend(qkv + m * QKV + hd * Dh, L->k_cache, L->v_cache, tables + m * table_width, ctx_lens[m],
+                       bs, Hkv, Dh, hd / (H / Hkv), scale, scores, att + m * Q + hd * Dh);
+            }
+            linear_omp(&L->o, att, M, x, D, 1);
+            #pragma omp for schedule(static)
+            for (long m = 0; m < M; m++) rms_norm(x + m * D, L->post_norm, D, md->eps, h + m * D);
+            linear_omp(&L->gate_up, h, M, gu, 2 * I, 0);
+            #pragma omp for schedule(static)
+            for (long m = 0; m < M; m++) silu_mul(gu + m * 2 * I, I, act + m * I);
+            linear_omp(&L->down, act, M, x, D, 1);
+        }
+        #pragma omp for schedule(static)
+        for (long m = 0; m < M; m++) rms_norm(x + m * D, md->final_norm, D, md->eps, out + m * D);
+        free(scores);
+    }
+}

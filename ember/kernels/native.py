@@ -1,0 +1,111 @@
+"""Build and load the C kernels of ember/kernels/csrc through ctypes.
+
+Each source is compiled on first use with the system C compiler (`cc`, AVX2 + FMA, OpenMP)
+into a cache directory, keyed by the hash of the sources (headers included) and flags, then
+loaded with ctypes: no torch headers, so a build takes a second or two. Where there is no
+compiler or no AVX2, `load()` returns None and callers keep their torch path
+(`EMBER_NATIVE=0` forces that). The kernels link libgomp by soname: the process already has
+torch's copy loaded, so both share one OpenMP runtime, and every call passes torch's thread
+count, so the pools never oversubscribe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+# -ffp-contract=off: element-wise C (RoPE, norms) rounds like torch's separate ops; the FMAs
+# the kernels want are written as intrinsics.
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+_lock = threading.Lock()
+_libs: dict[str, ctypes.CDLL | None] = {}
+
+F32, INT8, INT4 = 0, 1, 2  # ember_weight.kind (csrc/linear.h)
+
+
+class NativeUnavailable(Exception):
+    """Why a C fast path can't run this model in this configuration."""
+
+
+class Weight(ctypes.Structure):
+    """csrc/linear.h's ember_weight: one projection's storage, by pointer."""
+    _fields_ = [("kind", ctypes.c_int64), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("sz", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
+def weight(kind: int, w: torch.Tensor, n: int, k: int, scale: torch.Tensor | None = None,
+           sz: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
+    """A Weight over contiguous tensors (they must outlive it); None if the kernels can't take it
+    (K not a multiple of 32, or a bias that is not fp32)."""
+    if k % 32 or (bias is not None and bias.dtype != torch.float32):
+        return None
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    return Weight(kind, n, k, ptr(w), ptr(scale), ptr(sz), ptr(bias))
+
+
+def cache_dir() -> str:
+    return os.environ.get("EMBER_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ember"))
+
+
+def _build(name: str) -> str:
+    source = os.path.join(CSRC, f"{name}.c")
+    h = hashlib.sha256(" ".join(FLAGS).encode())
+    for path in [source] + sorted(glob.glob(os.path.join(CSRC, "*.h"))):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    out = os.path.join(cache_dir(), f"{name}-{h.hexdigest()[:16]}.so")
+    if os.path.exists(out):
+        return out
+    os.makedirs(cache_dir(), exist_ok=True)
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler")
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, source, "-o", tmp, "-lm"], check=True, capture_output=True)
+        os.replace(tmp, out)  # atomic: concurrent builders race harmlessly
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The built library csrc/<name>.c, or None where it cannot be built here."""
+    with _lock:
+        if name not in _libs:
+            _libs[name] = None
+            if os.environ.get("EMBER_NATIVE", "1") != "0" and torch.backends.cpu.get_cpu_capability() in (
+                    "AVX2", "AVX512"):
+                try:
+                    _libs[name] = ctypes.CDLL(_build(name))
+                except (OSError, RuntimeError, subprocess.CalledProcessError):
+                    pass
+        return _libs[name]
+
+
+def available() -> bool:
+    return load("linear") is not None
+
+
+def linear(x: torch.Tensor, w: Weight) -> torch.Tensor | None:
+    """x fp32 [M, K] -> x @ W^T (+ bias) fp32 [M, N] on the C kernels; None if unavailable."""
+    lib = load("linear")
+    if lib is None:
+        return None
+    x = x.float().contiguous()
+    y = torch.empty(x.shape[0], w.n, dtype=torch.float32)
+    lib.ember_linear(ctypes.byref(w), ctypes.c_void_p(x.data_ptr()), ctypes.c_long(x.shape[0]),
+                     ctypes.c_void_p(y.data_ptr()), ctypes.c_int(torch.get_num_threads()))
+    return y

@@ -1,0 +1,92 @@
+"""The decode step of LlamaForCausalLM as one C call (csrc/llama_decode.c).
+
+A decode-only step (every sequence brings one token) runs the whole layer stack inside one
+OpenMP region: no Python, no torch dispatch per op, threads forked once per step. It reads
+the same packed weights as the PyTorch path (each projection's LinearMethod describes its
+storage with `native_weight`) and writes the same paged KV cache, so steps of either path can
+follow each other freely (prefill and mixed steps stay on the PyTorch path). The model's own
+forward with the `torch` attention backend is its reference (tests/models/test_native_decode.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ember.kernels import native
+from ember.kernels.attention import AttentionBackend, AttentionMetadata
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("qkv", native.Weight), ("o", native.Weight), ("gate_up", native.Weight), ("down", native.Weight),
+                ("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
+                ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim",
+                                                     "intermediate", "block_size")] + \
+               [("eps", ctypes.c_double), ("scale", ctypes.c_double), ("embed", ctypes.c_void_p),
+                ("final_norm", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+                ("layers", ctypes.POINTER(_Layer))]
+
+
+class NativeDecoder:
+    """Callable (input_ids, positions, meta) -> final hidden states [M, hidden], for decode-only
+    batches. Raises native.NativeUnavailable at construction when it can't run this model."""
+
+    def __init__(self, model, kv_cache, attention: AttentionBackend):
+        cfg = model.cfg
+        self._refuse_unless(model.dtype == torch.float32, f"it runs fp32 models only (this one is {model.dtype})")
+        self._refuse_unless(getattr(attention, "plain_softmax", False),
+                            f"the {attention.name!r} attention backend is not plain softmax attention")
+        self._refuse_unless(kv_cache is not None and all(t.dtype == torch.float32 and t.is_contiguous()
+                                                         for t in kv_cache.k + kv_cache.v),
+                            "it needs a contiguous fp32 KV cache")
+        self._refuse_unless(cfg.hidden_size % 32 == 0 and cfg.intermediate_size % 32 == 0 and cfg.head_dim % 16 == 0
+                            and cfg.num_heads % cfg.num_kv_heads == 0, "the model's sizes don't fit its kernels")
+        lib = native.load("llama_decode")
+        self._refuse_unless(lib is not None, "the C kernels can't be built here (no C compiler or no AVX2)")
+        self._lib, self.cfg, self._model = lib, cfg, model
+        layers = (_Layer * cfg.num_layers)()
+        for i, layer in enumerate(model.layers):
+            ws = []
+            for part in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                lin = getattr(layer, part)
+                w = lin.method.native_weight(lin.params)
+                self._refuse_unless(w is not None, f"linear method {lin.method.name!r} has no C kernel for this weight")
+                ws.append(w)
+            layers[i] = _Layer(*ws, layer.input_norm.data_ptr(), layer.post_attention_norm.data_ptr(),
+                               kv_cache.k[i].data_ptr(), kv_cache.v[i].data_ptr())
+        self._layers = layers  # the structs point into model and cache tensors, which outlive self
+        self._desc = _Model(cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                            cfg.intermediate_size, kv_cache.block_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,
+                            model.embed.data_ptr(), model.norm.data_ptr(), model.cos.data_ptr(), model.sin.data_ptr(),
+                            layers)
+        self._work_per_row = 2 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + cfg.q_size + 3 * cfg.intermediate_size
+        self._work = torch.empty(0)
+
+    @staticmethod
+    def _refuse_unless(ok: bool, why: str) -> None:
+        if not ok:
+            raise native.NativeUnavailable(why)
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        m = input_ids.shape[0]
+        if m != len(meta.query_lens) or not meta.is_decode_only:
+            raise ValueError("the fused decode step takes one new token per sequence")
+        if m and int(positions.max()) >= self.cfg.max_position:
+            raise ValueError(f"position {int(positions.max())} is beyond the model's context of {self.cfg.max_position}")
+        if self._work.numel() < m * self._work_per_row:
+            self._work = torch.empty(m * self._work_per_row)
+        out = torch.empty(m, self.cfg.hidden_size)
+        tables = meta.block_tables.contiguous()
+        ctx = torch.tensor(meta.context_lens, dtype=torch.int64)
+        ids, pos, slots = input_ids.contiguous(), positions.contiguous(), meta.slot_mapping.contiguous()
+        p = ctypes.c_void_p
+        self._lib.ember_llama_decode(ctypes.byref(self._desc), ctypes.c_long(m), p(ids.data_ptr()), p(pos.data_ptr()),
+                                     p(slots.data_ptr()), p(tables.data_ptr()), ctypes.c_long(tables.shape[1]),
+                                     p(ctx.data_ptr()), p(out.data_ptr()), p(self._work.data_ptr()),
+                                     ctypes.c_int(torch.get_num_threads()))
+        return out

@@ -1,0 +1,36 @@
+"""Fused decode inside the engine: greedy output equals the PyTorch path; configurations it
+can't run say why (kernel-level checks: tests/models/test_native_decode.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ember import LLM, SamplingParams
+from ember.kernels import native
+from tests.engine.conftest import count_near_ties
+
+needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
+
+
+@needs_native
+def test_fused_decode_greedy_equals_the_pytorch_path(ember_lm_int4, mixed_prompts):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=5)
+    runs = {}
+    for mode in ("off", "on"):
+        llm = LLM(loaded=ember_lm_int4, linear="int4", kv_cache_tokens=8192, threads=2, fused_decode=mode,
+                  max_num_seqs=16)
+        runs[mode] = [o.outputs[0] for o in llm.generate(mixed_prompts[:16], params, use_tqdm=False)]
+        assert (llm.engine.runner.decoder is not None) == (mode == "on")
+    assert count_near_ties(runs["off"], runs["on"]) <= 1
+
+
+@needs_native
+def test_fused_decode_reports_why_it_is_off(ember_lm, ember_lm_bf16):
+    llm = LLM(loaded=ember_lm, kv_cache_tokens=1024, attention="lmul3")
+    assert llm.engine.runner.decoder is None
+    assert "'lmul3' attention backend" in llm.engine.fused_decode_off_reason
+    with pytest.raises(ValueError, match="fused_decode=on, but .* runs fp32 models only"):
+        LLM(loaded=ember_lm_bf16, dtype="bf16", kv_cache_tokens=1024, fused_decode="on")
+    assert LLM(loaded=ember_lm, kv_cache_tokens=1024).engine.runner.decoder is not None  # the default
+    with pytest.raises(ValueError, match="fused_decode 'yes' is not one of"):
+        LLM(loaded=ember_lm, fused_decode="yes")

@@ -1,0 +1,71 @@
+"""The fused decode step (csrc/llama_decode.c) against the model's own PyTorch forward.
+
+One decode step of several sequences, each at the end of a prefilled context in the paged
+cache, computed both ways from the same cache: the final hidden states and the K/V written
+must agree to fp32 rounding, for every storage the C kernels read (fp32, int8, int4), at
+batch sizes on both kernel paths (up to 4 rows: weights decoded into the FMAs; more: decoded
+rows reused from L1). The engine-level checks are in tests/engine/test_fused_decode.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from ember.kernels import native
+from ember.kernels.attention import AttentionMetadata, get_attention_backend
+from ember.kv.cache import PagedKVCache
+
+needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
+BLOCK = 16
+
+
+def _meta(lens, new, tables):
+    """Metadata of `new` tokens at the end of each sequence of total length `lens`."""
+    slots = [tables[i][p // BLOCK] * BLOCK + p % BLOCK for i, n in enumerate(lens) for p in range(n - new[i], n)]
+    width = max(len(t) for t in tables)
+    bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
+    return AttentionMetadata(list(new), list(lens), torch.tensor(slots, dtype=torch.long), bt)
+
+
+def _one_step_both_ways(lm, contexts, seed=0):
+    model, cfg = lm.model, lm.config
+    rng = random.Random(seed)
+    cache = PagedKVCache(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+    free = list(range(1, 128))
+    rng.shuffle(free)  # scattered, non-contiguous blocks
+    tables = [[free.pop() for _ in range(-(-(len(c) + 1) // BLOCK))] for c in contexts]
+    reference = get_attention_backend("torch")
+    with torch.inference_mode():
+        for i, ctx in enumerate(contexts):
+            ids = torch.tensor(ctx)
+            meta = _meta([len(ctx)], [len(ctx)], [tables[i]])
+            model(ids, torch.arange(len(ctx)), meta, cache, reference)
+        ids = torch.tensor([rng.randrange(cfg.vocab_size) for _ in contexts])
+        positions = torch.tensor([len(c) for c in contexts])
+        meta = _meta([len(c) + 1 for c in contexts], [1] * len(contexts), tables)
+        fused_cache = PagedKVCache(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+        for a, b in zip(fused_cache.k + fused_cache.v, cache.k + cache.v):
+            a.copy_(b)
+        expected = model(ids, positions, meta, cache, reference)
+        got = model.native_decoder(fused_cache, get_attention_backend("batched"))(ids, positions, meta)
+    return expected, got, cache, fused_cache
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 3, 7])
+@pytest.mark.parametrize("linear", ["dense", "int8", "int4"])
+def test_fused_step_matches_the_pytorch_forward(request, linear, batch, topics_text):
+    lm = request.getfixturevalue({"dense": "ember_lm", "int8": "ember_lm_int8", "int4": "ember_lm_int4"}[linear])
+    ids = lm.tokenizer.encode(topics_text[:20_000])
+    rng = random.Random(batch)
+    # Lengths around block boundaries (15, 16, 17 tokens) and a longer one.
+    lengths = [rng.choice([1, 15, 16, 17, 40, 100]) for _ in range(batch)]
+    contexts = [ids[s:s + n] for s, n in zip(range(0, 10_000, 500), lengths)]
+    expected, got, cache, fused_cache = _one_step_both_ways(lm, contexts, seed=batch)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    for a, b in zip(fused_cache.k + fused_cache.v, cache.k + cache.v):  # the same K/V written
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
