@@ -83,34 +83,76 @@ static void dot_rows_f32_int8(const ember_weight* W, long n, const float* x, lon
     for (int i = 0; i < mt; i++) r[i] = hsum_ps(_mm256_add_ps(a[i], b[i])) * s;
 }
 
-/* Rows m0..m0+mt-1 (mt <= 2) times INT4 row n: four accumulators per row hide FMA latency. */
-static void dot_rows_int4(const ember_weight* W, long n, const float* x, long mt, float* r) {
-    long K = W->k;
+/* Group sums of x rows (M <= 4): the zero-point half of an INT4 product, sum_g b_g * X_g. */
+static void group_sums(const float* x, long M, long K, float* X) {
+    for (long m = 0; m < M; m++)
+        for (long g = 0; g < K / 32; g++) {
+            const float* p = x + m * K + 32 * g;
+            __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                                     _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24)));
+            X[m * (K / 32) + g] = hsum_ps(v);
+        }
+}
+
+/* sum_g (z_g - 8 s_g) * X[g] over a row's bf16 (s, z) pairs, 8 groups per vector. */
+static float zero_point_sum(const uint16_t* sz, const float* X, long G) {
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
+    __m256 acc = _mm256_setzero_ps();
+    long g = 0;
+    for (; g + 8 <= G; g += 8) {
+        __m256i pairs = _mm256_loadu_si256((const __m256i*)(sz + 2 * g));  /* lane: s | z << 16 */
+        __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+        __m256 zv = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
+        acc = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.0f), sv, zv), _mm256_loadu_ps(X + g), acc);
+    }
+    float sum = hsum_ps(acc);
+    for (; g < G; g++) sum += (bf16_to_f32(sz[2 * g + 1]) - 8.0f * bf16_to_f32(sz[2 * g])) * X[g];
+    return sum;
+}
+
+/* q_g . x_g for one group of 32 codes (as floats) and one row of x. */
+static inline __m256 group_dot(__m256 q0, __m256 q1, __m256 q2, __m256 q3, const float* xg) {
+    __m256 t = _mm256_mul_ps(q0, _mm256_loadu_ps(xg));
+    t = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xg + 8), t);
+    t = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xg + 16), t);
+    return _mm256_fmadd_ps(q3, _mm256_loadu_ps(xg + 24), t);
+}
+
+/* Rows m0..m0+mt-1 (mt <= 2) times INT4 row n, as sum_g s_g (q_g . x_g) + sum_g b_g X_g with
+ * b = z - 8 s: four conversions and four multiply-adds per group and row, no dequantized copy. */
+static void dot_rows_int4(const ember_weight* W, long n, const float* x, const float* X, long mt, float* r) {
+    long K = W->k, G = K / 32;
     const uint8_t* c = (const uint8_t*)W->w + n * (K / 2);
-    const uint16_t* sz = W->sz + n * (K / 32) * 2;
+    const uint16_t* sz = W->sz + n * G * 2;
     const __m256i low = _mm256_set1_epi32(15);
-    __m256 acc[2][4];
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
-    for (long g = 0; g < K / 32; g++) {
-        float s = bf16_to_f32(sz[2 * g]), z = bf16_to_f32(sz[2 * g + 1]);
-        __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(z - 8.0f * s);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;  /* row 0, row 1 */
+    for (long g = 0; g < G; g++) {
+        __m256 vs = _mm256_set1_ps(bf16_to_f32(sz[2 * g]));
         __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g)));
         __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * g + 8)));
-        __m256 w[4];
-        w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), vs, vb);
-        w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), vs, vb);
-        w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low)), vs, vb);
-        w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), vs, vb);
-        for (int i = 0; i < 2; i++) {
-            if (i < mt) {
-                const float* xg = x + i * K + 32 * g;
-                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xg + 8 * j), acc[i][j]);
-            }
-        }
+        __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)), q1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));
+        __m256 q2 = _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)), q3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));
+        a0 = _mm256_fmadd_ps(group_dot(q0, q1, q2, q3, x + 32 * g), vs, a0);
+        if (mt > 1) a1 = _mm256_fmadd_ps(group_dot(q0, q1, q2, q3, x + K + 32 * g), vs, a1);
     }
-    for (int i = 0; i < mt; i++)
-        r[i] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), _mm256_add_ps(acc[i][2], acc[i][3])));
+    r[0] = hsum_ps(a0) + zero_point_sum(sz, X, G);
+    if (mt > 1) r[1] = hsum_ps(a1) + zero_point_sum(sz, X + G, G);
+}
+
+/* One row of x times F32 or INT8 row n: four accumulators (batch-1 decode is all latency). */
+static float dot_row1_f32_int8(const ember_weight* W, long n, const float* x) {
+    long K = W->k;
+    const void* row = W->kind == EMBER_F32 ? (const void*)((const float*)W->w + n * K)
+                                           : (const void*)((const int8_t*)W->w + n * K);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (long k = 0; k < K; k += 32) {
+        a0 = _mm256_fmadd_ps(load_w8(W, row, k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load_w8(W, row, k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(load_w8(W, row, k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(load_w8(W, row, k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+    return hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) * s;
 }
 
 static inline void put(float* y, float v, const float* bias, long n, int accumulate) {
@@ -148,16 +190,26 @@ static void linear_omp(const ember_weight* W, const float* x, long M, float* y, 
     long N = W->n, K = W->k;
     if (M <= 4) {
         long tile = W->kind == EMBER_INT4 ? 2 : 4;
+        float* X = NULL;
+        if (W->kind == EMBER_INT4) {  /* every thread sums for itself: no barrier, M * K adds */
+            X = (float*)malloc(sizeof(float) * M * (K / 32));
+            group_sums(x, M, K, X);
+        }
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             float r[4];
+            if (M == 1 && W->kind != EMBER_INT4) {
+                put(y + n, dot_row1_f32_int8(W, n, x), W->bias, n, accumulate);
+                continue;
+            }
             for (long m0 = 0; m0 < M; m0 += tile) {
                 long mt = M - m0 < tile ? M - m0 : tile;
-                if (W->kind == EMBER_INT4) dot_rows_int4(W, n, x + m0 * K, mt, r);
+                if (W->kind == EMBER_INT4) dot_rows_int4(W, n, x + m0 * K, X + m0 * (K / 32), mt, r);
                 else dot_rows_f32_int8(W, n, x + m0 * K, mt, r);
                 for (long i = 0; i < mt; i++) put(y + (m0 + i) * ldy + n, r[i], W->bias, n, accumulate);
             }
         }
+        free(X);
         return;
     }
     float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 2 * K);
