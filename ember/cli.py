@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--score", choices=["all", "second-half"], default="all",
                    help="score every prediction, or only the second half of each window as llama.cpp does")
     e.add_argument("--windows-per-batch", type=int, default=4, help="windows per forward pass (default: 4)")
+    e.add_argument("--decode", action="store_true",
+                   help="teacher-forced decode: feed each window one token per step through the KV cache, "
+                        "as generation runs (the decode kernels' perplexity; slower)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_args(e)
     e.set_defaults(func=cmd_eval_ppl)
@@ -213,14 +216,17 @@ def cmd_eval_ppl(args) -> int:
     cfg.apply_threads()
     lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
     result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,
-                                 score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json)
+                                 score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json,
+                                 decode=args.decode, fused_decode=cfg.fused_decode != "off")
     data = result.to_json()
-    data.update(model=lm.path, dtype=cfg.dtype, linear=cfg.linear, text=args.text or "pydoc_data.topics")
+    data.update(model=lm.path, dtype=cfg.dtype, linear=cfg.linear, text=args.text or "pydoc_data.topics",
+                mode="decode" if args.decode else "prefill")
     if args.json:
         print(json.dumps(data))
     else:
         print(f"perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens scored "
               f"({result.windows} windows of {args.context}, score={args.score}, dtype={cfg.dtype}, "
+              f"{'decode, ' if args.decode else ''}"
               f"{result.seconds:.1f} s)")
     return 0
 

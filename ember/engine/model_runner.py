@@ -23,7 +23,7 @@ class StepResult:
 class ModelRunner:
     def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend, decoder=None):
         """`decoder`: the model's fused decode step (input_ids, positions, meta) -> hidden, used
-        for decode-only batches; None: every batch goes through the model's forward."""
+        for the single-token rows of a batch; None: every row goes through the model's forward."""
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
         self.attention, self.decoder = attention, decoder
 
@@ -47,13 +47,36 @@ class ModelRunner:
         meta = AttentionMetadata(query_lens, context_lens, torch.tensor(slots, dtype=torch.long), block_tables)
         return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta
 
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Final hidden states of a flat batch. With a fused decoder, sequences that bring one
+        token go through it and the others (prefill chunks) through the model's forward: they
+        write disjoint cache slots and read only blocks computed in earlier steps."""
+        if self.decoder is None or 1 not in meta.query_lens:
+            return self.model(input_ids, positions, meta, self.kv_cache, self.attention)
+        if meta.is_decode_only:
+            return self.decoder(input_ids, positions, meta)
+        starts = [0]
+        for n in meta.query_lens:
+            starts.append(starts[-1] + n)
+        single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+        multi = [i for i, n in enumerate(meta.query_lens) if n != 1]
+        single_rows = torch.tensor([starts[i] for i in single], dtype=torch.long)
+        multi_rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in multi])
+
+        def part(seqs, rows):
+            return AttentionMetadata([meta.query_lens[i] for i in seqs], [meta.context_lens[i] for i in seqs],
+                                     meta.slot_mapping[rows], meta.block_tables[torch.tensor(seqs, dtype=torch.long)])
+
+        hidden = torch.empty(input_ids.shape[0], self.model.cfg.hidden_size, dtype=self.model.dtype)
+        hidden[multi_rows] = self.model(input_ids[multi_rows], positions[multi_rows], part(multi, multi_rows),
+                                        self.kv_cache, self.attention)
+        hidden[single_rows] = self.decoder(input_ids[single_rows], positions[single_rows], part(single, single_rows))
+        return hidden
+
     def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = ()) -> StepResult:
         self.kv_cache.copy_blocks(list(block_copies))
         input_ids, positions, meta = self.prepare(batch)
-        if self.decoder is not None and meta.is_decode_only:
-            hidden = self.decoder(input_ids, positions, meta)
-        else:
-            hidden = self.model(input_ids, positions, meta, self.kv_cache, self.attention)
+        hidden = self._forward(input_ids, positions, meta)
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
         for request, n in batch.scheduled:

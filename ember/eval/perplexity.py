@@ -107,8 +107,12 @@ def window_nll(model, windows: torch.Tensor, first: int = 0,
 
 
 def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tokens: int | None = None,
-                        score: str = "all", windows_per_batch: int = 4, progress: bool = True) -> PerplexityResult:
-    """Perplexity of `model` over `text` by the windowed recipe in this module's docstring."""
+                        score: str = "all", windows_per_batch: int = 4, progress: bool = True,
+                        decode: bool = False, fused_decode: bool = True, attention=None) -> PerplexityResult:
+    """Perplexity of `model` over `text` by the windowed recipe in this module's docstring.
+    decode: feed each window one token per step through the KV cache (eval/decode_nll.py)
+    instead of one forward per window; fused_decode: let those steps take the fused C step;
+    attention: the backend of those steps (default: the model's)."""
     started = time.perf_counter()
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens (one prediction), got {context}")
@@ -132,10 +136,13 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
 
     # Summed in float64: 65k fp32 terms would otherwise lose digits the comparison needs.
     nll_sum, scored = 0.0, 0
-    with tqdm(total=num_windows, desc=f"perplexity (ctx {context}, {score})", unit="window",
-              disable=not progress) as bar:
+    if decode:
+        from ember.eval.decode_nll import decode_window_nll
+    with tqdm(total=num_windows, desc=f"perplexity (ctx {context}, {score}{', decode' if decode else ''})",
+              unit="window", disable=not progress) as bar:
         for start in range(0, num_windows, windows_per_batch):
-            nll = window_nll(model, windows[start:start + windows_per_batch], first)
+            batch = windows[start:start + windows_per_batch]
+            nll = decode_window_nll(model, batch, first, fused_decode, attention) if decode else window_nll(model, batch, first)
             nll_sum += float(nll.double().sum())
             scored += nll.numel()
             bar.update(nll.shape[0])

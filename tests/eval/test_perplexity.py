@@ -105,3 +105,15 @@ def test_full_recipe_matches_the_anchor(ember_lm, score, anchor):
                                  max_tokens=65_536, score=score, progress=False)
     assert result.windows == 128
     assert result.perplexity == pytest.approx(anchor, rel=0.01)
+
+
+@pytest.mark.parametrize("attention", ["batched", "torch"])  # fused decode step / model forward over the cache
+def test_teacher_forced_decode_equals_the_windowed_forward(ember_lm, topics_text, attention):
+    from ember.kernels.attention import get_attention_backend
+
+    kw = dict(context=48, max_tokens=96, windows_per_batch=2, progress=False)
+    ref = evaluate_perplexity(ember_lm.model, ember_lm.tokenizer, topics_text, **kw)
+    dec = evaluate_perplexity(ember_lm.model, ember_lm.tokenizer, topics_text, decode=True,
+                              attention=get_attention_backend(attention), **kw)
+    assert dec.tokens_scored == ref.tokens_scored == 2 * 47
+    assert abs(dec.perplexity / ref.perplexity - 1) < 1e-4  # fp32 dense: only summation order differs

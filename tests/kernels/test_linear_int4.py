@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
+from ember.kernels.linear.q8 import quantize_q8
 from ember.kernels.linear.int4 import (GROUP, Int4Linear, dequantize_int4, pack_nibbles, quantize_int4,
                                        reference_apply, unpack_int4, unpack_nibbles)
 
@@ -115,3 +116,14 @@ def test_weight_bytes_are_about_an_eighth_of_fp32(weights, use_native):
     w = weights[0]
     params = method.pack(w, None, torch.float32)
     assert method.weight_bytes(params) < w.numel() * 4 / 6
+
+
+def test_q8_activations_lose_little_and_handle_zero_groups():
+    torch.manual_seed(2)
+    x = torch.randn(3, 128) * 4
+    x[1, 32:64] = 0  # an all-zero group has scale 0, not NaN
+    xq = quantize_q8(x)
+    assert bool(torch.isfinite(xq).all()) and bool((xq[1, 32:64] == 0).all())
+    step = x.view(3, 4, 32).abs().amax(-1, keepdim=True) / 127
+    assert bool(((xq - x).view(3, 4, 32).abs() <= step / 2 + 1e-6).all())  # half a step per element
+    assert (xq - x).norm() / x.norm() < 0.01

@@ -1,7 +1,7 @@
 /* Weight-only linear kernels for decode-sized batches: y[M,N] (+)= x[M,K] @ W^T (+ bias).
  *
- * Activations and sums are fp32; the weight is widened in registers, never written out as a
- * whole float matrix. Three storages (ember_weight.kind):
+ * Sums are fp32; the weight is widened in registers, never written out as a whole float
+ * matrix. Three storages (ember_weight.kind):
  *   F32   w: float [N,K]
  *   INT8  w: int8 [N,K], scale: float [N]           w[n,k] = q * scale[n]
  *   INT4  w: uint8 [N,K/2], sz: bf16 pairs [N,K/32,2] w = q * s + (z - 8 s), q in 0..15: one
@@ -9,8 +9,9 @@
  *         Group of 32 = 16 bytes: byte j < 8 holds codes j (low nibble) and j + 8 (high),
  *         byte 8 + j holds codes 16 + j and 24 + j, so one zero-extension gives 8 codes.
  * Up to 4 rows (decode at batch 1-4, memory-bound) the weight row is decoded once per tile of
- * rows straight into the FMAs. Above that (batched decode, arithmetic-bound) two weight rows
- * are decoded into an fp32 buffer in L1 and reused by every tile of 4 rows.
+ * rows straight into the FMAs, on fp32 activations, or with q8_activations on int8 ones and
+ * integer dots (linear_q8.h). Above that (batched decode, arithmetic-bound) four weight rows
+ * are decoded into an fp32 buffer in L1 and reused by every pair of fp32 activation rows.
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
  * it shares that team (the fused decoder); alone it runs on one thread.
  * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
@@ -27,6 +28,7 @@ enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2 };
 
 typedef struct {
     int64_t kind, n, k;
+    int64_t q8_activations; /* INT4 at batch 1-4: int8 activations, integer dots (linear_q8.h) */
     const void* w;
     const float* scale;   /* INT8: [N] */
     const uint16_t* sz;   /* INT4: bf16 (scale, zero) per group, [N, K/32, 2] */
@@ -95,7 +97,7 @@ static void group_sums(const float* x, long M, long K, float* X) {
 }
 
 /* sum_g (z_g - 8 s_g) * X[g] over a row's bf16 (s, z) pairs, 8 groups per vector. */
-static float zero_point_sum(const uint16_t* sz, const float* X, long G) {
+static inline float zero_point_sum(const uint16_t* sz, const float* X, long G) {
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     __m256 acc = _mm256_setzero_ps();
     long g = 0;
@@ -160,34 +162,60 @@ static inline void put(float* y, float v, const float* bias, long n, int accumul
     *y = accumulate ? *y + v : v;
 }
 
-/* Two decoded weight rows (fp32, in L1) against rows 0..M-1 of x, 4 rows at a time. */
-static void dot_pair_buffered(const float* w0, const float* w1, long K, const float* x, long M,
-                              float* r0, float* r1) {
-    for (long m0 = 0; m0 < M; m0 += 4) {
-        long mt = M - m0 < 4 ? M - m0 : 4;
-        const float* xr = x + m0 * K;
-        __m256 a[4], b[4];
-        for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+/* Four decoded weight rows (fp32, in L1) against rows 0..M-1 of x, two x rows at a time:
+ * 8 accumulators, 4 weight loads from L1 and 2 x loads from L2 per 8 FMAs, so the FMAs and
+ * not L2 bandwidth set the pace. r: [4][M]. */
+static void dot_quad_buffered(const float* const w[4], long K, const float* x, long M, float* r) {
+    for (long m0 = 0; m0 < M; m0 += 2) {
+        long two = M - m0 > 1;
+        const float* x0 = x + m0 * K;
+        const float* x1 = two ? x0 + K : x0;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         for (long k = 0; k < K; k += 8) {
-            __m256 u = _mm256_loadu_ps(w0 + k), v = _mm256_loadu_ps(w1 + k);
-            for (int i = 0; i < 4; i++) {
-                if (i < mt) {
-                    __m256 xv = _mm256_loadu_ps(xr + i * K + k);
-                    a[i] = _mm256_fmadd_ps(u, xv, a[i]);
-                    b[i] = _mm256_fmadd_ps(v, xv, b[i]);
-                }
-            }
+            __m256 u = _mm256_loadu_ps(x0 + k), v = _mm256_loadu_ps(x1 + k);
+            __m256 w0 = _mm256_loadu_ps(w[0] + k), w1 = _mm256_loadu_ps(w[1] + k);
+            a0 = _mm256_fmadd_ps(w0, u, a0);
+            b0 = _mm256_fmadd_ps(w0, v, b0);
+            a1 = _mm256_fmadd_ps(w1, u, a1);
+            b1 = _mm256_fmadd_ps(w1, v, b1);
+            __m256 w2 = _mm256_loadu_ps(w[2] + k), w3 = _mm256_loadu_ps(w[3] + k);
+            a2 = _mm256_fmadd_ps(w2, u, a2);
+            b2 = _mm256_fmadd_ps(w2, v, b2);
+            a3 = _mm256_fmadd_ps(w3, u, a3);
+            b3 = _mm256_fmadd_ps(w3, v, b3);
         }
-        for (int i = 0; i < mt; i++) {
-            r0[m0 + i] = hsum_ps(a[i]);
-            r1[m0 + i] = hsum_ps(b[i]);
-        }
+        r[m0] = hsum_ps(a0), r[M + m0] = hsum_ps(a1), r[2 * M + m0] = hsum_ps(a2), r[3 * M + m0] = hsum_ps(a3);
+        if (two) r[m0 + 1] = hsum_ps(b0), r[M + m0 + 1] = hsum_ps(b1), r[2 * M + m0 + 1] = hsum_ps(b2), r[3 * M + m0 + 1] = hsum_ps(b3);
     }
+}
+
+#include "linear_q8.h"
+
+/* INT4 at batch 1-4 with int8 activations: each thread quantizes x for itself (M * K work, no
+ * barrier needed). */
+static void linear_q8_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
+    const long K = W->k, G = K / 32;
+    q8_rows xq = {(int8_t*)malloc(M * K), (float*)malloc(sizeof(float) * (2 * M + 4) * G), NULL};
+    xq.X = xq.d + M * G;
+    float* sd = xq.X + M * G;  /* INT4's per-row scratch */
+    quantize_q8(x, M, K, &xq);
+    #pragma omp for schedule(static)
+    for (long n = 0; n < W->n; n++) {
+        float r[4];
+        dot_rows_int4_q8(W, n, &xq, M, r, sd);
+        for (long i = 0; i < M; i++) put(y + i * ldy + n, r[i], W->bias, n, accumulate);
+    }
+    free(xq.q);
+    free(xq.d);
 }
 
 /* y[m * ldy + n] = (or +=, with accumulate) x[m] . W[n] + bias[n]. K: a multiple of 32. */
 static void linear_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
     long N = W->n, K = W->k;
+    if (M <= 4 && W->q8_activations && W->kind == EMBER_INT4) {
+        linear_q8_omp(W, x, M, y, ldy, accumulate);
+        return;
+    }
     if (M <= 4) {
         long tile = W->kind == EMBER_INT4 ? 2 : 4;
         float* X = NULL;
@@ -212,24 +240,26 @@ static void linear_omp(const ember_weight* W, const float* x, long M, float* y, 
         free(X);
         return;
     }
-    float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 2 * K);
-    float* r = (float*)malloc(sizeof(float) * 2 * M);
+    float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 4 * K);
+    float* r = (float*)malloc(sizeof(float) * 4 * M);
     #pragma omp for schedule(static)
-    for (long p = 0; p < (N + 1) / 2; p++) {
-        long n0 = 2 * p, n1 = n0 + 1 < N ? n0 + 1 : n0;  /* odd N: the last row twice */
-        const float *w0, *w1;
-        if (buf) {
-            decode_row(W, n0, buf);
-            decode_row(W, n1, buf + K);
-            w0 = buf, w1 = buf + K;
-        } else {
-            w0 = (const float*)W->w + n0 * K, w1 = (const float*)W->w + n1 * K;
+    for (long p = 0; p < (N + 3) / 4; p++) {
+        long rows[4];
+        const float* w[4];
+        for (int j = 0; j < 4; j++) {
+            rows[j] = 4 * p + j < N ? 4 * p + j : N - 1;  /* a ragged end repeats the last row */
+            if (buf) {
+                decode_row(W, rows[j], buf + j * K);
+                w[j] = buf + j * K;
+            } else {
+                w[j] = (const float*)W->w + rows[j] * K;
+            }
         }
-        dot_pair_buffered(w0, w1, K, x, M, r, r + M);
-        float s0 = W->kind == EMBER_INT8 ? W->scale[n0] : 1.0f, s1 = W->kind == EMBER_INT8 ? W->scale[n1] : 1.0f;
-        for (long m = 0; m < M; m++) {
-            put(y + m * ldy + n0, r[m] * s0, W->bias, n0, accumulate);
-            if (n1 != n0) put(y + m * ldy + n1, r[M + m] * s1, W->bias, n1, accumulate);
+        dot_quad_buffered(w, K, x, M, r);
+        for (int j = 0; j < 4 && 4 * p + j < N; j++) {
+            long n = rows[j];
+            float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+            for (long m = 0; m < M; m++) put(y + m * ldy + n, r[j * M + m] * s, W->bias, n, accumulate);
         }
     }
     free(buf);

@@ -5,8 +5,11 @@ each output row. Groups of 32 line up with GGUF's Q4_0/Q4_1 blocks, so a Q4_1 te
 (w = q * d + m) dequantized at load is requantized onto the same grid (zero = m + 8 d) with
 little or no loss. Two packings, chosen at load:
 - for the C kernels (csrc/linear.h): `codes` uint8 [N, K/2] in the nibble order of
-  `pack_nibbles` (8 codes per zero-extension) and `scale_zero_rows` bf16 [N, K/32, 2]; fp32
-  activations and sums, the weight decoded in registers (0.625 bytes per weight streamed);
+  `pack_nibbles` (8 codes per zero-extension) and `scale_zero_rows` bf16 [N, K/32, 2], 0.625
+  bytes per weight streamed. At batch 1-4 (decode) activations are quantized to int8 per group
+  of 32 (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as integers (csrc/linear_q8.h):
+  widening 4-bit codes to fp32 costs more instructions than streaming them takes time.
+  Batches of 5-63 keep fp32 activations, the weight decoded once per row into L1;
 - without them: `aten._convert_weight_to_int4pack_for_cpu`'s layout for
   `aten._weight_int4pack_mm_for_cpu`, which wants bf16 activations (its fp32 path is a slow
   fallback), so x is cast to bf16 and the result back.
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
+from ember.kernels.linear.q8 import MAX_ROWS, quantize_q8
 
 KERNEL_DTYPE = torch.bfloat16
 GROUP = 32
@@ -82,10 +86,15 @@ def dequantize_int4(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.
 
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Plain torch for either kernel: dequantize, then F.linear in fp32 (on bf16-rounded
-    activations for the aten kernel)."""
-    xs = x if "codes" in params else x.to(KERNEL_DTYPE)
-    return fp32_linear(xs, dequantize_int4(params), params, x.dtype)
+    """Plain torch for either kernel at x's batch size: dequantize, then F.linear in fp32, on
+    the activations the kernel sees (int8 per group up to 4 rows for the C kernels; bf16-rounded
+    for the aten kernel)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if "codes" not in params:
+        x2 = x2.to(KERNEL_DTYPE)
+    elif x2.shape[0] <= MAX_ROWS:
+        x2 = quantize_q8(x2)
+    return fp32_linear(x2, dequantize_int4(params), params, x.dtype).view(*x.shape[:-1], -1)
 
 
 @LINEAR_METHODS.register("int4")
@@ -118,7 +127,7 @@ class Int4Linear(WeightOnlyLinear):
             return None
         c = params["codes"]
         return native.weight(native.INT4, c, c.shape[0], c.shape[1] * 2, sz=params["scale_zero_rows"],
-                             bias=params.get("bias") if with_bias else None)
+                             bias=params.get("bias") if with_bias else None, q8_activations=True)
 
     def fallback(self, x2, params):
         if "codes" in params:  # packed for C kernels that are not here after all

@@ -1,0 +1,47 @@
+"""Teacher-forced decode: score a window fed one token per step through the paged KV cache.
+
+`ember eval ppl --decode` runs each window the way generation runs a sequence, so the
+perplexity it reports is that of the decode path: the fused decode step where it applies
+(otherwise the model's forward over the cache), the decode-sized kernels of the LinearMethod
+(e.g. int8 activations for int4 at batch 1-4) and the output head at decode batch size. Up to
+`windows_per_batch` windows decode side by side, one row each per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.kernels.attention import AttentionMetadata
+from ember.kernels.native import NativeUnavailable
+from ember.kv.cache import PagedKVCache
+
+BLOCK_SIZE = 16
+
+
+@torch.inference_mode()
+def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = True, attention=None) -> torch.Tensor:
+    """NLL [B, C-1-first] of each window's predictions from positions first..C-2, one decode
+    step per position. windows: [B, C] token ids; attention: the backend (default: the model's)."""
+    from ember.eval.perplexity import token_nll
+
+    num, context = windows.shape
+    cfg = model.cfg
+    per_seq = -(-context // BLOCK_SIZE)
+    cache = PagedKVCache(cfg.num_layers, num * per_seq, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    tables = torch.arange(num * per_seq, dtype=torch.long).view(num, per_seq)
+    attention = attention or model.attention
+    decoder = None
+    if fused:
+        try:
+            decoder = model.native_decoder(cache, attention)
+        except NativeUnavailable:
+            pass
+    out = torch.empty(num, context - 1 - first)
+    for t in range(context - 1):
+        ids, positions = windows[:, t].contiguous(), torch.full((num,), t, dtype=torch.long)
+        slots = tables[:, t // BLOCK_SIZE] * BLOCK_SIZE + t % BLOCK_SIZE
+        meta = AttentionMetadata([1] * num, [t + 1] * num, slots, tables)
+        hidden = decoder(ids, positions, meta) if decoder else model(ids, positions, meta, cache, attention)
+        if t >= first:  # the head runs at decode batch size too, as in generation
+            out[:, t - first] = token_nll(model, hidden, windows[:, t + 1].contiguous())
+    return out
