@@ -96,8 +96,9 @@ static void group_sums(const float* x, long M, long K, float* X) {
         }
 }
 
-/* sum_g (z_g - 8 s_g) * X[g] over a row's bf16 (s, z) pairs, 8 groups per vector. */
-static inline float zero_point_sum(const uint16_t* sz, const float* X, long G) {
+/* sum_g (z_g - 8 s_g) * X[g] over a row's bf16 (s, z) pairs, 8 groups per vector. With d,
+ * the same pass also writes sd[g] = s_g * d[g] (the INT4 x Q8 kernel's per-group factors). */
+static inline float zero_point_sum(const uint16_t* sz, const float* X, long G, const float* d, float* sd) {
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     __m256 acc = _mm256_setzero_ps();
     long g = 0;
@@ -105,10 +106,15 @@ static inline float zero_point_sum(const uint16_t* sz, const float* X, long G) {
         __m256i pairs = _mm256_loadu_si256((const __m256i*)(sz + 2 * g));  /* lane: s | z << 16 */
         __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
         __m256 zv = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
+        if (d) _mm256_storeu_ps(sd + g, _mm256_mul_ps(sv, _mm256_loadu_ps(d + g)));
         acc = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.0f), sv, zv), _mm256_loadu_ps(X + g), acc);
     }
     float sum = hsum_ps(acc);
-    for (; g < G; g++) sum += (bf16_to_f32(sz[2 * g + 1]) - 8.0f * bf16_to_f32(sz[2 * g])) * X[g];
+    for (; g < G; g++) {
+        float sg = bf16_to_f32(sz[2 * g]);
+        if (d) sd[g] = sg * d[g];
+        sum += (bf16_to_f32(sz[2 * g + 1]) - 8.0f * sg) * X[g];
+    }
     return sum;
 }
 
@@ -137,8 +143,8 @@ static void dot_rows_int4(const ember_weight* W, long n, const float* x, const f
         a0 = _mm256_fmadd_ps(group_dot(q0, q1, q2, q3, x + 32 * g), vs, a0);
         if (mt > 1) a1 = _mm256_fmadd_ps(group_dot(q0, q1, q2, q3, x + K + 32 * g), vs, a1);
     }
-    r[0] = hsum_ps(a0) + zero_point_sum(sz, X, G);
-    if (mt > 1) r[1] = hsum_ps(a1) + zero_point_sum(sz, X + G, G);
+    r[0] = hsum_ps(a0) + zero_point_sum(sz, X, G, NULL, NULL);
+    if (mt > 1) r[1] = hsum_ps(a1) + zero_point_sum(sz, X + G, G, NULL, NULL);
 }
 
 /* One row of x times F32 or INT8 row n: four accumulators (batch-1 decode is all latency). */

@@ -71,26 +71,7 @@ static void dot_rows_int4_q8(const ember_weight* W, long n, const q8_rows* xq, l
     const uint8_t* c = (const uint8_t*)W->w + n * (K / 2);
     const uint16_t* sz = W->sz + n * G * 2;
     float zsum[4];  /* sum_g (z_g - 8 s_g) X_g per row, formed in the same pass as sd */
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
-    for (long i = 0; i < mt; i++) {
-        const float *d = xq->d + i * G, *X = xq->X + i * G;
-        __m256 zacc = _mm256_setzero_ps();
-        long g = 0;
-        for (; g + 8 <= G; g += 8) {
-            __m256i pairs = _mm256_loadu_si256((const __m256i*)(sz + 2 * g));  /* lane: s | z << 16 */
-            __m256 sv = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
-            __m256 zv = _mm256_castsi256_ps(_mm256_and_si256(pairs, high));
-            _mm256_storeu_ps(sd + i * G + g, _mm256_mul_ps(sv, _mm256_loadu_ps(d + g)));
-            zacc = _mm256_fmadd_ps(_mm256_fnmadd_ps(_mm256_set1_ps(8.0f), sv, zv), _mm256_loadu_ps(X + g), zacc);
-        }
-        float z = hsum_ps(zacc);
-        for (; g < G; g++) {
-            float sg = bf16_to_f32(sz[2 * g]);
-            sd[i * G + g] = sg * d[g];
-            z += (bf16_to_f32(sz[2 * g + 1]) - 8.0f * sg) * X[g];
-        }
-        zsum[i] = z;
-    }
+    for (long i = 0; i < mt; i++) zsum[i] = zero_point_sum(sz, xq->X + i * G, G, xq->d + i * G, sd + i * G);
     __m256 acc[4][2];
     for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     long g = 0;
