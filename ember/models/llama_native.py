@@ -44,7 +44,7 @@ class NativeDecoder:
         self._refuse_unless(kv_cache is not None and all(t.dtype == torch.float32 and t.is_contiguous()
                                                          for t in kv_cache.k + kv_cache.v),
                             "it needs a contiguous fp32 KV cache")
-        self._refuse_unless(cfg.hidden_size % 32 == 0 and cfg.intermediate_size % 32 == 0 and cfg.head_dim % 16 == 0
+        self._refuse_unless(cfg.hidden_size % 32 == 0 and cfg.intermediate_size % 32 == 0 and cfg.head_dim % 32 == 0
                             and cfg.num_heads % cfg.num_kv_heads == 0, "the model's sizes don't fit its kernels")
         lib = native.load("llama_decode")
         self._refuse_unless(lib is not None, "the C kernels can't be built here (no C compiler or no AVX2)")

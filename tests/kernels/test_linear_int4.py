@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
 from ember.kernels.linear.q8 import quantize_q8
-from ember.kernels.linear.int4 import (GROUP, Int4Linear, dequantize_int4, pack_nibbles, quantize_int4,
-                                       reference_apply, unpack_int4, unpack_nibbles)
+from ember.kernels.linear.int4 import (GROUP, Int4Linear, dequantize_int4, pack_blocks, quantize_int4,
+                                       reference_apply, unpack_blocks, unpack_int4)
 
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 # Both packings: the C kernels' (where they build) and aten's fallback.
@@ -32,15 +32,19 @@ def test_unpack_inverts_the_kernel_packing():
         assert torch.equal(unpack_int4(packed, n, k), q)
 
 
-def test_nibble_packing_round_trips_and_puts_8_codes_per_extension():
+def test_block_packing_round_trips_and_puts_4_codes_of_8_rows_per_quad():
     torch.manual_seed(0)
     q = torch.randint(0, 16, (48, 96), dtype=torch.int32)
-    packed = pack_nibbles(q)
-    assert packed.shape == (48, 48) and packed.dtype == torch.uint8
-    assert torch.equal(unpack_nibbles(packed), q)
-    # Byte j < 8 of a group: codes j (low) and j + 8 (high); byte 8 + j: codes 16 + j and 24 + j.
-    assert int(packed[0, 3]) == int(q[0, 3]) | int(q[0, 11]) << 4
-    assert int(packed[0, 8 + 5]) == int(q[0, 21]) | int(q[0, 29]) << 4
+    scale, zero = torch.rand(48, 3).to(torch.bfloat16), torch.randn(48, 3).to(torch.bfloat16)
+    codes, sz = pack_blocks(q, scale, zero)
+    assert codes.shape == (6, 3, 4, 32) and codes.dtype == torch.uint8 and sz.shape == (6, 3, 8, 2)
+    q2, s2, z2 = unpack_blocks(codes, sz)
+    assert torch.equal(q2, q) and torch.equal(s2, scale) and torch.equal(z2, zero)
+    # Block 1 (rows 8-15), group 2, quad pair 3, byte 4r + t: row 8 + r, inputs 64 + 24 + t (low
+    # nibble) and 64 + 28 + t (high nibble).
+    r, t = 5, 2
+    assert int(codes[1, 2, 3, 4 * r + t]) == int(q[13, 90]) | int(q[13, 94]) << 4
+    assert torch.equal(sz[1, 2, r], torch.stack([scale[13, 2], zero[13, 2]]))
 
 
 def test_shapes_the_kernel_cannot_take_are_refused():
@@ -48,6 +52,9 @@ def test_shapes_the_kernel_cannot_take_are_refused():
         quantize_int4(torch.randn(64, 48))
     with pytest.raises(ValueError, match="multiple of 32"):
         Int4Linear(use_native=False).pack(torch.randn(48, 64), None, torch.float32)
+    # The C kernel's blocks of 8 rows: other output sizes take the aten packing (which wants 32).
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Int4Linear(use_native=True).pack(torch.randn(44, 64), None, torch.float32)
 
 
 def test_quantization_error_random_weights():
@@ -74,18 +81,18 @@ def test_gguf_q4_1_weights_requantize_onto_their_own_grid(weights):
 
 
 @pytest.mark.parametrize("use_native", PACKINGS)
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 32])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 32])
 def test_kernel_matches_reference(weights, rows, use_native):
     method = Int4Linear(use_native=use_native)
     torch.manual_seed(rows)
     for w in weights:
         bias = torch.randn(w.shape[0])
         params = method.pack(w, bias, torch.float32)
-        assert ("codes" in params) == use_native
+        assert ("block_codes" in params) == use_native
         x = torch.randn(rows, w.shape[1])
         y, ref = method.apply(x, params), reference_apply(x, params)
         assert y.shape == (rows, w.shape[0]) and y.dtype == torch.float32
-        if use_native:  # fp32 activations: the same products as the reference, summed in another order
+        if use_native:  # the same products as the reference (int8 activations), summed in another order
             torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
         else:  # the aten kernel also rounds its output (before the bias) to bf16
             product = (ref - bias).abs()
@@ -102,12 +109,17 @@ def test_both_packings_hold_the_same_weight(weights):
     assert torch.equal(dequantize_int4(mine), dequantize_int4(aten))
 
 
-def test_large_batches_take_the_dense_path_exactly(weights):
-    method = get_linear_method("int4")
+@pytest.mark.parametrize("use_native", PACKINGS)
+def test_large_batches_take_the_c_kernel_or_the_dense_path(weights, use_native):
+    method = Int4Linear(use_native=use_native)
     w = weights[1]
     params = method.pack(w, None, torch.float32)
-    x = torch.randn(method.dense_rows, w.shape[1])
-    torch.testing.assert_close(method.apply(x, params), F.linear(x, dequantize_int4(params)), rtol=1e-5, atol=1e-5)
+    x = torch.randn(method.dense_rows + 5, w.shape[1])
+    if use_native:  # integer dots on int8 activations at every batch size
+        ref = reference_apply(x, params)
+        torch.testing.assert_close(method.apply(x, params), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    else:
+        torch.testing.assert_close(method.apply(x, params), F.linear(x, dequantize_int4(params)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_native", PACKINGS)

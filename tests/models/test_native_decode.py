@@ -66,7 +66,7 @@ def test_fused_step_matches_the_pytorch_forward(request, linear, batch, topics_t
     contexts = [ids[s:s + n] for s, n in zip(range(0, 10_000, 500), lengths)]
     expected, got, cache, fused_cache = _one_step_both_ways(lm, contexts, seed=batch)
     assert got.shape == expected.shape
-    if linear == "int4" and batch <= 4:
+    if linear == "int4":
         # int8 activations: an ulp of difference can move a value to the next int8 step, so the
         # two paths drift apart over 30 layers by about the activation quantization error
         # (~3% of the final hidden state measured; a wrong kernel gives errors of order 100%).

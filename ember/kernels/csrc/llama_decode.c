@@ -52,24 +52,38 @@ static void rope(float* x, long heads, long Dh, const float* c, const float* s) 
     }
 }
 
-/* One query head over the first L tokens of its sequence's cache. scores: L floats. */
-static void attend(const float* q, const float* kc, const float* vc, const int64_t* table, long L,
-                   long bs, long Hkv, long Dh, long kvh, float scale, float* scores, float* out) {
-    float mx = -INFINITY;
-    for (long t = 0; t < L; t++) {
-        const float* k = kc + ((table[t / bs] * bs + t % bs) * Hkv + kvh) * Dh;
-        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-        for (long i = 0; i < Dh; i += 16) {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a);
-            b = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), b);
-        }
-        float sc = hsum_ps(_mm256_add_ps(a, b)) * scale;
-        scores[t] = sc;
-        mx = sc > mx ? sc : mx;
+/* Four tokens' q . k at once: four independent chains, one horizontal reduction. */
+static inline __m128 dot4(const float* q, const float* k0, const float* k1, const float* k2, const float* k3, long Dh) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (long i = 0; i < Dh; i += 8) {
+        __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
     }
-    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  /* per lane: 0 1 2 3 */
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* One query head over L cached tokens; token t's K (V) row is at kc (vc) + off[t], where off
+ * already holds the block-table lookup for the whole step. scores: L + 4 floats. Dh: a
+ * multiple of 32. */
+static void attend(const float* q, const float* kc, const float* vc, const int64_t* off, long L, long Dh,
+                   float scale, float* scores, float* out) {
     long t = 0;
-    for (; t + 8 <= L; t += 8) {
+    for (; t + 4 <= L; t += 4)
+        _mm_storeu_ps(scores + t, _mm_mul_ps(dot4(q, kc + off[t], kc + off[t + 1], kc + off[t + 2], kc + off[t + 3], Dh),
+                                             _mm_set1_ps(scale)));
+    if (t < L) {  /* the last 1-3 tokens: repeat the last one into the spare lanes */
+        const float* k[4];
+        for (int i = 0; i < 4; i++) k[i] = kc + off[t + i < L ? t + i : L - 1];
+        _mm_storeu_ps(scores + t, _mm_mul_ps(dot4(q, k[0], k[1], k[2], k[3], Dh), _mm_set1_ps(scale)));
+    }
+    float mx = -INFINITY;
+    for (t = 0; t < L; t++) mx = scores[t] > mx ? scores[t] : mx;
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    for (t = 0; t + 8 <= L; t += 8) {
         __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + t), vmx));
         _mm256_storeu_ps(scores + t, e);
         vsum = _mm256_add_ps(vsum, e);
@@ -79,15 +93,27 @@ static void attend(const float* q, const float* kc, const float* vc, const int64
         scores[t] = expf(scores[t] - mx);
         sum += scores[t];
     }
-    for (long i = 0; i < Dh; i++) out[i] = 0.0f;
-    for (t = 0; t < L; t++) {
-        const float* v = vc + ((table[t / bs] * bs + t % bs) * Hkv + kvh) * Dh;
-        __m256 p = _mm256_set1_ps(scores[t]);
-        for (long i = 0; i < Dh; i += 8)
-            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    /* p . V, 32 dims at a time in registers, even and odd tokens in separate accumulators */
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (long c = 0; c < Dh; c += 32) {
+        __m256 a[4], b[4];
+        for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+        for (t = 0; t + 2 <= L; t += 2) {
+            const float* v0 = vc + off[t] + c;
+            const float* v1 = vc + off[t + 1] + c;
+            __m256 p0 = _mm256_set1_ps(scores[t]), p1 = _mm256_set1_ps(scores[t + 1]);
+            for (int i = 0; i < 4; i++) {
+                a[i] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * i), a[i]);
+                b[i] = _mm256_fmadd_ps(p1, _mm256_loadu_ps(v1 + 8 * i), b[i]);
+            }
+        }
+        if (t < L) {
+            const float* v0 = vc + off[t] + c;
+            __m256 p0 = _mm256_set1_ps(scores[t]);
+            for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * i), a[i]);
+        }
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + c + 8 * i, _mm256_mul_ps(_mm256_add_ps(a[i], b[i]), inv));
     }
-    float inv = 1.0f / sum;
-    for (long i = 0; i < Dh; i++) out[i] *= inv;
 }
 
 static void silu_mul(const float* gu, long I, float* out) {
@@ -109,12 +135,18 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
     long max_len = 1;
     for (long m = 0; m < M; m++) max_len = ctx_lens[m] > max_len ? ctx_lens[m] : max_len;
     const float scale = (float)md->scale;
+    /* Cache offset of every context token of every sequence, the same for all layers. */
+    int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * M * max_len);
 
     #pragma omp parallel num_threads(nthreads)
     {
         float* scores = (float*)malloc(sizeof(float) * (max_len + 8));
         #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
+        for (long m = 0; m < M; m++) {
+            memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
+            const int64_t* table = tables + m * table_width;
+            for (long t = 0; t < ctx_lens[m]; t++) offs[m * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
+        }
         for (long l = 0; l < md->num_layers; l++) {
             const ember_layer* L = md->layers + l;
             #pragma omp for schedule(static)
@@ -130,8 +162,9 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             #pragma omp for schedule(static)
             for (long mh = 0; mh < M * H; mh++) {
                 long m = mh / H, hd = mh % H;
-                attend(qkv + m * QKV + hd * Dh, L->k_cache, L->v_cache, tables + m * table_width, ctx_lens[m],
-                       bs, Hkv, Dh, hd / (H / Hkv), scale, scores, att + m * Q + hd * Dh);
+                long kv_off = hd / (H / Hkv) * Dh;
+                attend(qkv + m * QKV + hd * Dh, L->k_cache + kv_off, L->v_cache + kv_off, offs + m * max_len, ctx_lens[m],
+                       Dh, scale, scores, att + m * Q + hd * Dh);
             }
             linear_omp(&L->o, att, M, x, D, 1);
             #pragma omp for schedule(static)
@@ -145,4 +178,5 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
         for (long m = 0; m < M; m++) rms_norm(x + m * D, md->final_norm, D, md->eps, out + m * D);
         free(scores);
     }
+    free(offs);
 }

@@ -37,10 +37,10 @@ class LinearMethod(ABC):
 class WeightOnlyLinear(LinearMethod):
     """Quantized weights with float activations (int8, int4): one skeleton for both.
 
-    Small batches (decode) run the C kernel of csrc/linear.h on the packed weight (fp32
-    activations and sums), or the method's `fallback` where the kernels can't be built; at
-    `dense_rows` rows and above the product is arithmetic-bound, so the weight is dequantized
-    and the dense GEMM wins.
+    Small batches (decode) run the C kernel of csrc/linear.h on the packed weight, or the
+    method's `fallback` where the kernels can't be built; at `dense_rows` rows and above the
+    product is arithmetic-bound, so the weight is dequantized and the dense GEMM wins, unless
+    `kernel_takes_large_batches` says the method's own kernel beats it there too.
     """
 
     dense_rows = 64
@@ -56,6 +56,9 @@ class WeightOnlyLinear(LinearMethod):
         w = self._weights[key]
         y = native.linear(x2, w) if w is not None else None
         return self.fallback(x2, params) if y is None else y
+
+    def kernel_takes_large_batches(self, params: dict[str, torch.Tensor]) -> bool:
+        return False
 
     @abstractmethod
     def fallback(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -74,7 +77,7 @@ class WeightOnlyLinear(LinearMethod):
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)
-        if x2.shape[0] >= self.dense_rows:
+        if x2.shape[0] >= self.dense_rows and not self.kernel_takes_large_batches(params):
             y = F.linear(x2, self.dequantize(params, x.dtype))
         else:
             y = self.small_batch(x2, params).to(x.dtype)

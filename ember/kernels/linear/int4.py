@@ -4,16 +4,16 @@ w ~= (q - 8) * scale + zero with q in 0..15, one bf16 (scale, zero) per group of
 each output row. Groups of 32 line up with GGUF's Q4_0/Q4_1 blocks, so a Q4_1 tensor
 (w = q * d + m) dequantized at load is requantized onto the same grid (zero = m + 8 d) with
 little or no loss. Two packings, chosen at load:
-- for the C kernels (csrc/linear.h): `codes` uint8 [N, K/2] in the nibble order of
-  `pack_nibbles` (8 codes per zero-extension) and `scale_zero_rows` bf16 [N, K/32, 2], 0.625
-  bytes per weight streamed. At batch 1-4 (decode) activations are quantized to int8 per group
-  of 32 (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as integers (csrc/linear_q8.h):
-  widening 4-bit codes to fp32 costs more instructions than streaming them takes time.
-  Batches of 5-63 keep fp32 activations, the weight decoded once per row into L1;
-- without them: `aten._convert_weight_to_int4pack_for_cpu`'s layout for
-  `aten._weight_int4pack_mm_for_cpu`, which wants bf16 activations (its fp32 path is a slow
-  fallback), so x is cast to bf16 and the result back.
-Large batches (prefill) dequantize to x's dtype and use the dense GEMM.
+- for the C kernel (csrc/linear_int4.h), at every batch size: blocks of 8 output rows,
+  `block_codes` uint8 [N/8, K/32, 4, 32] in the order of `pack_blocks` (one 32-byte load holds
+  4 consecutive codes of each of the 8 rows, twice) and `block_scale_zero` bf16
+  [N/8, K/32, 8, 2]; 0.625 bytes per weight. Activations are quantized to int8 per group of 32
+  (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as integers, 8 rows per instruction;
+- without it (no C compiler, or N not a multiple of 8):
+  `aten._convert_weight_to_int4pack_for_cpu`'s layout for `aten._weight_int4pack_mm_for_cpu`,
+  which wants bf16 activations (its fp32 path is a slow fallback), so x is cast to bf16 and the
+  result back; large batches (prefill) dequantize to x's dtype and use the dense GEMM.
+The C kernel serves prefill as well: it beats the fp32 GEMM on a dequantized copy.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
-from ember.kernels.linear.q8 import MAX_ROWS, quantize_q8
+from ember.kernels.linear.q8 import quantize_q8
 
 KERNEL_DTYPE = torch.bfloat16
 GROUP = 32
-BLOCK_N = 32  # the CPU pack interleaves rows in blocks of 32 (checked by unpack_int4's test)
+BLOCK_N = 32  # the aten pack interleaves rows in blocks of 32 (checked by unpack_int4's test)
+ROWS = 8  # the C kernel's rows per block
 
 
 def quantize_int4(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,25 +55,33 @@ def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return rows.permute(0, 2, 1).reshape(n, k).to(torch.int32)
 
 
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] in 0..15 -> uint8 [N, K/2]: in each group of 32, byte j < 8 holds codes j
-    (low nibble) and j + 8, byte 8 + j holds codes 16 + j and 24 + j (csrc/linear.h)."""
+def pack_blocks(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes [N, K] in 0..15 and scale, zero [N, K/32] -> the C kernel's blocks of 8 rows:
+    codes uint8 [N/8, G, 4, 32], byte 4r + t of quad pair j holding (row r, input 32g + 8j + t)
+    in its low nibble and input 32g + 8j + 4 + t in its high one; (scale, zero) [N/8, G, 8, 2]."""
     n, k = q.shape
-    g = q.to(torch.uint8).view(n, k // GROUP, 4, 8)
-    return (g[:, :, 0::2] | (g[:, :, 1::2] << 4)).reshape(n, k // 2).contiguous()
+    g = k // GROUP
+    qv = q.to(torch.uint8).view(n // ROWS, ROWS, g, 4, 2, 4).permute(0, 2, 3, 1, 5, 4)  # [b, g, j, r, t, half]
+    codes = (qv[..., 0] | (qv[..., 1] << 4)).reshape(n // ROWS, g, 4, 32).contiguous()
+    sz = torch.stack([scale, zero], dim=-1).view(n // ROWS, ROWS, g, 2).permute(0, 2, 1, 3).contiguous()
+    return codes, sz
 
 
-def unpack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    n, k = codes.shape[0], codes.shape[1] * 2
-    b = codes.view(n, k // GROUP, 2, 8)
-    return torch.stack([b[:, :, 0] & 15, b[:, :, 0] >> 4, b[:, :, 1] & 15, b[:, :, 1] >> 4], 2).reshape(n, k).to(torch.int32)
+def unpack_blocks(codes: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of pack_blocks: codes int32 [N, K], scale and zero (sz's dtype) [N, K/32]."""
+    nb, g = codes.shape[:2]
+    c = codes.view(nb, g, 4, ROWS, 4)
+    q = torch.stack([c & 15, c >> 4], dim=-1)  # [b, g, j, r, t, half]
+    q = q.permute(0, 3, 1, 2, 5, 4).reshape(nb * ROWS, g * GROUP).to(torch.int32)
+    s = sz.permute(0, 2, 1, 3).reshape(nb * ROWS, g, 2)
+    return q, s[..., 0], s[..., 1]
 
 
 def codes_scales_zeros(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes int32 [N, K] and fp32 scale, zero [N, K/group] from either packing."""
-    if "codes" in params:
-        sz = params["scale_zero_rows"].float()  # [N, K/group, 2]
-        return unpack_nibbles(params["codes"]), sz[..., 0], sz[..., 1]
+    if "block_codes" in params:
+        q, scale, zero = unpack_blocks(params["block_codes"], params["block_scale_zero"])
+        return q, scale.float(), zero.float()
     sz = params["scale_zero"].float()  # [K/group, N, 2]
     groups, n = sz.shape[0], sz.shape[1]
     return unpack_int4(params["qweight"], n, groups * GROUP), sz[..., 0].t(), sz[..., 1].t()
@@ -86,14 +95,10 @@ def dequantize_int4(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.
 
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Plain torch for either kernel at x's batch size: dequantize, then F.linear in fp32, on
-    the activations the kernel sees (int8 per group up to 4 rows for the C kernels; bf16-rounded
-    for the aten kernel)."""
+    """Plain torch for either kernel: dequantize, then F.linear in fp32, on the activations the
+    kernel sees (int8 per group for the C kernel; bf16-rounded for the aten kernel)."""
     x2 = x.reshape(-1, x.shape[-1])
-    if "codes" not in params:
-        x2 = x2.to(KERNEL_DTYPE)
-    elif x2.shape[0] <= MAX_ROWS:
-        x2 = quantize_q8(x2)
+    x2 = quantize_q8(x2) if "block_codes" in params else x2.to(KERNEL_DTYPE)
     return fp32_linear(x2, dequantize_int4(params), params, x.dtype).view(*x.shape[:-1], -1)
 
 
@@ -110,8 +115,9 @@ class Int4Linear(WeightOnlyLinear):
 
     def pack(self, weight, bias, dtype):
         q, scale, zero = quantize_int4(weight)
-        if self.use_native:
-            params = {"codes": pack_nibbles(q), "scale_zero_rows": torch.stack([scale, zero], dim=-1).contiguous()}
+        if self.use_native and q.shape[0] % ROWS == 0:
+            codes, sz = pack_blocks(q, scale, zero)
+            params = {"block_codes": codes, "block_scale_zero": sz}
         else:
             if q.shape[0] % BLOCK_N:
                 raise ValueError(f"int4 needs the output size ({q.shape[0]}) to be a multiple of {BLOCK_N}")
@@ -123,14 +129,19 @@ class Int4Linear(WeightOnlyLinear):
         return dequantize_int4(params, dtype)
 
     def native_weight(self, params, with_bias=True):
-        if "codes" not in params:
+        if "block_codes" not in params:
             return None
-        c = params["codes"]
-        return native.weight(native.INT4, c, c.shape[0], c.shape[1] * 2, sz=params["scale_zero_rows"],
-                             bias=params.get("bias") if with_bias else None, q8_activations=True)
+        c = params["block_codes"]
+        return native.weight(native.INT4, c, c.shape[0] * ROWS, c.shape[1] * GROUP, sz=params["block_scale_zero"],
+                             bias=params.get("bias") if with_bias else None)
+
+    def kernel_takes_large_batches(self, params):
+        # Integer dots at 8 rows per instruction outrun the fp32 GEMM on a dequantized copy
+        # at every batch size (benchmarks/README.md, "int4 kernel").
+        return "block_codes" in params and native.available()
 
     def fallback(self, x2, params):
-        if "codes" in params:  # packed for C kernels that are not here after all
+        if "block_codes" in params:  # packed for a C kernel that is not here after all
             return F.linear(x2, dequantize_int4(params, x2.dtype))
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), params["qweight"], GROUP,
                                                           params["scale_zero"])

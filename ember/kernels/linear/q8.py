@@ -1,12 +1,11 @@
-"""Int8 activations per group of 32 inputs (llama.cpp's Q8_0): what the batch-1-4 integer
-kernels of csrc/linear_q8.h multiply, in plain torch, as their reference."""
+"""Int8 activations per group of 32 inputs (llama.cpp's Q8_0): what the int4 C kernel
+(csrc/linear_int4.h) multiplies, in plain torch, as its reference."""
 
 from __future__ import annotations
 
 import torch
 
 GROUP = 32
-MAX_ROWS = 4  # the integer kernels serve decode at batch 1-4; larger batches keep fp32 activations
 
 
 def quantize_q8(x: torch.Tensor) -> torch.Tensor:
