@@ -63,7 +63,10 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, con
     const long G = K / 32;
     const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
-    for (int i = 0; i < 4; i++) r[i] = _mm256_setzero_ps();
+    /* local sums, stored to r at the end: __m256 may alias the float loads below, so sums kept
+     * in r itself would go through memory at every group */
+    __m256 sum[4];
+    for (int i = 0; i < 4; i++) sum[i] = _mm256_setzero_ps();
     for (long g = 0; g < G; g++, codes += 128, sz += 16) {
         /* 2 KB ahead (16 groups): measured ~15% off batch-1 decode, whose weights stream from
          * DRAM; the hardware prefetchers alone leave the two streams short of bandwidth. */
@@ -72,6 +75,8 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, con
         if (!(g & 1)) _mm_prefetch((const char*)sz + PREFETCH_BYTES / 4, _MM_HINT_T0);
         __m256i acc[4];
         for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_si256();
+        /* not unrolled: unrolled, gcc hoists all 32 products of a group and spills them */
+        #pragma GCC unroll 1
         for (int j = 0; j < 4; j++) {
             __m256i v = _mm256_loadu_si256((const __m256i*)(codes + 32 * j));
             __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
@@ -79,8 +84,7 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, con
                 if (i < mt) {
                     const int8_t* xg = xq->q + (m0 + i) * K + 32 * g + 8 * j;
                     __m256i xa = _mm256_set1_epi32(*(const int32_t*)xg), xb = _mm256_set1_epi32(*(const int32_t*)(xg + 4));
-                    acc[i] = _mm256_add_epi16(acc[i], _mm256_maddubs_epi16(lo, xa));
-                    acc[i] = _mm256_add_epi16(acc[i], _mm256_maddubs_epi16(hi, xb));
+                    acc[i] = _mm256_add_epi16(acc[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb)));
                 }
             }
         }
@@ -91,11 +95,12 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, con
             if (i < mt) {
                 long at = (m0 + i) * G + g;
                 __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc[i], ones));
-                r[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(s, _mm256_set1_ps(xq->d[at])), r[i]);
-                r[i] = _mm256_fmadd_ps(zb, _mm256_set1_ps(xq->X[at]), r[i]);
+                sum[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(s, _mm256_set1_ps(xq->d[at])), sum[i]);
+                sum[i] = _mm256_fmadd_ps(zb, _mm256_set1_ps(xq->X[at]), sum[i]);
             }
         }
     }
+    for (int i = 0; i < 4; i++) r[i] = sum[i];
 }
 
 /* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting blocks of 8 rows. Small
