@@ -14,7 +14,8 @@ from `engine.step()` and `engine.last_step`; compared with transformers at batch
 llama.cpp's anchor figure (batched-bench, 32 parallel: 362 decode tok/s). Then a step-time
 breakdown of decode steps at batch 1 and batch C (scheduler, tensor prep, projections,
 attention, other model ops, lm_head, sampler, Python bookkeeping), measured by wrapping the
-engine's parts with timers from this script (the engine itself is not modified).
+engine's parts with timers from this script; inside the fused decode step (one C call), by
+the step's own phase timers (`NativeDecoder.time_phases`).
 
     python benchmarks/offline_throughput.py --num-requests 64 --dtype fp32
     python benchmarks/offline_throughput.py --num-requests 256 --dtype fp32,bf16 --output results/offline.json
@@ -225,6 +226,29 @@ class _ModelProxy:
         return getattr(self._model, name)
 
 
+class _DecoderProxy:
+    """The fused decode step: its wall time, and its C phase timers' share of it."""
+
+    def __init__(self, decoder, probe: Probe):
+        self._decoder, self._probe = decoder, probe
+        decoder.time_phases(True)
+
+    def __call__(self, *a, **k):
+        before = self._decoder.phase_seconds.clone()
+        t0 = time.perf_counter()
+        try:
+            return self._decoder(*a, **k)
+        finally:
+            cur = self._probe.current
+            cur["fused"] += time.perf_counter() - t0
+            for name, d in zip(("fused_linear", "fused_attention", "fused_other"),
+                               (self._decoder.phase_seconds - before).tolist()):
+                cur[name] += d
+
+    def __getattr__(self, name):
+        return getattr(self._decoder, name)
+
+
 class _SamplerProxy:
     def __init__(self, sampler, probe: Probe):
         self._sampler = sampler
@@ -263,12 +287,16 @@ def instrument(engine) -> tuple[Probe, callable]:
         if hasattr(engine.kv_cache, attr):
             patch(engine.kv_cache, attr, f"kv_{attr}")
     patch(method, "apply", "linear")
-    runner_model, sampler = engine.runner.model, engine.sampler
+    runner_model, sampler, decoder = engine.runner.model, engine.sampler, engine.runner.decoder
     engine.runner.model = _ModelProxy(runner_model, probe)
     engine.sampler = _SamplerProxy(sampler, probe)
+    if decoder is not None:
+        engine.runner.decoder = _DecoderProxy(decoder, probe)
 
     def undo():
-        engine.runner.model, engine.sampler = runner_model, sampler
+        if decoder is not None:
+            decoder.time_phases(False)
+        engine.runner.model, engine.sampler, engine.runner.decoder = runner_model, sampler, decoder
         for obj, attr, had, old in reversed(saved):
             if had:
                 setattr(obj, attr, old)
@@ -291,9 +319,14 @@ def breakdown_rows(probe: Probe, batch: int) -> list[dict]:
         ("model: attention, the rest (SDPA, masks, loops)", attention_core),
         ("model: other ops (embed, norms, rope, silu, residual)",
          g("forward", 0) - g("linear", 0) - g("attention", 0)),
+        ("fused step (C): linear projections", g("fused_linear", 0)),
+        ("fused step (C): attention, RoPE, KV write", g("fused_attention", 0)),
+        ("fused step (C): embed, norms, SiLU", g("fused_other", 0)),
+        ("fused step: ctypes call, argument tensors",
+         g("fused", 0) - g("fused_linear", 0) - g("fused_attention", 0) - g("fused_other", 0)),
         ("lm_head (compute_logits)", g("lm_head", 0)),
         ("runner.execute other (copy_blocks, row select)",
-         g("execute", 0) - g("prepare", 0) - g("forward", 0) - g("lm_head", 0)),
+         g("execute", 0) - g("prepare", 0) - g("forward", 0) - g("fused", 0) - g("lm_head", 0)),
         ("sampler", g("sampler", 0)),
         ("engine._append_token (detokenize, stop checks)", g("append_token", 0)),
         ("engine.step other (bookkeeping, cache_full_blocks)",

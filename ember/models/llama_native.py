@@ -29,7 +29,7 @@ class _Model(ctypes.Structure):
                                                      "intermediate", "block_size")] + \
                [("eps", ctypes.c_double), ("scale", ctypes.c_double), ("embed", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("layers", ctypes.POINTER(_Layer))]
+                ("layers", ctypes.POINTER(_Layer)), ("phase_seconds", ctypes.c_void_p)]
 
 
 class NativeDecoder:
@@ -66,6 +66,15 @@ class NativeDecoder:
                             layers)
         self._work_per_row = 2 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + cfg.q_size + 3 * cfg.intermediate_size
         self._work = torch.empty(0)
+        self.phase_seconds: torch.Tensor | None = None
+
+    PHASES = ("linear projections", "attention and KV write", "norms, SiLU, embedding")
+
+    def time_phases(self, on: bool = True) -> None:
+        """Accumulate wall seconds per phase (PHASES) into `phase_seconds` [3] from now on, for
+        step-time breakdowns; each phase's share includes the barrier that closes it."""
+        self.phase_seconds = torch.zeros(3, dtype=torch.float64) if on else None
+        self._desc.phase_seconds = self.phase_seconds.data_ptr() if on else None
 
     @staticmethod
     def _refuse_unless(ok: bool, why: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ember.kernels import native
 from ember.kernels.attention import AttentionMetadata, get_attention_backend
+from ember.kernels.attention.native_prefill import attend_causal
 from ember.kernels.attention.torch_ref import causal_mask
 from ember.kv.cache import PagedKVCache
 from ember.numerics.lmul import lmul
@@ -32,7 +34,7 @@ def random_batch(lengths, heads=4, kv_heads=2, dim=16, seed=0):
             torch.randn(t, kv_heads, dim, generator=g))
 
 
-@pytest.mark.parametrize("backend", ["torch", "lmul4"])
+@pytest.mark.parametrize("backend", ["torch", "batched", "lmul4"])
 def test_no_cache_matches_naive(backend):
     lengths = [1, 7, 33]
     q, k, v = random_batch(lengths)
@@ -45,14 +47,35 @@ def test_no_cache_matches_naive(backend):
         start += n
 
 
+@pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
+@pytest.mark.parametrize("q_len,ctx,dim", [(2, 2, 64), (7, 7, 64), (5, 40, 64), (64, 300, 32), (33, 33, 64), (1, 9, 64)])
+def test_c_prefill_kernel_matches_naive(q_len, ctx, dim):
+    """csrc/attention.c: GQA 9/3 as in the default model, odd chunks (a row paired with itself),
+    chunks after cached tokens, and q rows strided like the model's view of its fused QKV."""
+    g = torch.Generator().manual_seed(q_len * 1000 + ctx)
+    qkv = torch.randn(q_len, 15 * dim, generator=g)
+    q = qkv[:, :9 * dim].view(q_len, 9, dim)
+    k, v = torch.randn(ctx, 3, dim, generator=g), torch.randn(ctx, 3, dim, generator=g)
+    out = attend_causal(q, k, v, dim ** -0.5)
+    torch.testing.assert_close(out, naive_attention(q, k, v, dim ** -0.5), atol=1e-5, rtol=1e-4)
+
+
+def test_c_prefill_kernel_declines_what_it_cannot_take():
+    q, k, v = random_batch([8], heads=4, kv_heads=2, dim=16)
+    assert attend_causal(q, k, v, 0.25) is None  # head size not a multiple of 32
+    q, k, v = random_batch([8], heads=4, kv_heads=2, dim=64)
+    assert attend_causal(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.25) is None
+
+
+@pytest.mark.parametrize("dim", [16, 64])  # 64: the batched backend's prefill chunks take the C kernel
 @pytest.mark.parametrize("backend_name", ["torch", "batched"])
-def test_paged_cache_chunked_prefill_and_decode(backend_name):
+def test_paged_cache_chunked_prefill_and_decode(backend_name, dim):
     """Prefill chunks and decodes through scattered blocks equal one full causal pass."""
     block = 4
-    cache = PagedKVCache(num_layers=1, num_blocks=32, block_size=block, num_kv_heads=2, head_dim=16)
+    cache = PagedKVCache(num_layers=1, num_blocks=32, block_size=block, num_kv_heads=2, head_dim=dim)
     backend = get_attention_backend(backend_name)
     lengths = [13, 7, 9]
-    q, k, v = random_batch(lengths, seed=1)
+    q, k, v = random_batch(lengths, seed=1, dim=dim)
     full = get_attention_backend("torch").forward(0, q, k, v, AttentionMetadata.no_cache(lengths), None, 0.25)
     tables = [[9, 2, 30, 5], [17, 11], [3, 0, 21]]  # deliberately out of order
     seqs = [(0, 13), (13, 20), (20, 29)]

@@ -3,7 +3,8 @@
 The reference backend runs one SDPA per sequence per layer; at batch 32 that is ~1,000
 small calls a step. Here the decode rows (one query each) gather their blocks into one
 padded [B, Hkv, ctx, D] tensor and attend together under a length mask; prefill chunks,
-few per step, still go one by one. Held to the `torch` reference in tests.
+few per step, go one by one, on the C kernel of csrc/attention.c where it builds (fp32;
+torch's fused SDPA otherwise). Held to the `torch` reference in tests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.kernels.attention.base import ATTENTION_BACKENDS, AttentionBackend, AttentionMetadata
+from ember.kernels.attention.native_prefill import attend_causal
 from ember.kernels.attention.torch_ref import TorchAttention
 
 
@@ -55,11 +57,14 @@ class BatchedAttention(AttentionBackend):
         self._plan_key, self._plan = meta, plan
         return plan
 
+    def _attend_chunk(self, q, keys, values, scale):
+        out = attend_causal(q, keys, values, scale) if q.shape[0] > 1 else None
+        return self._reference.attend_one(q, keys, values, scale) if out is None else out
+
     def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
-        if kv_cache is None or 1 not in meta.query_lens:
-            return self._reference.forward(layer, q, k, v, meta, kv_cache, scale)
-        kv_cache.write(layer, meta.slot_mapping, k, v)
-        plan = self._decode_plan(meta, kv_cache.block_size)
+        if kv_cache is not None:
+            kv_cache.write(layer, meta.slot_mapping, k, v)
+        plan = self._decode_plan(meta, kv_cache.block_size) if kv_cache is not None and 1 in meta.query_lens else None
         decode_rows = set()
         if plan is not None:
             rows, seqs, tables, mask, cut, only = plan
@@ -78,8 +83,12 @@ class BatchedAttention(AttentionBackend):
             out = torch.empty_like(q)
         start = 0
         for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
+            end = start + q_len
             if i not in decode_rows:
-                keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
-                out[start:start + q_len] = self._reference.attend_one(q[start:start + q_len], keys, values, scale)
-            start += q_len
+                if kv_cache is None:
+                    keys, values = k[start:end], v[start:end]
+                else:
+                    keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
+                out[start:end] = self._attend_chunk(q[start:end], keys, values, scale)
+            start = end
         return out

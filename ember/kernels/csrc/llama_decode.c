@@ -11,6 +11,8 @@
  * Reference: the model's own forward (ember/models/llama.py) with the `torch` attention backend;
  * tests/models/test_native_decode.py holds this file to it. Built by kernels/linear/_native.py.
  */
+#include <omp.h>
+
 #include "linear.h"
 
 typedef struct {
@@ -29,7 +31,14 @@ typedef struct {
     const float* cos;        /* [max_position, head_dim] */
     const float* sin;
     const ember_layer* layers;
+    double* phase_seconds;   /* NULL, or [3] += seconds in projections, attention, the rest */
 } ember_model;
+
+/* Phase timers for benchmarks/offline_throughput.py's step breakdown: the master thread reads
+ * the clock after each phase's closing barrier, so a phase's share includes its wait. */
+#define PHASE(i) if (md->phase_seconds) { _Pragma("omp master") { double now = omp_get_wtime(); \
+        md->phase_seconds[i] += now - last; last = now; } }
+enum { LINEAR = 0, ATTENTION = 1, OTHER = 2 };
 
 static void rms_norm(const float* x, const float* w, long D, double eps, float* out) {
     __m256 acc = _mm256_setzero_ps();
@@ -138,6 +147,7 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
     /* Cache offset of every context token of every sequence, the same for all layers. */
     int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * M * max_len);
 
+    double last = omp_get_wtime();
     #pragma omp parallel num_threads(nthreads)
     {
         float* scores = (float*)malloc(sizeof(float) * (max_len + 8));
@@ -147,11 +157,14 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             const int64_t* table = tables + m * table_width;
             for (long t = 0; t < ctx_lens[m]; t++) offs[m * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
         }
+        PHASE(OTHER);
         for (long l = 0; l < md->num_layers; l++) {
             const ember_layer* L = md->layers + l;
             #pragma omp for schedule(static)
             for (long m = 0; m < M; m++) rms_norm(x + m * D, L->input_norm, D, md->eps, h + m * D);
+            PHASE(OTHER);
             linear_omp(&L->qkv, h, M, qkv, QKV, 0);
+            PHASE(LINEAR);
             #pragma omp for schedule(static)
             for (long m = 0; m < M; m++) {
                 float* row = qkv + m * QKV;
@@ -159,6 +172,7 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
                 memcpy(L->k_cache + slots[m] * KV, row + Q, sizeof(float) * KV);
                 memcpy(L->v_cache + slots[m] * KV, row + Q + KV, sizeof(float) * KV);
             }
+            PHASE(ATTENTION);
             #pragma omp for schedule(static)
             for (long mh = 0; mh < M * H; mh++) {
                 long m = mh / H, hd = mh % H;
@@ -166,16 +180,23 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
                 attend(qkv + m * QKV + hd * Dh, L->k_cache + kv_off, L->v_cache + kv_off, offs + m * max_len, ctx_lens[m],
                        Dh, scale, scores, att + m * Q + hd * Dh);
             }
+            PHASE(ATTENTION);
             linear_omp(&L->o, att, M, x, D, 1);
+            PHASE(LINEAR);
             #pragma omp for schedule(static)
             for (long m = 0; m < M; m++) rms_norm(x + m * D, L->post_norm, D, md->eps, h + m * D);
+            PHASE(OTHER);
             linear_omp(&L->gate_up, h, M, gu, 2 * I, 0);
+            PHASE(LINEAR);
             #pragma omp for schedule(static)
             for (long m = 0; m < M; m++) silu_mul(gu + m * 2 * I, I, act + m * I);
+            PHASE(OTHER);
             linear_omp(&L->down, act, M, x, D, 1);
+            PHASE(LINEAR);
         }
         #pragma omp for schedule(static)
         for (long m = 0; m < M; m++) rms_norm(x + m * D, md->final_norm, D, md->eps, out + m * D);
+        PHASE(OTHER);
         free(scores);
     }
     free(offs);
