@@ -50,6 +50,8 @@ def ember_config(args) -> dict:
         cfg["kv_cache_tokens"] = args.kv_cache_tokens
     if args.attention:
         cfg["attention"] = args.attention
+    if args.linear:
+        cfg["linear"] = args.linear
     return cfg
 
 
@@ -425,6 +427,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32, help="(concurrency mode) prompt tokens")
     ap.add_argument("--new-tokens", type=int, default=128, help="(concurrency mode) new tokens per sequence")
     ap.add_argument("--breakdown-tokens", type=int, default=64, help="(concurrency mode) tokens per breakdown run")
+    ap.add_argument("--linear", default=None,
+                    help="Ember's LinearMethod (dense, int8, int4; default: dense). transformers stays dense")
     ap.add_argument("--no-breakdown", action="store_true", help="(concurrency mode) skip the step breakdown")
     args = ap.parse_args()
     threads = set_threads(args.threads)
