@@ -3,7 +3,7 @@
 `ember eval ppl --decode` runs each window the way generation runs a sequence, so the
 perplexity it reports is that of the decode path: the fused decode step where it applies
 (otherwise the model's forward over the cache), the decode-sized kernels of the LinearMethod
-(e.g. int8 activations for int4 at batch 1-4) and the output head at decode batch size. Up to
+(int8 at batch 1-63 runs other kernels than its prefill) and the output head at decode batch size. Up to
 `windows_per_batch` windows decode side by side, one row each per step.
 """
 

@@ -9,7 +9,7 @@
  * Attention reads the paged fp32 cache [blocks, block_size, kv_heads, head_dim] through each
  * sequence's block table; softmax in fp32 with exp256_ps.
  * Reference: the model's own forward (ember/models/llama.py) with the `torch` attention backend;
- * tests/models/test_native_decode.py holds this file to it. Built by kernels/linear/_native.py.
+ * tests/models/test_native_decode.py holds this file to it. Built by kernels/native.py.
  */
 #include <omp.h>
 
