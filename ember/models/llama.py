@@ -83,7 +83,10 @@ class LlamaForCausalLM(nn.Module):
 
     # --- loading ------------------------------------------------------------------------------
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Take Hugging Face-named float tensors; fuse and pack them through the LinearMethods."""
+        """Take Hugging Face-named float tensors; fuse and pack them through the LinearMethods.
+
+        Consumes `weights`: each tensor leaves the dict once packed, so the float copy of a
+        quantized model shrinks layer by layer instead of peaking beside the packed one."""
         cfg, dt = self.cfg, self.dtype
         missing = [n for n in self._required_names() if n not in weights]
         if missing:
@@ -94,8 +97,8 @@ class LlamaForCausalLM(nn.Module):
         self.norm.data = weights["norm.weight"].to(dt)
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
-            w = lambda n: weights[p + n + ".weight"]  # noqa: E731
-            b = lambda n: weights.get(p + n + ".bias")  # noqa: E731
+            w = lambda n: weights.pop(p + n + ".weight")  # noqa: E731
+            b = lambda n: weights.pop(p + n + ".bias", None)  # noqa: E731
             self._check_shape(weights, p + "self_attn.q_proj.weight", (cfg.q_size, cfg.hidden_size))
             self._check_shape(weights, p + "self_attn.k_proj.weight", (cfg.kv_size, cfg.hidden_size))
             self._check_shape(weights, p + "mlp.gate_proj.weight", (cfg.intermediate_size, cfg.hidden_size))
@@ -108,7 +111,7 @@ class LlamaForCausalLM(nn.Module):
             layer.down_proj.load(w("mlp.down_proj"), None, dt)
             layer.input_norm.data = w("input_layernorm").to(dt)
             layer.post_attention_norm.data = w("post_attention_layernorm").to(dt)
-        head = self.embed.data if cfg.tie_embeddings else weights["lm_head.weight"]
+        head = self.embed.data if cfg.tie_embeddings else weights.pop("lm_head.weight")
         self.lm_head.load(head, None, dt)
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, weights.get("rope_freqs"))
         cos, sin = cos_sin_table(inv_freq, cfg.max_position)
