@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ember.kernels.attention.base import ATTENTION_BACKENDS, AttentionBackend, AttentionMetadata
 from ember.kernels.attention.native_prefill import attend_causal
-from ember.kernels.attention.torch_ref import TorchAttention
+from ember.kernels.attention.torch_ref import TorchAttention, sequence_keys_values
 
 
 @ATTENTION_BACKENDS.register("batched")
@@ -82,13 +82,10 @@ class BatchedAttention(AttentionBackend):
         else:
             out = torch.empty_like(q)
         start = 0
-        for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
+        for i, q_len in enumerate(meta.query_lens):
             end = start + q_len
             if i not in decode_rows:
-                if kv_cache is None:
-                    keys, values = k[start:end], v[start:end]
-                else:
-                    keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
+                keys, values = sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end)
                 out[start:end] = self._attend_chunk(q[start:end], keys, values, scale)
             start = end
         return out

@@ -16,6 +16,14 @@ def causal_mask(q_len: int, kv_len: int, device=None) -> torch.Tensor:
     return cols <= rows
 
 
+def sequence_keys_values(layer: int, k, v, meta: AttentionMetadata, kv_cache, i: int, start: int, end: int):
+    """Sequence i's keys and values [ctx, Hkv, D]: its own rows start:end of k, v without a
+    cache, else its first ctx_len tokens gathered from the cache (already written)."""
+    if kv_cache is None:
+        return k[start:end], v[start:end]
+    return kv_cache.gather(layer, meta.block_tables[i], meta.context_lens[i])
+
+
 @ATTENTION_BACKENDS.register("torch")
 class TorchAttention(AttentionBackend):
     name = "torch"
@@ -26,12 +34,9 @@ class TorchAttention(AttentionBackend):
             kv_cache.write(layer, meta.slot_mapping, k, v)
         out = torch.empty_like(q)
         start = 0
-        for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
+        for i, q_len in enumerate(meta.query_lens):
             end = start + q_len
-            if kv_cache is None:
-                keys, values = k[start:end], v[start:end]
-            else:
-                keys, values = kv_cache.gather(layer, meta.block_tables[i], ctx_len)
+            keys, values = sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end)
             out[start:end] = self.attend_one(q[start:end], keys, values, scale)
             start = end
         return out

@@ -40,25 +40,6 @@ static void scores2(const float* a, const float* b, const float* k, long n, long
     }
 }
 
-/* s[0..n-1] = exp(s - max); returns 1 / sum. */
-static float softmax_in_place(float* s, long n) {
-    float mx = -INFINITY;
-    for (long t = 0; t < n; t++) mx = s[t] > mx ? s[t] : mx;
-    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
-    long t = 0;
-    for (; t + 8 <= n; t += 8) {
-        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(s + t), vmx));
-        _mm256_storeu_ps(s + t, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum_ps(vsum);
-    for (; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-    }
-    return 1.0f / sum;
-}
-
 /* oa = sa . V[0..na-1] * ia, ob = sb . V[0..nb-1] * ib (na <= nb: row a sees fewer keys). */
 static void weighted_values2(const float* sa, long na, float ia, const float* sb, long nb, float ib, const float* v,
                              long vstride, long D, float* oa, float* ob) {

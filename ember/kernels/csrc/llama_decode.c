@@ -89,21 +89,9 @@ static void attend(const float* q, const float* kc, const float* vc, const int64
         for (int i = 0; i < 4; i++) k[i] = kc + off[t + i < L ? t + i : L - 1];
         _mm_storeu_ps(scores + t, _mm_mul_ps(dot4(q, k[0], k[1], k[2], k[3], Dh), _mm_set1_ps(scale)));
     }
-    float mx = -INFINITY;
-    for (t = 0; t < L; t++) mx = scores[t] > mx ? scores[t] : mx;
-    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
-    for (t = 0; t + 8 <= L; t += 8) {
-        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + t), vmx));
-        _mm256_storeu_ps(scores + t, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum_ps(vsum);
-    for (; t < L; t++) {
-        scores[t] = expf(scores[t] - mx);
-        sum += scores[t];
-    }
+    const float inv_sum = softmax_in_place(scores, L);
     /* p . V, 32 dims at a time in registers, even and odd tokens in separate accumulators */
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    const __m256 inv = _mm256_set1_ps(inv_sum);
     for (long c = 0; c < Dh; c += 32) {
         __m256 a[4], b[4];
         for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();

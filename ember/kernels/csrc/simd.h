@@ -1,4 +1,4 @@
-/* AVX2 helpers shared by the C kernels: horizontal sum, exp, bf16 widening. */
+/* AVX2 helpers shared by the C kernels: horizontal sum, exp, softmax, bf16 widening. */
 #ifndef EMBER_SIMD_H
 #define EMBER_SIMD_H
 
@@ -37,6 +37,25 @@ static inline __m256 exp256_ps(__m256 x) {
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* s[0..n-1] = exp(s - max), unnormalized; returns 1 / sum (the attention kernels scale p.V once). */
+static inline float softmax_in_place(float* s, long n) {
+    float mx = -INFINITY;
+    for (long t = 0; t < n; t++) mx = s[t] > mx ? s[t] : mx;
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    long t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(s + t), vmx));
+        _mm256_storeu_ps(s + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_ps(vsum);
+    for (; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    return 1.0f / sum;
 }
 
 #endif
