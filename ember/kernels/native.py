@@ -39,17 +39,17 @@ class NativeUnavailable(Exception):
 class Weight(ctypes.Structure):
     """csrc/linear.h's ember_weight: one projection's storage, by pointer."""
     _fields_ = [("kind", ctypes.c_int64), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
-                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("sz", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("sm", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
 
 
 def weight(kind: int, w: torch.Tensor, n: int, k: int, scale: torch.Tensor | None = None,
-           sz: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
+           sm: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
     """A Weight over contiguous tensors (they must outlive it); None if the kernels can't take it
     (K not a multiple of 32, or a bias that is not fp32)."""
     if k % 32 or (bias is not None and bias.dtype != torch.float32):
         return None
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    return Weight(kind, n, k, ptr(w), ptr(scale), ptr(sz), ptr(bias))
+    return Weight(kind, n, k, ptr(w), ptr(scale), ptr(sm), ptr(bias))
 
 
 def cache_dir() -> str:

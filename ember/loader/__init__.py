@@ -52,11 +52,13 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, lin
         gguf_file = GGUFFile(path)
         config = gguf_file.model_config()
         tokenizer = EmberTokenizer.from_gguf_metadata(gguf_file.metadata)
-        weights_iter, total, fmt = gguf_file.weights(config, torch.float32), gguf_file.num_tensors(), "gguf"
+        weights_iter, total, fmt = gguf_file.weights(config, torch.float32, keep_blocks=True), gguf_file.num_tensors(), "gguf"
+        del gguf_file  # with weights_iter below: the reader and its metadata go before packing
     if progress:
         from tqdm import tqdm
         weights_iter = tqdm(weights_iter, total=total, desc=f"loading {os.path.basename(path)}", unit="tensor", leave=False)
     weights = dict(weights_iter)
+    del weights_iter  # the GGUF reader's metadata is ~170 MB for the default model
     net = MODELS.create(config.architecture, config, get_linear_method(linear), get_attention_backend(attention),
                         dtype=dtype, lm_head_method=get_linear_method("dense"))
     net.load_weights(weights)

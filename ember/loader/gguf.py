@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ember.kernels.linear.ggml_blocks import BLOCK_BYTES, GGMLBlocks
 from ember.loader.errors import ModelLoadError
 from ember.models.config import ModelConfig
 
@@ -49,11 +50,12 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def unpermute_qk(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's convert-time permutation (pairs interleaved -> two halves per head)."""
+def unpermute_qk(weight: torch.Tensor | GGMLBlocks, n_heads: int) -> torch.Tensor | GGMLBlocks:
+    """Undo llama.cpp's convert-time permutation (pairs interleaved -> two halves per head).
+    It only reorders rows, so raw quantized blocks are reordered as they are."""
     out = weight.shape[0]
-    rest = weight.shape[1:]
-    return weight.reshape(n_heads, out // n_heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
+    order = torch.arange(out).reshape(n_heads, out // n_heads // 2, 2).transpose(1, 2).reshape(out)
+    return weight.permute_rows(order) if isinstance(weight, GGMLBlocks) else weight[order]
 
 
 class GGUFFile:
@@ -153,19 +155,31 @@ class GGUFFile:
             values = values.copy()
         return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
 
-    def weights(self, config: ModelConfig, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-        """(hf_name, tensor) pairs for every tensor the model uses, Q/K unpermuted."""
+    def blocks(self, name: str) -> GGMLBlocks:
+        """A Q4_0/Q4_1/Q8_0 tensor's raw blocks, copied out of the memory map (no float step)."""
+        tensor = self._tensors[name]
+        cols = int(tensor.shape[0])  # GGUF lists dims innermost first
+        data = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(-1, cols // 32 * BLOCK_BYTES[tensor.tensor_type.name])
+        return GGMLBlocks(tensor.tensor_type.name, torch.from_numpy(data), cols)
+
+    def weights(self, config: ModelConfig, dtype: torch.dtype,
+                keep_blocks: bool = False) -> Iterator[tuple[str, torch.Tensor | GGMLBlocks]]:
+        """(hf_name, tensor) pairs for every tensor the model uses, Q/K unpermuted. With
+        `keep_blocks`, projections stored as Q4_0/Q4_1/Q8_0 come as their raw GGMLBlocks, for
+        the LinearMethods to repack (LinearMethod.pack_quantized); the rest come dequantized."""
         permuted = self.architecture in PERMUTED_QK_ARCHS
         for name in self._tensors:
             target = hf_name(name)
             if target is None:
                 continue
-            weight = self.dequantize(name, torch.float32)
+            raw = (keep_blocks and self.tensor_type(name) in BLOCK_BYTES
+                   and (target.endswith("proj.weight") or target == "lm_head.weight"))
+            weight = self.blocks(name) if raw else self.dequantize(name, torch.float32)
             if permuted and target.endswith("q_proj.weight"):
                 weight = unpermute_qk(weight, config.num_heads)
             elif permuted and target.endswith("k_proj.weight"):
                 weight = unpermute_qk(weight, config.num_kv_heads)
-            yield target, weight.to(dtype)
+            yield target, weight if raw else weight.to(dtype)
         if "rope_freqs.weight" in self._tensors:
             yield "rope_freqs", self.dequantize("rope_freqs.weight", torch.float32)
 

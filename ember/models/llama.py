@@ -13,6 +13,7 @@ from torch import nn
 
 from ember.kernels.attention import AttentionBackend, AttentionMetadata
 from ember.kernels.linear import LinearMethod, get_linear_method
+from ember.kernels.linear.ggml_blocks import GGMLBlocks, cat_rows
 from ember.models.config import ModelConfig
 from ember.models.rope import apply_rope, cos_sin_table, inverse_frequencies
 
@@ -25,8 +26,8 @@ class Linear(nn.Module):
         self.method = method
         self.params: dict[str, torch.Tensor] = {}
 
-    def load(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
-        self.params = self.method.pack(weight, bias, dtype)
+    def load(self, weight: torch.Tensor | GGMLBlocks, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        self.params = self.method.load(weight, bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(x, self.params)
@@ -83,7 +84,8 @@ class LlamaForCausalLM(nn.Module):
 
     # --- loading ------------------------------------------------------------------------------
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Take Hugging Face-named float tensors; fuse and pack them through the LinearMethods.
+        """Take Hugging Face-named tensors (float, or projections still in a GGUF's quantized
+        blocks); fuse and pack them through the LinearMethods.
 
         Consumes `weights`: each tensor leaves the dict once packed, so the float copy of a
         quantized model shrinks layer by layer instead of peaking beside the packed one."""
@@ -102,12 +104,12 @@ class LlamaForCausalLM(nn.Module):
             self._check_shape(weights, p + "self_attn.q_proj.weight", (cfg.q_size, cfg.hidden_size))
             self._check_shape(weights, p + "self_attn.k_proj.weight", (cfg.kv_size, cfg.hidden_size))
             self._check_shape(weights, p + "mlp.gate_proj.weight", (cfg.intermediate_size, cfg.hidden_size))
-            qkv = torch.cat([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")])
+            qkv = cat_rows([w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj")])
             biases = [b("self_attn.q_proj"), b("self_attn.k_proj"), b("self_attn.v_proj")]
             qkv_bias = torch.cat(biases) if all(x is not None for x in biases) else None
             layer.qkv_proj.load(qkv, qkv_bias, dt)
             layer.o_proj.load(w("self_attn.o_proj"), None, dt)
-            layer.gate_up_proj.load(torch.cat([w("mlp.gate_proj"), w("mlp.up_proj")]), None, dt)
+            layer.gate_up_proj.load(cat_rows([w("mlp.gate_proj"), w("mlp.up_proj")]), None, dt)
             layer.down_proj.load(w("mlp.down_proj"), None, dt)
             layer.input_norm.data = w("input_layernorm").to(dt)
             layer.post_attention_norm.data = w("post_attention_layernorm").to(dt)

@@ -313,3 +313,25 @@ def test_tiny_llama_gguf_quantized_matches_its_dequantized_weights(tmp_path):
         ref = model(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(ember_logits(lm, ids), ref, atol=1e-4, rtol=1e-4)
 
+
+
+def test_tiny_llama_gguf_int4_takes_q4_blocks_as_stored(tmp_path):
+    """Q4_0 and Q4_1 projections reach int4 as raw blocks: after the Q/K unpermutation and the
+    QKV / gate-up fusion, done on the blocks, int4 holds exactly the dequantized weights."""
+    model = tiny_llama(seed=5, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                       num_key_value_heads=2)
+    parts = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    qtypes = {f"blk.{i}.{p}.weight": (QT.Q4_0, QT.Q4_1)[i] for i in range(2) for p in parts}
+    path = write_llama_gguf(tmp_path / "tiny-q4.gguf", model, qtypes=qtypes)
+    dense, int4 = load_model(path), load_model(path, linear="int4")
+    from ember.kernels import native
+    from ember.kernels.linear.int4 import dequantize_int4
+    for d_layer, q_layer in zip(dense.model.layers, int4.model.layers):
+        for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+            params = getattr(q_layer, name).params
+            if native.available():
+                assert "block_codes" in params
+                assert torch.equal(dequantize_int4(params), getattr(d_layer, name).params["weight"])
+    ids = list(range(0, 300, 7))
+    ref, got = ember_logits(dense, ids), ember_logits(int4, ids)
+    assert (got - ref).norm() / ref.norm() < 0.05  # int8 activations are the only difference

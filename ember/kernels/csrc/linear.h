@@ -3,7 +3,7 @@
  * Three storages (ember_weight.kind):
  *   F32   w: float [N,K]
  *   INT8  w: int8 [N,K], scale: float [N]           w[n,k] = q * scale[n]
- *   INT4  w, sz: blocks of 8 rows with bf16 (scale, zero) per group of 32 (linear_int4.h), any
+ *   INT4  w, sm: blocks of 8 rows with fp16 (scale, minimum) per group of 32 (linear_int4.h), any
  *         batch size, on int8 activations.
  * F32 and INT8 sums are fp32 on fp32 activations; the weight is widened in registers, never
  * written out as a whole float matrix. Up to 4 rows (decode at batch 1-4, memory-bound) the
@@ -28,7 +28,7 @@ typedef struct {
     int64_t kind, n, k;
     const void* w;
     const float* scale;   /* INT8: [N] */
-    const uint16_t* sz;   /* INT4: bf16 (scale, zero) pairs, [N/8, K/32, 8, 2] */
+    const uint16_t* sm;   /* INT4: fp16 scales then minimums, [N/8, K/32, 2, 8] */
     const float* bias;    /* [N] or NULL */
 } ember_weight;
 

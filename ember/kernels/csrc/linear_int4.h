@@ -5,10 +5,11 @@
  * holds 4 consecutive codes of each of the 8 rows (two such quads, in the low and high nibbles):
  *   codes [N/8, G, 4, 32]: byte 4r + t of quad pair j = code (row r, input 32g + 8j + t) in the
  *                          low nibble, (row r, input 32g + 8j + 4 + t) in the high nibble;
- *   sz    [N/8, G, 8, 2]:  bf16 (scale, zero) of row r in group g, w = (q - 8) * scale + zero.
+ *   sm    [N/8, G, 2, 8]:  fp16 scales of the 8 rows in group g, then their minimums:
+ *                          w = q * scale + minimum (GGUF's Q4_1 grid; Q4_0 is minimum = -8 scale).
  * Against a broadcast of 4 activation bytes, vpmaddubsw then gives each row's products in its
  * own lanes: no horizontal sums anywhere, and every per-group step (int16 -> int32, to float,
- * times scale * d, plus the zero-point term (zero - 8 scale) * d * sum(q)) is one instruction
+ * times scale * d, plus the minimums' term minimum * d * sum(q)) is one instruction
  * for 8 rows. int16 sums of a whole group cannot overflow: 8 quads x 2 x 15 x 127 < 2^15.
  * Weights are decoded once per group and reused by up to 4 activation rows; batched decode and
  * prefill run here too, at a multiple of the fp32 FMA rate (4x more multiply-adds per
@@ -23,7 +24,7 @@
 typedef struct {
     int8_t* q;  /* [M, K] codes */
     float* d;   /* [M, G] scales */
-    float* X;   /* [M, G] d * sum(q): the zero points' share */
+    float* X;   /* [M, G] d * sum(q): the minimums' share */
 } q8_rows;
 
 static void quantize_q8_rows(const float* x, long m0, long m1, long K, q8_rows* out) {
@@ -58,21 +59,20 @@ static void quantize_q8_rows(const float* x, long m0, long m1, long K, q8_rows* 
 #define PREFETCH_BYTES 2048
 
 /* Rows m0..m0+mt-1 (mt <= 4) of quantized x times the 8 rows of block b; r[i]: row i's 8 sums. */
-static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, const q8_rows* xq, long K,
+static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sm, const q8_rows* xq, long K,
                                    long m0, long mt, __m256 r[4]) {
     const long G = K / 32;
     const __m256i nib = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     /* local sums, stored to r at the end: __m256 may alias the float loads below, so sums kept
      * in r itself would go through memory at every group */
     __m256 sum[4];
     for (int i = 0; i < 4; i++) sum[i] = _mm256_setzero_ps();
-    for (long g = 0; g < G; g++, codes += 128, sz += 16) {
+    for (long g = 0; g < G; g++, codes += 128, sm += 16) {
         /* 2 KB ahead (16 groups): measured ~15% off batch-1 decode, whose weights stream from
          * DRAM; the hardware prefetchers alone leave the two streams short of bandwidth. */
         _mm_prefetch((const char*)(codes + PREFETCH_BYTES), _MM_HINT_T0);
         _mm_prefetch((const char*)(codes + PREFETCH_BYTES + 64), _MM_HINT_T0);
-        if (!(g & 1)) _mm_prefetch((const char*)sz + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        if (!(g & 1)) _mm_prefetch((const char*)sm + PREFETCH_BYTES / 4, _MM_HINT_T0);
         __m256i acc[4];
         for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_si256();
         /* not unrolled: unrolled, gcc hoists all 32 products of a group and spills them */
@@ -88,15 +88,14 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sz, con
                 }
             }
         }
-        __m256i pairs = _mm256_loadu_si256((const __m256i*)sz);  /* lane r: scale | zero << 16 */
-        __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
-        __m256 zb = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), s, _mm256_castsi256_ps(_mm256_and_si256(pairs, high)));
+        __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)sm));
+        __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sm + 8)));
         for (int i = 0; i < 4; i++) {
             if (i < mt) {
                 long at = (m0 + i) * G + g;
                 __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc[i], ones));
                 sum[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(s, _mm256_set1_ps(xq->d[at])), sum[i]);
-                sum[i] = _mm256_fmadd_ps(zb, _mm256_set1_ps(xq->X[at]), sum[i]);
+                sum[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(xq->X[at]), sum[i]);
             }
         }
     }
@@ -131,12 +130,12 @@ static void linear_int4_omp(const ember_weight* W, const float* x, long M, float
     #pragma omp for schedule(static)
     for (long b = 0; b < blocks; b++) {
         const uint8_t* codes = (const uint8_t*)W->w + b * G * 128;
-        const uint16_t* sz = W->sz + b * G * 16;
+        const uint16_t* sm = W->sm + b * G * 16;
         __m256 bias = W->bias ? _mm256_loadu_ps(W->bias + 8 * b) : _mm256_setzero_ps();
         for (long m0 = 0; m0 < M; m0 += 4) {
             long mt = M - m0 < 4 ? M - m0 : 4;
             __m256 r[4];
-            int4_block_tile(codes, sz, &xq, K, m0, mt, r);
+            int4_block_tile(codes, sm, &xq, K, m0, mt, r);
             for (long i = 0; i < mt; i++) {
                 float* out = y + (m0 + i) * ldy + 8 * b;
                 __m256 v = _mm256_add_ps(r[i], bias);

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.kernels import native
+from ember.kernels.linear.ggml_blocks import GGMLBlocks
 from ember.registry import Registry
 
 
@@ -20,6 +21,17 @@ class LinearMethod(ABC):
     @abstractmethod
     def pack(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Turn a float weight [out, in] into whatever tensors `apply` needs."""
+
+    def pack_quantized(self, weight: GGMLBlocks, bias: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """`pack` for a weight still in a GGUF's quantized blocks. A method whose layout matches
+        the blocks' repacks them without going through float; the default dequantizes."""
+        return self.pack(weight.dequantize(), bias, dtype)
+
+    def load(self, weight: torch.Tensor | GGMLBlocks, bias: torch.Tensor | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """`pack` or `pack_quantized`, whichever the weight's form calls for."""
+        if isinstance(weight, GGMLBlocks):
+            return self.pack_quantized(weight, bias, dtype)
+        return self.pack(weight, bias, dtype)
 
     @abstractmethod
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:

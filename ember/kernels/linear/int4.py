@@ -1,18 +1,21 @@
-"""`int4`: weight-only 4-bit, group-wise (32 inputs per group) with a scale and a zero point.
+"""`int4`: weight-only 4-bit, group-wise (32 inputs per group), asymmetric.
 
-w ~= (q - 8) * scale + zero with q in 0..15, one bf16 (scale, zero) per group of 32 inputs of
-each output row. Groups of 32 line up with GGUF's Q4_0/Q4_1 blocks, so a Q4_1 tensor
-(w = q * d + m) dequantized at load is requantized onto the same grid (zero = m + 8 d) with
-little or no loss. Two packings, chosen at load:
+Groups of 32 line up with GGUF's Q4_0/Q4_1 blocks, and the C kernel's grid is Q4_1's:
+w = q * scale + minimum, q in 0..15, one fp16 (scale, minimum) per group of 32 inputs of each
+output row. So a Q4_0/Q4_1 tensor is repacked from its raw blocks (`pack_quantized`) with no
+float step and no loss, and a float weight is quantized min/max onto the same kind of grid.
+Two packings, chosen at load:
 - for the C kernel (csrc/linear_int4.h), at every batch size: blocks of 8 output rows,
   `block_codes` uint8 [N/8, K/32, 4, 32] in the order of `pack_blocks` (one 32-byte load holds
-  4 consecutive codes of each of the 8 rows, twice) and `block_scale_zero` bf16
-  [N/8, K/32, 8, 2]; 0.625 bytes per weight. Activations are quantized to int8 per group of 32
-  (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as integers, 8 rows per instruction;
+  4 consecutive codes of each of the 8 rows, twice) and `block_scale_min` fp16
+  [N/8, K/32, 2, 8] (8 scales, then 8 minimums); 0.625 bytes per weight. Activations are
+  quantized to int8 per group of 32 (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as
+  integers, 8 rows per instruction;
 - without it (no C compiler, or N not a multiple of 8):
   `aten._convert_weight_to_int4pack_for_cpu`'s layout for `aten._weight_int4pack_mm_for_cpu`,
-  which wants bf16 activations (its fp32 path is a slow fallback), so x is cast to bf16 and the
-  result back; large batches (prefill) dequantize to x's dtype and use the dense GEMM.
+  whose grid is w = (q - 8) * scale + zero with bf16 (scale, zero) and which wants bf16
+  activations (its fp32 path is a slow fallback), so x is cast to bf16 and the result back;
+  large batches (prefill) dequantize to x's dtype and use the dense GEMM.
 The C kernel serves prefill as well: it beats the fp32 GEMM on a dequantized copy.
 """
 
@@ -25,26 +28,31 @@ from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
 from ember.kernels.linear.q8 import quantize_q8
 
-KERNEL_DTYPE = torch.bfloat16
+KERNEL_DTYPE = torch.bfloat16  # the aten kernel's activations and (scale, zero)
+BLOCK_SCALE_DTYPE = torch.float16  # the C kernel's (scale, minimum), as in GGUF's blocks
 GROUP = 32
 BLOCK_N = 32  # the aten pack interleaves rows in blocks of 32 (checked by unpack_int4's test)
 ROWS = 8  # the C kernel's rows per block
+ATEN_CENTRE = 8  # the aten grid's code for `zero`
 
 
-def quantize_int4(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric min/max per group -> codes int32 [N, K] in 0..15, scale and zero [N, K/group].
+def quantize_int4(weight: torch.Tensor, group: int = GROUP, dtype: torch.dtype = BLOCK_SCALE_DTYPE,
+                  centre: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max per group -> codes int32 [N, K] in 0..15 and (scale, offset) in `dtype`
+    [N, K/group] with w ~= (q - centre) * scale + offset: centre 0 gives the C kernel's
+    (scale, minimum), centre 8 aten's (scale, zero).
 
-    Scale and zero are rounded to the kernel dtype before the codes are chosen, so the codes
-    are the nearest ones under the (scale, zero) the kernel will really use."""
+    Scale and offset are rounded to `dtype` before the codes are chosen, so the codes are the
+    nearest ones under the (scale, offset) the kernel will really use."""
     n, k = weight.shape
     if k % group:
         raise ValueError(f"int4 needs the input size ({k}) to be a multiple of the group size {group}")
     w = weight.float().view(n, k // group, group)
     lo, hi = w.amin(-1), w.amax(-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-8).to(KERNEL_DTYPE)
-    zero = (lo + 8 * scale.float()).to(KERNEL_DTYPE)
-    q = torch.round((w - zero.float()[..., None]) / scale.float()[..., None] + 8).clamp(0, 15)
-    return q.to(torch.int32).view(n, k), scale, zero
+    scale = ((hi - lo) / 15).clamp(min=1e-6).to(dtype)
+    offset = (lo + centre * scale.float()).to(dtype)
+    q = torch.round((w - offset.float()[..., None]) / scale.float()[..., None] + centre).clamp(0, 15)
+    return q.to(torch.int32).view(n, k), scale, offset
 
 
 def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -55,43 +63,41 @@ def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return rows.permute(0, 2, 1).reshape(n, k).to(torch.int32)
 
 
-def pack_blocks(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes [N, K] in 0..15 and scale, zero [N, K/32] -> the C kernel's blocks of 8 rows:
+def pack_blocks(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes [N, K] in 0..15 and scale, minimum [N, K/32] -> the C kernel's blocks of 8 rows:
     codes uint8 [N/8, G, 4, 32], byte 4r + t of quad pair j holding (row r, input 32g + 8j + t)
-    in its low nibble and input 32g + 8j + 4 + t in its high one; (scale, zero) [N/8, G, 8, 2]."""
+    in its low nibble and input 32g + 8j + 4 + t in its high one; (scale, minimum) [N/8, G, 2, 8]."""
     n, k = q.shape
     g = k // GROUP
     qv = q.to(torch.uint8).view(n // ROWS, ROWS, g, 4, 2, 4).permute(0, 2, 3, 1, 5, 4)  # [b, g, j, r, t, half]
     codes = (qv[..., 0] | (qv[..., 1] << 4)).reshape(n // ROWS, g, 4, 32).contiguous()
-    sz = torch.stack([scale, zero], dim=-1).view(n // ROWS, ROWS, g, 2).permute(0, 2, 1, 3).contiguous()
-    return codes, sz
+    sm = torch.stack([scale, minimum]).view(2, n // ROWS, ROWS, g).permute(1, 3, 0, 2).contiguous()
+    return codes, sm
 
 
-def unpack_blocks(codes: torch.Tensor, sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of pack_blocks: codes int32 [N, K], scale and zero (sz's dtype) [N, K/32]."""
+def unpack_blocks(codes: torch.Tensor, sm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of pack_blocks: codes int32 [N, K], scale and minimum (sm's dtype) [N, K/32]."""
     nb, g = codes.shape[:2]
     c = codes.view(nb, g, 4, ROWS, 4)
     q = torch.stack([c & 15, c >> 4], dim=-1)  # [b, g, j, r, t, half]
     q = q.permute(0, 3, 1, 2, 5, 4).reshape(nb * ROWS, g * GROUP).to(torch.int32)
-    s = sz.permute(0, 2, 1, 3).reshape(nb * ROWS, g, 2)
-    return q, s[..., 0], s[..., 1]
-
-
-def codes_scales_zeros(params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes int32 [N, K] and fp32 scale, zero [N, K/group] from either packing."""
-    if "block_codes" in params:
-        q, scale, zero = unpack_blocks(params["block_codes"], params["block_scale_zero"])
-        return q, scale.float(), zero.float()
-    sz = params["scale_zero"].float()  # [K/group, N, 2]
-    groups, n = sz.shape[0], sz.shape[1]
-    return unpack_int4(params["qweight"], n, groups * GROUP), sz[..., 0].t(), sz[..., 1].t()
+    s = sm.permute(2, 0, 3, 1).reshape(2, nb * ROWS, g)
+    return q, s[0], s[1]
 
 
 def dequantize_int4(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    q, scale, zero = codes_scales_zeros(params)
+    """The float weight [N, K] of either packing, each on its own grid."""
+    if "block_codes" in params:
+        q, scale, offset = unpack_blocks(params["block_codes"], params["block_scale_min"])
+        centre = 0
+    else:
+        sz = params["scale_zero"]  # [K/group, N, 2]
+        groups, n = sz.shape[0], sz.shape[1]
+        q, scale, offset = unpack_int4(params["qweight"], n, groups * GROUP), sz[..., 0].t(), sz[..., 1].t()
+        centre = ATEN_CENTRE
     n, k = q.shape
     q = q.float().view(n, k // GROUP, GROUP)
-    return ((q - 8) * scale[..., None] + zero[..., None]).view(n, k).to(dtype)
+    return ((q - centre) * scale.float()[..., None] + offset.float()[..., None]).view(n, k).to(dtype)
 
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -114,16 +120,25 @@ class Int4Linear(WeightOnlyLinear):
         self.use_native = native.available() if use_native is None else use_native
 
     def pack(self, weight, bias, dtype):
-        q, scale, zero = quantize_int4(weight)
-        if self.use_native and q.shape[0] % ROWS == 0:
-            codes, sz = pack_blocks(q, scale, zero)
-            params = {"block_codes": codes, "block_scale_zero": sz}
-        else:
-            if q.shape[0] % BLOCK_N:
-                raise ValueError(f"int4 needs the output size ({q.shape[0]}) to be a multiple of {BLOCK_N}")
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-            params = {"qweight": packed, "scale_zero": torch.stack([scale.t(), zero.t()], dim=-1).contiguous()}
+        if self.takes_blocks(weight.shape[0]):
+            codes, sm = pack_blocks(*quantize_int4(weight))
+            return self.add_bias({"block_codes": codes, "block_scale_min": sm}, bias, dtype)
+        if weight.shape[0] % BLOCK_N:
+            raise ValueError(f"int4 needs the output size ({weight.shape[0]}) to be a multiple of {BLOCK_N}")
+        q, scale, zero = quantize_int4(weight, dtype=KERNEL_DTYPE, centre=ATEN_CENTRE)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        params = {"qweight": packed, "scale_zero": torch.stack([scale.t(), zero.t()], dim=-1).contiguous()}
         return self.add_bias(params, bias, dtype)
+
+    def pack_quantized(self, weight, bias, dtype):
+        # Q4_0 and Q4_1 are this kernel's grid already: codes and fp16 scales are moved, not recomputed.
+        if weight.qtype in ("Q4_0", "Q4_1") and self.takes_blocks(weight.shape[0]):
+            codes, sm = pack_blocks(*weight.q4_codes())
+            return self.add_bias({"block_codes": codes, "block_scale_min": sm}, bias, dtype)
+        return super().pack_quantized(weight, bias, dtype)
+
+    def takes_blocks(self, rows: int) -> bool:
+        return self.use_native and rows % ROWS == 0
 
     def dequantize(self, params, dtype):
         return dequantize_int4(params, dtype)
@@ -132,7 +147,7 @@ class Int4Linear(WeightOnlyLinear):
         if "block_codes" not in params:
             return None
         c = params["block_codes"]
-        return native.weight(native.INT4, c, c.shape[0] * ROWS, c.shape[1] * GROUP, sz=params["block_scale_zero"],
+        return native.weight(native.INT4, c, c.shape[0] * ROWS, c.shape[1] * GROUP, sm=params["block_scale_min"],
                              bias=params.get("bias") if with_bias else None)
 
     def kernel_takes_large_batches(self, params):

@@ -20,13 +20,20 @@ from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_lin
 KERNEL_DTYPE = torch.bfloat16
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: w ~= q * scale, q in [-127, 127]. The scale is rounded to the
-    kernel dtype first so the codes are chosen against the scale the kernel will really use."""
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).to(KERNEL_DTYPE)
-    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
+    kernel dtype first so the codes are chosen against the scale the kernel will really use.
+    Rows go in chunks, so the fp32 temporaries of a large matrix (the 49152-row output head)
+    never add hundreds of MB to the load-time peak."""
+    n = weight.shape[0]
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(n, dtype=KERNEL_DTYPE)
+    for start in range(0, n, chunk_rows):
+        w = weight[start:start + chunk_rows].float()
+        s = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).to(KERNEL_DTYPE)
+        q[start:start + chunk_rows] = torch.round(w / s.float()[:, None]).clamp(-127, 127)
+        scale[start:start + chunk_rows] = s
+    return q, scale
 
 
 def dequantize_int8(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
