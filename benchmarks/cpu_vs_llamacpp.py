@@ -13,9 +13,10 @@ builds it; benchmarks/peers/llamacpp_worker.py drives it through llama_decode). 
                per step in one unified KV cache); also generated tokens / total time
 
 Warm-up first, then the median of --repeats fresh prompts (prefix caching off). With
-`--instructions`, each engine's decode also runs under valgrind (callgrind) at two lengths and
-instructions per generated token = the difference / the extra tokens (perf has no hardware
-counters on this VM). Usage:
+`--instructions`, each engine also runs once more under valgrind (callgrind), on one thread,
+counting only while it generates 4 and then 20 tokens after a 32-token prompt: instructions
+per generated token = the difference / 16 (callgrind_marks.py; perf has no hardware counters
+on this VM). Usage:
 
     python benchmarks/cpu_vs_llamacpp.py --threads 2 --output results/cpu_vs_llamacpp.json
 """
@@ -33,6 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import callgrind_marks  # noqa: E402
 from common import PromptMaker, environment, log, median, model_path, peak_rss_mib, print_table  # noqa: E402
 
 ANCHORS = {"prefill": 488.0, "decode": 154.0, "batched_8": 288.0, "batched_32": 362.0}  # ../shared/anchors
@@ -70,6 +72,10 @@ def ember_worker(job: dict) -> dict:
             rates.append((job["new_tokens"] - 1) / max(tn - t1, 1e-9))
             toks.append(tk)
         res.update(decode_tok_s=median(rates[1:]), decode_tok_s_all=rates[1:], decode_tokens=toks)
+    if "count" in job:
+        c = job["count"]
+        gen(c["prompt"], c["long"])  # warm-up, uncounted
+        callgrind_marks.count_decode(lambda n: gen(c["prompt"], n), c["library"], c["short"], c["long"])
     for c, prompts in job.get("batched", {}).items():
         run_fixed_batch(llm.engine, prompts[:4], 8)  # warm-up
         r = run_fixed_batch(llm.engine, prompts, job["new_tokens"])
@@ -87,37 +93,28 @@ def llamacpp_python(explicit: str | None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def run_worker(cmd: list[str], job: dict, valgrind: str | None = None) -> dict:
+def run_worker(cmd: list[str], job: dict, count_instructions: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         jp, op = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
         json.dump(job, open(jp, "w"))
         full = cmd + [jp, op]
-        if valgrind:
-            full = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"] + full
+        if count_instructions:
+            full = callgrind_marks.valgrind_command(f"{tmp}/cg.out") + full
         proc = subprocess.run(full, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"worker failed ({proc.returncode}): {' '.join(full)}\n{proc.stderr[-3000:]}")
         res = json.load(open(op))
-        if valgrind:
-            res["instructions"] = callgrind_total(f"{tmp}/cg.out")
+        if count_instructions:
+            c = job["count"]
+            res["instructions_per_token"] = callgrind_marks.instructions_per_token(f"{tmp}/cg.out", c["short"], c["long"])
         return res
 
 
-def callgrind_total(path: str) -> int:
-    for line in open(path):
-        if line.startswith("summary:") or line.startswith("totals:"):
-            return int(line.split()[1])
-    raise RuntimeError("no callgrind summary in " + path)
-
-
-def instructions_per_token(cmd, base_job, short=4, long=20) -> float:
-    """(instructions at `long` new tokens - at `short`) / (long - short): load and prefill cancel."""
-    counts = []
-    for n in (short, long):
-        job = dict(base_job, new_tokens=n, prefill=base_job["prefill"][:1], decode=base_job["decode"][:1])
-        job.pop("batched", None)
-        counts.append(run_worker(cmd, job, valgrind="callgrind")["instructions"])
-    return (counts[1] - counts[0]) / (long - short)
+def instructions_per_token(cmd: list[str], job: dict, prompt: list[int], short: int = 4, long: int = 20) -> float:
+    """One thread: under valgrind threads run one at a time, and a second one would add spin-waits."""
+    count = {"prompt": prompt, "short": short, "long": long, "library": callgrind_marks.build()}
+    job = {k: v for k, v in job.items() if k not in ("prefill", "decode", "batched")}
+    return run_worker(cmd, dict(job, threads=1, count=count), count_instructions=True)["instructions_per_token"]
 
 
 def main() -> None:
@@ -165,7 +162,7 @@ def main() -> None:
         for name, cmd, res in engines:
             log(f"instructions per token: {name}")
             extra = {"config": name.split()[-1]} if name.startswith("ember") else {}
-            res["instructions_per_token"] = instructions_per_token(cmd, dict(job, **extra))
+            res["instructions_per_token"] = instructions_per_token(cmd, dict(job, **extra), job["decode"][0])
 
     peer = engines[-1][2] if not args.no_llamacpp else None
     keys = [("prefill", "prefill_tok_s"), ("decode", "decode_tok_s")] + [(f"batched_{c}", f"batched_{c}") for c in conc]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import resource
 import statistics
 import sys
@@ -18,6 +19,9 @@ import time
 
 import numpy as np
 import llama_cpp as L
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import callgrind_marks  # noqa: E402  (benchmarks/, standard library only)
 
 
 class Context:
@@ -116,6 +120,13 @@ def main() -> None:
         res["decode_tok_s"] = statistics.median(rates[1:])
         res["decode_tok_s_all"] = rates[1:]
         res["decode_tokens"] = toks
+        ctx.close()
+
+    if "count" in job:  # instructions per token, under callgrind (cpu_vs_llamacpp.py --instructions)
+        c = job["count"]
+        ctx = Context(model, 1024, 1, threads)
+        run_batch(ctx, [c["prompt"]], c["long"])  # warm-up, uncounted
+        callgrind_marks.count_decode(lambda n: run_batch(ctx, [c["prompt"]], n), c["library"], c["short"], c["long"])
         ctx.close()
 
     for c_str, prompts in job.get("batched", {}).items():
