@@ -49,12 +49,13 @@ class ModelRunner:
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Final hidden states of a flat batch. With a fused decoder, sequences that bring one
-        token go through it and the others (prefill chunks) through the model's forward: they
-        write disjoint cache slots and read only blocks computed in earlier steps."""
+        token go through it, and prefill chunks too where it takes them (`takes_prefill`);
+        the others go through the model's forward: they write disjoint cache slots and read
+        only blocks computed in earlier steps."""
+        if self.decoder is not None and (meta.is_decode_only or self.decoder.takes_prefill):
+            return self.decoder(input_ids, positions, meta)
         if self.decoder is None or 1 not in meta.query_lens:
             return self.model(input_ids, positions, meta, self.kv_cache, self.attention)
-        if meta.is_decode_only:
-            return self.decoder(input_ids, positions, meta)
         starts = [0]
         for n in meta.query_lens:
             starts.append(starts[-1] + n)

@@ -1,11 +1,13 @@
-"""The decode step of LlamaForCausalLM as one C call (csrc/llama_decode.c).
+"""The forward step of LlamaForCausalLM as one C call (csrc/llama_decode.c).
 
-A decode-only step (every sequence brings one token) runs the whole layer stack inside one
-OpenMP region: no Python, no torch dispatch per op, threads forked once per step. It reads
-the same packed weights as the PyTorch path (each projection's LinearMethod describes its
-storage with `native_weight`) and writes the same paged KV cache, so steps of either path can
-follow each other freely (prefill and mixed steps stay on the PyTorch path). The model's own
-forward with the `torch` attention backend is its reference (tests/models/test_native_decode.py).
+A step's whole layer stack runs inside one OpenMP region: no Python, no torch dispatch per
+op, threads forked once per step. Decode steps always fit; prefill chunks (alone or mixed
+with decodes) come too when every projection's kernel is the fast one at large batches
+(`takes_prefill`: int4), since otherwise torch's GEMM on the PyTorch path beats the C
+kernels there. It reads the same packed weights as the PyTorch path (each projection's
+LinearMethod describes its storage with `native_weight`) and writes the same paged KV cache,
+so steps of either path can follow each other freely. The model's own forward with the
+`torch` attention backend is its reference (tests/models/test_native_decode.py).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class _Model(ctypes.Structure):
 
 
 class NativeDecoder:
-    """Callable (input_ids, positions, meta) -> final hidden states [M, hidden], for decode-only
-    batches. Raises native.NativeUnavailable at construction when it can't run this model."""
+    """Callable (input_ids, positions, meta) -> final hidden states [M, hidden], for decode
+    batches and, where `takes_prefill`, any batch over the paged cache. Raises
+    native.NativeUnavailable at construction when it can't run this model."""
 
     def __init__(self, model, kv_cache, attention: AttentionBackend):
         cfg = model.cfg
@@ -60,6 +63,8 @@ class NativeDecoder:
             layers[i] = _Layer(*ws, layer.input_norm.data_ptr(), layer.post_attention_norm.data_ptr(),
                                kv_cache.k[i].data_ptr(), kv_cache.v[i].data_ptr())
         self._layers = layers  # the structs point into model and cache tensors, which outlive self
+        self.takes_prefill = all(lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
+                                 for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
         self._desc = _Model(cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size, kv_cache.block_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,
                             model.embed.data_ptr(), model.norm.data_ptr(), model.cos.data_ptr(), model.sin.data_ptr(),
@@ -83,8 +88,8 @@ class NativeDecoder:
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         m = input_ids.shape[0]
-        if m != len(meta.query_lens) or not meta.is_decode_only:
-            raise ValueError("the fused decode step takes one new token per sequence")
+        if m != sum(meta.query_lens) or meta.block_tables is None:
+            raise ValueError("the fused step takes a batch over the paged cache, one row per new token")
         if m and int(positions.max()) >= self.cfg.max_position:
             raise ValueError(f"position {int(positions.max())} is beyond the model's context of {self.cfg.max_position}")
         if self._work.numel() < m * self._work_per_row:
@@ -92,10 +97,15 @@ class NativeDecoder:
         out = torch.empty(m, self.cfg.hidden_size)
         tables = meta.block_tables.contiguous()
         ctx = torch.tensor(meta.context_lens, dtype=torch.int64)
+        if meta.is_decode_only:
+            seq = torch.arange(m)
+        else:
+            seq = torch.repeat_interleave(torch.arange(len(meta.query_lens)), torch.tensor(meta.query_lens))
         ids, pos, slots = input_ids.contiguous(), positions.contiguous(), meta.slot_mapping.contiguous()
         p = ctypes.c_void_p
         self._lib.ember_llama_decode(ctypes.byref(self._desc), ctypes.c_long(m), p(ids.data_ptr()), p(pos.data_ptr()),
-                                     p(slots.data_ptr()), p(tables.data_ptr()), ctypes.c_long(tables.shape[1]),
+                                     p(slots.data_ptr()), p(seq.data_ptr()), ctypes.c_long(len(meta.query_lens)),
+                                     p(tables.data_ptr()), ctypes.c_long(tables.shape[1]),
                                      p(ctx.data_ptr()), p(out.data_ptr()), p(self._work.data_ptr()),
                                      ctypes.c_int(torch.get_num_threads()))
         return out

@@ -37,3 +37,20 @@ def test_fused_decode_reports_why_it_is_off(ember_lm, ember_lm_bf16):
     assert LLM(loaded=ember_lm, kv_cache_tokens=1024).engine.runner.decoder is not None  # the default
     with pytest.raises(ValueError, match="fused_decode 'yes' is not one of"):
         LLM(loaded=ember_lm, fused_decode="yes")
+
+
+@needs_native
+def test_int4_fused_steps_are_batch_invariant(ember_lm_int4, mixed_prompts):
+    """int4 sends prefill chunks through the fused step too, where every row is computed on its
+    own (activations quantized per row, one attention per token): batched greedy output at any
+    token budget is then token-identical to one request at a time."""
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    prompts = mixed_prompts[:10]
+    runs = {}
+    for budget in (16, 512):
+        llm = LLM(loaded=ember_lm_int4, linear="int4", kv_cache_tokens=8192, threads=2, max_num_batched_tokens=budget,
+                  enable_prefix_caching=False)
+        assert llm.engine.runner.decoder.takes_prefill
+        runs[budget] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    serial = [llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    assert runs[16] == runs[512] == serial

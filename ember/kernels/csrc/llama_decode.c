@@ -1,4 +1,5 @@
-/* One decode step of a Llama-family decoder in a single call: M sequences, one new token each.
+/* One forward step of a Llama-family decoder in a single call: M new tokens of S sequences
+ * (one each in a decode step; whole prefill chunks too, mixed with decodes).
  *
  * Why: the PyTorch path runs ~40 small ops per layer from Python, which at batch 1 costs more
  * than reading the weights. Here the whole stack (embedding, 30 x [RMSNorm, QKV, RoPE, KV write,
@@ -7,7 +8,9 @@
  * whose implicit barriers order the phases, so threads are forked once per token.
  * Projections use the kernels of linear.h on each layer's own storage (fp32, int8 or int4).
  * Attention reads the paged fp32 cache [blocks, block_size, kv_heads, head_dim] through each
- * sequence's block table; softmax in fp32 with exp256_ps.
+ * sequence's block table; softmax in fp32 with exp256_ps. Every token's K and V are written
+ * before any attention runs, so a prefill chunk's token at position p simply attends to its
+ * sequence's positions 0..p: causal attention within the chunk, with no mask.
  * Reference: the model's own forward (ember/models/llama.py) with the `torch` attention backend;
  * tests/models/test_native_decode.py holds this file to it. Built by kernels/native.py.
  */
@@ -122,29 +125,32 @@ static void silu_mul(const float* gu, long I, float* out) {
     }
 }
 
-/* out: final hidden states [M, hidden]. work: M * (2 * hidden + qkv + q + 3 * intermediate) floats. */
+/* out: final hidden states [M, hidden]. Token m belongs to sequence seq[m] (block table row
+ * seq[m], ctx_lens[seq[m]] tokens once this step's are written) and sits at position pos[m].
+ * work: M * (2 * hidden + qkv + q + 3 * intermediate) floats. */
 void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const int64_t* pos,
-                        const int64_t* slots, const int64_t* tables, long table_width,
+                        const int64_t* slots, const int64_t* seq, long S, const int64_t* tables, long table_width,
                         const int64_t* ctx_lens, float* out, float* work, int nthreads) {
     const long D = md->hidden, H = md->num_heads, Hkv = md->num_kv_heads, Dh = md->head_dim;
     const long I = md->intermediate, bs = md->block_size, Q = H * Dh, KV = Hkv * Dh, QKV = Q + 2 * KV;
     float *x = work, *h = x + M * D, *qkv = h + M * D, *att = qkv + M * QKV, *gu = att + M * Q, *act = gu + 2 * M * I;
     long max_len = 1;
-    for (long m = 0; m < M; m++) max_len = ctx_lens[m] > max_len ? ctx_lens[m] : max_len;
+    for (long s = 0; s < S; s++) max_len = ctx_lens[s] > max_len ? ctx_lens[s] : max_len;
     const float scale = (float)md->scale;
     /* Cache offset of every context token of every sequence, the same for all layers. */
-    int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * M * max_len);
+    int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * S * max_len);
 
     double last = omp_get_wtime();
     #pragma omp parallel num_threads(nthreads)
     {
         float* scores = (float*)malloc(sizeof(float) * (max_len + 8));
         #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) {
-            memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
-            const int64_t* table = tables + m * table_width;
-            for (long t = 0; t < ctx_lens[m]; t++) offs[m * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
+        for (long s = 0; s < S; s++) {
+            const int64_t* table = tables + s * table_width;
+            for (long t = 0; t < ctx_lens[s]; t++) offs[s * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
         }
+        #pragma omp for schedule(static)
+        for (long m = 0; m < M; m++) memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
         PHASE(OTHER);
         for (long l = 0; l < md->num_layers; l++) {
             const ember_layer* L = md->layers + l;
@@ -161,12 +167,13 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
                 memcpy(L->v_cache + slots[m] * KV, row + Q + KV, sizeof(float) * KV);
             }
             PHASE(ATTENTION);
-            #pragma omp for schedule(static)
+            /* dynamic: a prefill chunk's tokens have contexts of every length up to the chunk's end */
+            #pragma omp for schedule(dynamic, 4)
             for (long mh = 0; mh < M * H; mh++) {
                 long m = mh / H, hd = mh % H;
                 long kv_off = hd / (H / Hkv) * Dh;
-                attend(qkv + m * QKV + hd * Dh, L->k_cache + kv_off, L->v_cache + kv_off, offs + m * max_len, ctx_lens[m],
-                       Dh, scale, scores, att + m * Q + hd * Dh);
+                attend(qkv + m * QKV + hd * Dh, L->k_cache + kv_off, L->v_cache + kv_off, offs + seq[m] * max_len,
+                       pos[m] + 1, Dh, scale, scores, att + m * Q + hd * Dh);
             }
             PHASE(ATTENTION);
             linear_omp(&L->o, att, M, x, D, 1);

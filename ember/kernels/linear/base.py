@@ -45,6 +45,11 @@ class LinearMethod(ABC):
         decoder; None if this method's storage has no C kernel."""
         return None
 
+    def kernel_takes_large_batches(self, params: dict[str, torch.Tensor]) -> bool:
+        """Whether the C kernel of `native_weight` beats torch's GEMM at prefill-sized batches
+        too (the fused step then takes prefill chunks, models/llama_native.py)."""
+        return False
+
 
 class WeightOnlyLinear(LinearMethod):
     """Quantized weights with float activations (int8, int4): one skeleton for both.
@@ -68,9 +73,6 @@ class WeightOnlyLinear(LinearMethod):
         w = self._weights[key]
         y = native.linear(x2, w) if w is not None else None
         return self.fallback(x2, params) if y is None else y
-
-    def kernel_takes_large_batches(self, params: dict[str, torch.Tensor]) -> bool:
-        return False
 
     @abstractmethod
     def fallback(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
