@@ -64,55 +64,61 @@ static void rope(float* x, long heads, long Dh, const float* c, const float* s) 
     }
 }
 
-/* Four tokens' q . k at once: four independent chains, one horizontal reduction. */
-static inline __m128 dot4(const float* q, const float* k0, const float* k1, const float* k2, const float* k3, long Dh) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (long i = 0; i < Dh; i += 8) {
-        __m256 qv = _mm256_loadu_ps(q + i);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
-    }
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));  /* per lane: 0 1 2 3 */
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
+#define HEADS_PER_PASS 3  /* query heads read against each K/V row at once (registers allow 3) */
 
-/* One query head over L cached tokens; token t's K (V) row is at kc (vc) + off[t], where off
- * already holds the block-table lookup for the whole step. scores: L + 4 floats. Dh: a
- * multiple of 32. */
-static void attend(const float* q, const float* kc, const float* vc, const int64_t* off, long L, long Dh,
-                   float scale, float* scores, float* out) {
-    long t = 0;
-    for (; t + 4 <= L; t += 4)
-        _mm_storeu_ps(scores + t, _mm_mul_ps(dot4(q, kc + off[t], kc + off[t + 1], kc + off[t + 2], kc + off[t + 3], Dh),
-                                             _mm_set1_ps(scale)));
-    if (t < L) {  /* the last 1-3 tokens: repeat the last one into the spare lanes */
-        const float* k[4];
-        for (int i = 0; i < 4; i++) k[i] = kc + off[t + i < L ? t + i : L - 1];
-        _mm_storeu_ps(scores + t, _mm_mul_ps(dot4(q, k[0], k[1], k[2], k[3], Dh), _mm_set1_ps(scale)));
-    }
-    const float inv_sum = softmax_in_place(scores, L);
-    /* p . V, 32 dims at a time in registers, even and odd tokens in separate accumulators */
-    const __m256 inv = _mm256_set1_ps(inv_sum);
-    for (long c = 0; c < Dh; c += 32) {
-        __m256 a[4], b[4];
-        for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
-        for (t = 0; t + 2 <= L; t += 2) {
-            const float* v0 = vc + off[t] + c;
-            const float* v1 = vc + off[t + 1] + c;
-            __m256 p0 = _mm256_set1_ps(scores[t]), p1 = _mm256_set1_ps(scores[t + 1]);
-            for (int i = 0; i < 4; i++) {
-                a[i] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * i), a[i]);
-                b[i] = _mm256_fmadd_ps(p1, _mm256_loadu_ps(v1 + 8 * i), b[i]);
+/* nh (<= HEADS_PER_PASS) query heads that share one KV head (GQA), over L cached tokens; token
+ * t's K (V) row is at kc (vc) + off[t], where off already holds the block-table lookup for the
+ * whole step. Each K and V row is read once for all nh heads: for a prefill chunk, whose
+ * tokens' contexts stream from L2, that traffic, not the FMAs, is what bounds attention.
+ * q, out: nh rows of Dh, contiguous. scores: nh rows of `ld` >= L + 1 floats. Dh: a multiple of 32. */
+static void attend_heads(const float* q, long nh, const float* kc, const float* vc, const int64_t* off, long L,
+                         long Dh, float scale, float* scores, long ld, float* out) {
+    /* q . k for two tokens at a time: 2 x nh independent chains, reduced together */
+    for (long t = 0; t < L; t += 2) {
+        const float* k0 = kc + off[t];
+        const float* k1 = kc + off[t + 1 < L ? t + 1 : t];
+        __m256 a[HEADS_PER_PASS][2];
+        for (int h = 0; h < HEADS_PER_PASS; h++) a[h][0] = a[h][1] = _mm256_setzero_ps();
+        for (long c = 0; c < Dh; c += 8) {
+            __m256 x0 = _mm256_loadu_ps(k0 + c), x1 = _mm256_loadu_ps(k1 + c);
+            for (int h = 0; h < HEADS_PER_PASS; h++) {
+                if (h < nh) {
+                    __m256 qv = _mm256_loadu_ps(q + h * Dh + c);
+                    a[h][0] = _mm256_fmadd_ps(qv, x0, a[h][0]);
+                    a[h][1] = _mm256_fmadd_ps(qv, x1, a[h][1]);
+                }
             }
         }
-        if (t < L) {
-            const float* v0 = vc + off[t] + c;
-            __m256 p0 = _mm256_set1_ps(scores[t]);
-            for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + 8 * i), a[i]);
+        /* per 128-bit half: (h0 t0, h0 t1, h1 t0, h1 t1) and (h2 t0, h2 t1, -, -) */
+        __m256 r01 = _mm256_hadd_ps(_mm256_hadd_ps(a[0][0], a[0][1]), _mm256_hadd_ps(a[1][0], a[1][1]));
+        __m256 r2 = _mm256_hadd_ps(_mm256_hadd_ps(a[2][0], a[2][1]), _mm256_setzero_ps());
+        float v[8];
+        _mm_storeu_ps(v, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(r01), _mm256_extractf128_ps(r01, 1)), _mm_set1_ps(scale)));
+        _mm_storeu_ps(v + 4, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(r2), _mm256_extractf128_ps(r2, 1)), _mm_set1_ps(scale)));
+        for (int h = 0; h < nh; h++) {
+            scores[h * ld + t] = v[2 * h];
+            scores[h * ld + t + 1] = v[2 * h + 1];  /* past L when L is odd: within ld, unused */
         }
-        for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + c + 8 * i, _mm256_mul_ps(_mm256_add_ps(a[i], b[i]), inv));
+    }
+    float inv[HEADS_PER_PASS];
+    for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
+    /* p . V, 32 dims at a time in registers */
+    for (long c = 0; c < Dh; c += 32) {
+        __m256 acc[HEADS_PER_PASS][4];
+        for (int h = 0; h < HEADS_PER_PASS; h++)
+            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
+        for (long t = 0; t < L; t++) {
+            const float* v = vc + off[t] + c;
+            for (int h = 0; h < HEADS_PER_PASS; h++) {
+                if (h < nh) {
+                    __m256 p = _mm256_set1_ps(scores[h * ld + t]);
+                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[h][i]);
+                }
+            }
+        }
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < 4; i++)
+                _mm256_storeu_ps(out + h * Dh + c + 8 * i, _mm256_mul_ps(acc[h][i], _mm256_set1_ps(inv[h])));
     }
 }
 
@@ -143,7 +149,8 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
     double last = omp_get_wtime();
     #pragma omp parallel num_threads(nthreads)
     {
-        float* scores = (float*)malloc(sizeof(float) * (max_len + 8));
+        const long ld = max_len + 8, group = H / Hkv, passes = (group + HEADS_PER_PASS - 1) / HEADS_PER_PASS;
+        float* scores = (float*)malloc(sizeof(float) * HEADS_PER_PASS * ld);
         #pragma omp for schedule(static)
         for (long s = 0; s < S; s++) {
             const int64_t* table = tables + s * table_width;
@@ -168,12 +175,13 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             }
             PHASE(ATTENTION);
             /* dynamic: a prefill chunk's tokens have contexts of every length up to the chunk's end */
-            #pragma omp for schedule(dynamic, 4)
-            for (long mh = 0; mh < M * H; mh++) {
-                long m = mh / H, hd = mh % H;
-                long kv_off = hd / (H / Hkv) * Dh;
-                attend(qkv + m * QKV + hd * Dh, L->k_cache + kv_off, L->v_cache + kv_off, offs + seq[m] * max_len,
-                       pos[m] + 1, Dh, scale, scores, att + m * Q + hd * Dh);
+            /* KV head outermost: a long chunk's K/V rows of one KV head fit in L2, all heads' don't */
+            #pragma omp for schedule(dynamic, 2)
+            for (long item = 0; item < M * Hkv * passes; item++) {
+                long kvh = item / (M * passes), m = item / passes % M, h0 = kvh * group + item % passes * HEADS_PER_PASS;
+                long nh = kvh * group + group - h0 < HEADS_PER_PASS ? kvh * group + group - h0 : HEADS_PER_PASS;
+                attend_heads(qkv + m * QKV + h0 * Dh, nh, L->k_cache + kvh * Dh, L->v_cache + kvh * Dh,
+                             offs + seq[m] * max_len, pos[m] + 1, Dh, scale, scores, ld, att + m * Q + h0 * Dh);
             }
             PHASE(ATTENTION);
             linear_omp(&L->o, att, M, x, D, 1);

@@ -13,6 +13,13 @@ static inline float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+static inline float hmax_ps(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
     return v.f;
@@ -41,10 +48,14 @@ static inline __m256 exp256_ps(__m256 x) {
 
 /* s[0..n-1] = exp(s - max), unnormalized; returns 1 / sum (the attention kernels scale p.V once). */
 static inline float softmax_in_place(float* s, long n) {
-    float mx = -INFINITY;
-    for (long t = 0; t < n; t++) mx = s[t] > mx ? s[t] : mx;
-    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    /* the max 8 lanes at a time: a scalar max is one long dependency chain */
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
     long t = 0;
+    for (; t + 8 <= n; t += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + t));
+    float mx = hmax_ps(m8);
+    for (; t < n; t++) mx = s[t] > mx ? s[t] : mx;
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    t = 0;
     for (; t + 8 <= n; t += 8) {
         __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(s + t), vmx));
         _mm256_storeu_ps(s + t, e);
