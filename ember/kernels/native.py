@@ -29,7 +29,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
 
-F32, INT8, INT4 = 0, 1, 2  # ember_weight.kind (csrc/linear.h)
+F32, INT8, INT4, INT8_PANELS = 0, 1, 2, 3  # ember_weight.kind (csrc/linear.h)
 
 
 class NativeUnavailable(Exception):

@@ -41,7 +41,8 @@ def _generate(lm, prompts, **config):
 
 def test_int8_model_uses_the_int8_kernel_and_head(int8_lm):
     layer = int8_lm.model.layers[0]
-    assert layer.qkv_proj.params["qweight"].dtype == torch.int8
+    from ember.kernels.linear.int8 import codes
+    assert codes(layer.qkv_proj.params).dtype == torch.int8 and codes(layer.qkv_proj.params).shape == (960, 576)
     assert int8_lm.model.lm_head.method.name == "int8"
 
 

@@ -35,7 +35,7 @@ def test_quantization_error_is_within_half_a_step(weights):
 
 @pytest.mark.parametrize("rows", [1, 7, 32])
 def test_aten_kernel_matches_reference(weights, rows):
-    method = get_linear_method("int8")
+    method = Int8Linear(use_native=False)  # the row-major storage aten takes
     torch.manual_seed(rows)
     for w in weights:
         params = method.pack(w, None, torch.float32)
@@ -50,7 +50,7 @@ def test_aten_kernel_matches_reference(weights, rows):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 5, 6, 32])
+@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 32])
 def test_native_kernel_matches_reference(weights, rows):
     method = get_linear_method("int8")
     torch.manual_seed(100 + rows)
@@ -99,3 +99,23 @@ def test_weight_bytes_are_a_quarter_of_fp32(weights):
     w = weights[0]
     params = method.pack(w, None, torch.float32)
     assert method.weight_bytes(params) < w.numel() * 4 / 3.9
+
+
+def test_panels_hold_16_rows_codes_per_input(weights):
+    """Panel p, input k: the codes of rows 16p..16p+15 at k, in order; and back."""
+    from ember.kernels.linear.int8 import codes, to_panels
+    q, _ = quantize_int8(weights[0])
+    panels = to_panels(q)
+    assert panels.shape == (960 // 16, 576, 16)
+    assert torch.equal(panels[3, 100], q[48:64, 100])
+    assert torch.equal(codes({"panels": panels}), q)
+
+
+@needs_native
+def test_output_sizes_off_the_panel_width_keep_rows(weights):
+    method = get_linear_method("int8")
+    w = weights[0][:40]  # 40 rows: not a multiple of 16
+    params = method.pack(w, None, torch.float32)
+    assert "qweight" in params and "panels" not in params
+    x = torch.randn(6, w.shape[1])
+    torch.testing.assert_close(method.apply(x, params), native_reference_apply(x, params), rtol=1e-5, atol=1e-4)

@@ -1,8 +1,9 @@
 /* Weight-only linear kernels for decode-sized batches: y[M,N] (+)= x[M,K] @ W^T (+ bias).
  *
- * Three storages (ember_weight.kind):
+ * Four storages (ember_weight.kind):
  *   F32   w: float [N,K]
  *   INT8  w: int8 [N,K], scale: float [N]           w[n,k] = q * scale[n]
+ *   INT8_PANELS  w: int8 [N/16, K, 16] (linear_int8_panels.h), scale: float [N]
  *   INT4  w, sm: blocks of 8 rows with fp16 (scale, minimum) per group of 32 (linear_int4.h), any
  *         batch size, on int8 activations.
  * F32 and INT8 sums are fp32 on fp32 activations; the weight is widened in registers, never
@@ -22,7 +23,7 @@
 
 #include "simd.h"
 
-enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2 };
+enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2, EMBER_INT8_PANELS = 3 };
 
 typedef struct {
     int64_t kind, n, k;
@@ -118,12 +119,17 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 }
 
 #include "linear_int4.h"
+#include "linear_int8_panels.h"
 
 /* y[m * ldy + n] = (or +=, with accumulate) x[m] . W[n] + bias[n]. K: a multiple of 32. */
 static void linear_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
     long N = W->n, K = W->k;
     if (W->kind == EMBER_INT4) {
         linear_int4_omp(W, x, M, y, ldy, accumulate);
+        return;
+    }
+    if (W->kind == EMBER_INT8_PANELS) {
+        linear_int8_panels_omp(W, x, M, y, ldy, accumulate);
         return;
     }
     if (M <= 4) {

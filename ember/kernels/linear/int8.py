@@ -1,9 +1,12 @@
 """`int8`: weight-only int8, one symmetric scale per output channel.
 
-The weight is stored as int8 [out, in] plus a scale per row (4x less memory than fp32).
-Small batches (decode, memory-bound) run the C kernel of csrc/linear.h: int8 weights
-widened in registers, fp32 activations and accumulation; ~2x faster than torch's kernel on
-AVX2 and as exact as dequantize + F.linear (only the order of the fp32 sums differs).
+The weight is stored as int8 codes plus a scale per row (4x less memory than fp32): for the C
+kernels, in `panels` of 16 rows [out/16, in, 16] (csrc/linear_int8_panels.h: 16 rows' codes
+per 16-byte load, each widened weight reused by 6 activation rows); without them, or when
+out is not a multiple of 16, as `qweight` [out, in]. Small batches (decode, memory-bound, and
+batched decode up to 63 rows) run the C kernels: int8 weights widened in registers, fp32
+activations and accumulation; ~2x faster than torch's kernel on AVX2 and as exact as
+dequantize + F.linear (only the order of the fp32 sums differs).
 Without a C compiler or AVX2 they fall back to `aten._weight_int8pack_mm`, whose fast path wants bf16 activations
 and scales (its fp32 path is a slow fallback, ~20x slower in torch 2.13): x is cast to bf16
 and the result back. Large batches (prefill) are arithmetic-bound: they dequantize the weight
@@ -13,6 +16,7 @@ to x's dtype and use the dense GEMM, which is both faster and more exact.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear, fp32_linear
@@ -36,8 +40,24 @@ def quantize_int8(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.T
     return q, scale
 
 
+PANEL = 16  # rows per panel (csrc/linear_int8_panels.h)
+
+
+def to_panels(q: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    return q.view(n // PANEL, PANEL, k).transpose(1, 2).contiguous()
+
+
+def codes(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """int8 codes [out, in] from either storage."""
+    if "panels" in params:
+        p = params["panels"]
+        return p.transpose(1, 2).reshape(p.shape[0] * PANEL, p.shape[1])
+    return params["qweight"]
+
+
 def dequantize_int8(params: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (params["qweight"].float() * params["scale"].float()[:, None]).to(dtype)
+    return (codes(params).float() * params["scale"].float()[:, None]).to(dtype)
 
 
 def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -57,19 +77,29 @@ class Int8Linear(WeightOnlyLinear):
     # its perplexity cost small (see benchmarks/README.md) and reads 4x fewer bytes per token.
     head_method = "int8"
 
+    def __init__(self, use_native: bool | None = None):
+        super().__init__()
+        self.use_native = native.available() if use_native is None else use_native
+
     def pack(self, weight, bias, dtype):
         q, scale = quantize_int8(weight)
-        return self.add_bias({"qweight": q, "scale": scale, "scale_f32": scale.float()}, bias, dtype)
+        stored = {"panels": to_panels(q)} if self.use_native and q.shape[0] % PANEL == 0 else {"qweight": q}
+        return self.add_bias({**stored, "scale": scale, "scale_f32": scale.float()}, bias, dtype)
 
     def dequantize(self, params, dtype):
         return dequantize_int8(params, dtype)
 
     def native_weight(self, params, with_bias=True):
+        bias = params.get("bias") if with_bias else None
+        if "panels" in params:
+            p = params["panels"]
+            return native.weight(native.INT8_PANELS, p, p.shape[0] * PANEL, p.shape[1], scale=params["scale_f32"], bias=bias)
         q = params["qweight"]
-        return native.weight(native.INT8, q, q.shape[0], q.shape[1], scale=params["scale_f32"],
-                             bias=params.get("bias") if with_bias else None)
+        return native.weight(native.INT8, q, q.shape[0], q.shape[1], scale=params["scale_f32"], bias=bias)
 
     def fallback(self, x2, params):
+        if "panels" in params:  # packed for a C kernel that is not here after all
+            return F.linear(x2, dequantize_int8(params, x2.dtype))
         return self.apply_aten(x2, params)
 
     @staticmethod
