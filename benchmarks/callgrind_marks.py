@@ -58,8 +58,8 @@ def valgrind_command(out_file: str) -> list[str]:
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
 
 
-def instructions_per_token(out_file: str, short: int, long: int) -> float:
-    """Read the two dumps `count_decode` left beside `out_file`."""
+def dump_counts(out_file: str) -> dict[str, int]:
+    """Instructions in each tagged dump `count_decode` left beside `out_file`: {tag: count}."""
     counts = {}
     for path in glob.glob(out_file + ".*"):
         tag = total = None
@@ -70,6 +70,11 @@ def instructions_per_token(out_file: str, short: int, long: int) -> float:
                 total = int(line.split()[1])
         if tag is not None and total is not None:
             counts[tag] = total
+    return counts
+
+
+def instructions_per_token(out_file: str, short: int, long: int) -> float:
+    counts = dump_counts(out_file)
     if set(counts) != {"short", "long"}:
         raise RuntimeError(f"callgrind dumps {sorted(counts)} beside {out_file}, expected short and long")
     return (counts["long"] - counts["short"]) / (long - short)
