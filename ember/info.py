@@ -48,7 +48,7 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "file_bytes": file_bytes,
         "dtype": cfg.dtype,
         "linear": cfg.linear,
-        "weight_bytes_loaded": params * elem if cfg.linear == "dense" else None,
+        "weight_bytes_loaded": _loaded_weight_bytes(mc, cfg.linear, dtype),
         "kv_bytes_per_token": kv_token,
         "kv_cache_blocks": blocks,
         "kv_cache_tokens": blocks * cfg.block_size,
@@ -57,6 +57,26 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
     if energy:
         info["energy"] = _energy(mc, cfg)
     return info
+
+
+def _loaded_weight_bytes(mc, linear: str, dtype: torch.dtype) -> int | None:
+    """What the loaded model will hold (LlamaForCausalLM.weight_bytes), from each LinearMethod's
+    packed_bytes: the float embedding and norms, the projections, and the output head in the
+    method the body names for it; None when a method can't say."""
+    from ember.kernels.linear import get_linear_method
+
+    method = get_linear_method(linear)
+    head = get_linear_method(method.head_method or "dense")
+    elem = torch.empty((), dtype=dtype).element_size()
+    shapes = [(mc.q_size + 2 * mc.kv_size, mc.hidden_size), (mc.hidden_size, mc.q_size),
+              (2 * mc.intermediate_size, mc.hidden_size), (mc.hidden_size, mc.intermediate_size)]
+    parts = [method.packed_bytes(o, i, dtype) for o, i in shapes]
+    head_bytes = 0 if mc.tie_embeddings and head.name == "dense" else head.packed_bytes(mc.vocab_size, mc.hidden_size, dtype)
+    if None in parts or head_bytes is None:
+        return None
+    bias = (mc.q_size + 2 * mc.kv_size) * elem if mc.extra.get("qkv_bias") else 0
+    per_layer = sum(parts) + bias + 2 * mc.hidden_size * elem  # + the two norms
+    return (mc.vocab_size + 1) * mc.hidden_size * elem + mc.num_layers * per_layer + head_bytes
 
 
 def _energy(mc, cfg: EngineConfig, context_len: int = 1024) -> dict:
@@ -97,7 +117,8 @@ def format_info(info: dict) -> str:
         f"file size     {_size(info['file_bytes'])}",
     ]
     if info["weight_bytes_loaded"] is not None:
-        lines.append(f"weights       {_size(info['weight_bytes_loaded'])} in {info['dtype']} ({info['linear']})")
+        lines.append(f"weights       {_size(info['weight_bytes_loaded'])} once loaded (linear {info['linear']}, "
+                     f"dtype {info['dtype']})")
     lines.append("layer shapes  " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in info["layer_shapes"].items()))
     lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {info['dtype']}")
     lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "

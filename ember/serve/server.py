@@ -118,9 +118,12 @@ def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     print(f"loading {engine_cfg.model or 'the default model'} ...", file=sys.stderr, flush=True)
     asgi, app, async_engine = build_server_app(engine_cfg, cfg, progress=True)
     name = app.state.served.options.model_names[0]
-    off = async_engine.engine.fused_decode_off_reason
-    print("decode steps: fused, one C call per step" if off is None else f"decode steps: the PyTorch path ({off})",
-          file=sys.stderr, flush=True)
+    off, decoder = async_engine.engine.fused_decode_off_reason, async_engine.engine.runner.decoder
+    if off is not None:
+        print(f"decode steps: the PyTorch path ({off})", file=sys.stderr, flush=True)
+    else:
+        prefill = "prefill chunks too" if decoder.takes_prefill else "prefill chunks on the PyTorch path"
+        print(f"decode steps: fused, one C call per step ({prefill})", file=sys.stderr, flush=True)
 
     def on_ready(port: int) -> None:
         base = f"http://{cfg.host}:{port}"

@@ -40,6 +40,11 @@ class LinearMethod(ABC):
     def weight_bytes(self, params: dict[str, torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in params.values())
 
+    def packed_bytes(self, out_features: int, in_features: int, dtype: torch.dtype) -> int | None:
+        """What `pack` will store for an [out, in] weight without a bias (`ember info`, before
+        loading); None if the method can't say."""
+        return None
+
     def native_weight(self, params: dict[str, torch.Tensor], with_bias: bool = True) -> native.Weight | None:
         """The packed storage as the C kernels' `ember_weight` (csrc/linear.h), for the fused
         decoder; None if this method's storage has no C kernel."""

@@ -19,6 +19,9 @@ class DenseLinear(LinearMethod):
             params["bias"] = bias.to(dtype)
         return params
 
+    def packed_bytes(self, out_features, in_features, dtype):
+        return out_features * in_features * torch.empty((), dtype=dtype).element_size()
+
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.linear(x, params["weight"], params.get("bias"))
 

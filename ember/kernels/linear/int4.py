@@ -143,6 +143,10 @@ class Int4Linear(WeightOnlyLinear):
     def dequantize(self, params, dtype):
         return dequantize_int4(params, dtype)
 
+    def packed_bytes(self, out_features, in_features, dtype):
+        # either packing: half a byte per code, a 16-bit (scale, offset) pair per group of 32
+        return out_features * in_features // 2 + out_features * (in_features // GROUP) * 4
+
     def native_weight(self, params, with_bias=True):
         if "block_codes" not in params:
             return None

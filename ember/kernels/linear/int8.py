@@ -89,6 +89,9 @@ class Int8Linear(WeightOnlyLinear):
     def dequantize(self, params, dtype):
         return dequantize_int8(params, dtype)
 
+    def packed_bytes(self, out_features, in_features, dtype):
+        return out_features * in_features + out_features * (2 + 4)  # codes, bf16 and fp32 scales
+
     def native_weight(self, params, with_bias=True):
         bias = params.get("bias") if with_bias else None
         if "panels" in params:
