@@ -116,3 +116,20 @@ def test_only_int4_sends_prefill_through_the_fused_step(ember_lm, ember_lm_int8,
         cache = PagedKVCache(lm.config.num_layers, 4, BLOCK, lm.config.num_kv_heads, lm.config.head_dim)
         takes[name] = lm.model.native_decoder(cache, get_attention_backend("batched")).takes_prefill
     assert takes == {"dense": False, "int8": False, "int4": True}
+
+
+@needs_native
+@pytest.mark.parametrize("kv_heads", [1, 4, 2], ids=["group-4", "no-gqa", "group-2"])
+def test_fused_step_at_other_gqa_ratios(tmp_path, kv_heads):
+    """The fused attention takes query heads 3 at a time per KV head: groups of 4 (3 + 1), 1
+    and 2 hold to the PyTorch forward too, on a tiny random llama (4 heads of 64)."""
+    from ember.loader import load_model
+    from tests.loader.builders import tiny_llama, write_llama_gguf
+
+    model = tiny_llama(seed=7, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                       num_key_value_heads=kv_heads)
+    lm = load_model(write_llama_gguf(tmp_path / "tiny.gguf", model))
+    rng = random.Random(kv_heads)
+    contexts = [[rng.randrange(lm.config.vocab_size) for _ in range(n)] for n in (0, 20, 33)]
+    expected, got, _, _ = _one_step_both_ways(lm, contexts, seed=kv_heads, new=[9, 5, 1])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
