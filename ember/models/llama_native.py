@@ -3,7 +3,7 @@
 A step's whole layer stack runs inside one OpenMP region: no Python, no torch dispatch per
 op, threads forked once per step. Decode steps always fit; prefill chunks (alone or mixed
 with decodes) come too when every projection's kernel is the fast one at large batches
-(`takes_prefill`: int4), since otherwise torch's GEMM on the PyTorch path beats the C
+(`takes_prefill`: int4, and bf16 on CPUs without native bf16 GEMMs), since otherwise torch's GEMM on the PyTorch path beats the C
 kernels there. It reads the same packed weights as the PyTorch path (each projection's
 LinearMethod describes its storage with `native_weight`) and writes the same paged KV cache,
 so steps of either path can follow each other freely. The model's own forward with the
@@ -31,7 +31,8 @@ class _Model(ctypes.Structure):
                                                      "intermediate", "block_size")] + \
                [("eps", ctypes.c_double), ("scale", ctypes.c_double), ("embed", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("layers", ctypes.POINTER(_Layer)), ("phase_seconds", ctypes.c_void_p)]
+                ("layers", ctypes.POINTER(_Layer)), ("phase_seconds", ctypes.c_void_p),
+                ("embed_bf16", ctypes.c_int64), ("kv_bf16", ctypes.c_int64)]
 
 
 class NativeDecoder:
@@ -41,17 +42,23 @@ class NativeDecoder:
 
     def __init__(self, model, kv_cache, attention: AttentionBackend):
         cfg = model.cfg
-        self._refuse_unless(model.dtype == torch.float32, f"it runs fp32 models only (this one is {model.dtype})")
+        self._refuse_unless(model.dtype in (torch.float32, torch.bfloat16),
+                            f"it runs fp32 and bf16 models only (this one is {model.dtype})")
         self._refuse_unless(getattr(attention, "plain_softmax", False),
                             f"the {attention.name!r} attention backend is not plain softmax attention")
-        self._refuse_unless(kv_cache is not None and all(t.dtype == torch.float32 and t.is_contiguous()
+        self._refuse_unless(kv_cache is not None and all(t.dtype in (torch.float32, torch.bfloat16) and t.is_contiguous()
+                                                         and t.dtype == kv_cache.k[0].dtype
                                                          for t in kv_cache.k + kv_cache.v),
-                            "it needs a contiguous fp32 KV cache")
+                            "it needs a contiguous fp32 or bf16 KV cache")
         self._refuse_unless(cfg.hidden_size % 32 == 0 and cfg.intermediate_size % 32 == 0 and cfg.head_dim % 32 == 0
                             and cfg.num_heads % cfg.num_kv_heads == 0, "the model's sizes don't fit its kernels")
         lib = native.load("llama_decode")
         self._refuse_unless(lib is not None, "the C kernels can't be built here (no C compiler or no AVX2)")
         self._lib, self.cfg, self._model = lib, cfg, model
+        # Small tables the C code reads as fp32 (norm weights, RoPE): widened copies for bf16.
+        f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731
+        self._norms = [(f32(layer.input_norm), f32(layer.post_attention_norm)) for layer in model.layers]
+        self._tables = (f32(model.norm), f32(model.cos), f32(model.sin))
         layers = (_Layer * cfg.num_layers)()
         for i, layer in enumerate(model.layers):
             ws = []
@@ -60,15 +67,15 @@ class NativeDecoder:
                 w = lin.method.native_weight(lin.params)
                 self._refuse_unless(w is not None, f"linear method {lin.method.name!r} has no C kernel for this weight")
                 ws.append(w)
-            layers[i] = _Layer(*ws, layer.input_norm.data_ptr(), layer.post_attention_norm.data_ptr(),
+            layers[i] = _Layer(*ws, self._norms[i][0].data_ptr(), self._norms[i][1].data_ptr(),
                                kv_cache.k[i].data_ptr(), kv_cache.v[i].data_ptr())
         self._layers = layers  # the structs point into model and cache tensors, which outlive self
         self.takes_prefill = all(lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
                                  for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
         self._desc = _Model(cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size, kv_cache.block_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,
-                            model.embed.data_ptr(), model.norm.data_ptr(), model.cos.data_ptr(), model.sin.data_ptr(),
-                            layers)
+                            model.embed.data_ptr(), *(t.data_ptr() for t in self._tables), layers, None,
+                            model.embed.dtype == torch.bfloat16, kv_cache.k[0].dtype == torch.bfloat16)
         self._work_per_row = 2 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + cfg.q_size + 3 * cfg.intermediate_size
         self._work = torch.empty(0)
         self.phase_seconds: torch.Tensor | None = None
@@ -108,4 +115,4 @@ class NativeDecoder:
                                      p(tables.data_ptr()), ctypes.c_long(tables.shape[1]),
                                      p(ctx.data_ptr()), p(out.data_ptr()), p(self._work.data_ptr()),
                                      ctypes.c_int(torch.get_num_threads()))
-        return out
+        return out.to(self._model.dtype)

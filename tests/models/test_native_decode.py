@@ -133,3 +133,84 @@ def test_fused_step_at_other_gqa_ratios(tmp_path, kv_heads):
     contexts = [[rng.randrange(lm.config.vocab_size) for _ in range(n)] for n in (0, 20, 33)]
     expected, got, _, _ = _one_step_both_ways(lm, contexts, seed=kv_heads, new=[9, 5, 1])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def _widened_twin(model):
+    """An fp32 model holding exactly the bf16 model's values (weights, norms, RoPE tables),
+    widened: the reference for the bf16 fused step, which widens the same values in registers
+    and keeps activations in fp32."""
+    from ember.kernels.linear import get_linear_method
+    from ember.models.llama import LlamaForCausalLM
+
+    twin = LlamaForCausalLM(model.cfg, get_linear_method("dense"), model.attention, torch.float32)
+    twin.embed.data, twin.norm.data = model.embed.float(), model.norm.float()
+    twin.cos, twin.sin = model.cos.float(), model.sin.float()
+    for a, b in zip(twin.layers, model.layers):
+        for part in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+            getattr(a, part).params = {k: v.float() for k, v in getattr(b, part).params.items()}
+        a.input_norm.data, a.post_attention_norm.data = b.input_norm.float(), b.post_attention_norm.float()
+    return twin
+
+
+@needs_native
+@pytest.mark.parametrize("new", [[1, 1, 1], [1, 24, 1, 9]], ids=["decode", "mixed-prefill"])
+def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
+    """bf16 weights, embedding and KV cache, fp32 activations: against the fp32 forward of the
+    same values, the only rounding left is this step's K/V to bf16 (and the hidden state's on
+    the way out), so the two agree to ~bf16 precision; the bf16 PyTorch path, which rounds
+    every activation, is several times further off."""
+    lm = ember_lm_bf16
+    model, cfg = lm.model, lm.config
+    twin = _widened_twin(model)
+    ids = lm.tokenizer.encode(topics_text[:20_000])
+    contexts = [ids[s:s + n] for s, n in zip((0, 700, 1500, 3000), (15, 40, 16, 100))][:len(new)]
+    rng = random.Random(len(new))
+    free = list(range(1, 64))
+    rng.shuffle(free)
+    tables = [[free.pop() for _ in range(-(-(len(c) + n) // BLOCK))] for c, n in zip(contexts, new)]
+    reference = get_attention_backend("torch")
+    cache32 = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+    cache16 = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for i, ctx in enumerate(contexts):
+            twin(torch.tensor(ctx), torch.arange(len(ctx)), _meta([len(ctx)], [len(ctx)], [tables[i]]), cache32, reference)
+        for a, b in zip(cache16.k + cache16.v, cache32.k + cache32.v):
+            a.copy_(b)  # rounded to bf16, and the fp32 cache given the same values
+            b.copy_(a)
+        step = torch.tensor([rng.randrange(cfg.vocab_size) for n in new for _ in range(n)])
+        positions = torch.tensor([p for c, n in zip(contexts, new) for p in range(len(c), len(c) + n)])
+        meta = _meta([len(c) + n for c, n in zip(contexts, new)], new, tables)
+        cache_torch = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
+        for a, b in zip(cache_torch.k + cache_torch.v, cache16.k + cache16.v):
+            a.copy_(b)
+        expected = twin(step, positions, meta, cache32, reference)
+        decoder = model.native_decoder(cache16, get_attention_backend("batched"))
+        assert decoder.takes_prefill == (native.available() and not native.cpu_has_bf16_gemm())
+        got = decoder(step, positions, meta)
+        torch_bf16 = model(step, positions, meta, cache_torch, reference)
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    err = lambda h: float((h.float() - expected).norm() / expected.norm())  # noqa: E731
+    print(f"bf16 fused step vs fp32 twin: {err(got):.2e}; bf16 PyTorch path: {err(torch_bf16):.2e}")
+    assert err(got) < 1e-2
+    assert err(got) < err(torch_bf16) / 2
+    # Layer 0's new K/V: the twin's, rounded to bf16 (one bf16 ulp of slack for fp32 sums in
+    # another order).
+    slots = meta.slot_mapping
+    for a, b in ((cache16.k[0], cache32.k[0]), (cache16.v[0], cache32.v[0])):
+        a, b = a.view(-1, cfg.kv_size)[slots].float(), b.view(-1, cfg.kv_size)[slots]
+        torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-3 * float(b.abs().max()))
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3, 7, 70, 200])
+def test_bf16_kernel_matches_the_widened_matrix(rows):
+    """csrc/linear.h's BF16 storage, every path (1 row, <= 4 rows, L1-buffered quads over
+    activation chunks), against F.linear on the widened weight; N ragged (not a multiple of 4)."""
+    torch.manual_seed(rows)
+    for n, k in ((515, 576), (97, 1536)):
+        w = torch.randn(n, k).bfloat16()
+        bias = torch.randn(n)
+        x = torch.randn(rows, k)
+        got = native.linear(x, native.weight(native.BF16, w, n, k, bias=bias))
+        expected = torch.nn.functional.linear(x, w.float(), bias)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

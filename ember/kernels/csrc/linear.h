@@ -1,16 +1,18 @@
 /* Weight-only linear kernels for decode-sized batches: y[M,N] (+)= x[M,K] @ W^T (+ bias).
  *
- * Four storages (ember_weight.kind):
+ * Five storages (ember_weight.kind):
  *   F32   w: float [N,K]
+ *   BF16  w: bf16 [N,K] (torch's own bfloat16 matrix, as stored)
  *   INT8  w: int8 [N,K], scale: float [N]           w[n,k] = q * scale[n]
  *   INT8_PANELS  w: int8 [N/16, K, 16] (linear_int8_panels.h), scale: float [N]
  *   INT4  w, sm: blocks of 8 rows with fp16 (scale, minimum) per group of 32 (linear_int4.h), any
  *         batch size, on int8 activations.
- * F32 and INT8 sums are fp32 on fp32 activations; the weight is widened in registers, never
- * written out as a whole float matrix. Up to 4 rows (decode at batch 1-4, memory-bound) the
- * weight row is read once per tile of rows straight into the FMAs. Above that (batched
- * decode, arithmetic-bound) four weight rows are decoded into an fp32 buffer in L1 and reused
- * by every pair of activation rows.
+ * F32, BF16 and INT8 sums are fp32 on fp32 activations; the weight is widened in registers
+ * (bf16: a shift), never written out as a whole float matrix. Up to 4 rows (decode at batch
+ * 1-4, memory-bound) the weight row is read once per tile of rows straight into the FMAs.
+ * Above that (batched decode and prefill, arithmetic-bound) four weight rows are decoded into
+ * an fp32 buffer in L1 and reused by every pair of activation rows of a chunk small enough
+ * to stay in L2.
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
  * it shares that team (the fused decoder); alone it runs on one thread.
  * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
@@ -23,7 +25,7 @@
 
 #include "simd.h"
 
-enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2, EMBER_INT8_PANELS = 3 };
+enum { EMBER_F32 = 0, EMBER_INT8 = 1, EMBER_INT4 = 2, EMBER_INT8_PANELS = 3, EMBER_BF16 = 4 };
 
 typedef struct {
     int64_t kind, n, k;
@@ -33,23 +35,31 @@ typedef struct {
     const float* bias;    /* [N] or NULL */
 } ember_weight;
 
-/* Row n of an INT8 W, decoded to fp32 (unscaled codes; the scale is applied to the sums). */
-static void decode_row(const ember_weight* W, long n, float* out) {
-    const int8_t* q = (const int8_t*)W->w + n * W->k;
-    for (long k = 0; k < W->k; k += 8)
-        _mm256_storeu_ps(out + k, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(q + k)))));
+/* Bytes per weight of the row-major storages. */
+static inline long elem_size(const ember_weight* W) {
+    return W->kind == EMBER_F32 ? 4 : W->kind == EMBER_BF16 ? 2 : 1;
+}
+
+static inline const void* weight_row(const ember_weight* W, long n) {
+    return (const char*)W->w + n * W->k * elem_size(W);
 }
 
 static inline __m256 load_w8(const ember_weight* W, const void* row, long k) {
     if (W->kind == EMBER_F32) return _mm256_loadu_ps((const float*)row + k);
+    if (W->kind == EMBER_BF16) return widen_bf16x8((const uint16_t*)row + k);
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)((const int8_t*)row + k))));
 }
 
-/* Rows m0..m0+mt-1 (mt <= 4) times F32 or INT8 row n: two accumulators per row. */
+/* Row n of a BF16 or INT8 W, decoded to fp32 (INT8: unscaled codes; the scale is applied to the sums). */
+static void decode_row(const ember_weight* W, long n, float* out) {
+    const void* row = weight_row(W, n);
+    for (long k = 0; k < W->k; k += 8) _mm256_storeu_ps(out + k, load_w8(W, row, k));
+}
+
+/* Rows m0..m0+mt-1 (mt <= 4) times F32, BF16 or INT8 row n: two accumulators per row. */
 static void dot_rows_f32_int8(const ember_weight* W, long n, const float* x, long mt, float* r) {
     long K = W->k;
-    const void* row = W->kind == EMBER_F32 ? (const void*)((const float*)W->w + n * K)
-                                           : (const void*)((const int8_t*)W->w + n * K);
+    const void* row = weight_row(W, n);
     __m256 a[4], b[4];
     for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
     for (long k = 0; k < K; k += 16) {
@@ -65,18 +75,17 @@ static void dot_rows_f32_int8(const ember_weight* W, long n, const float* x, lon
     for (int i = 0; i < mt; i++) r[i] = hsum_ps(_mm256_add_ps(a[i], b[i])) * s;
 }
 
-/* One row of x times F32 or INT8 row n: four accumulators (batch-1 decode is all latency). */
+/* One row of x times F32, BF16 or INT8 row n: four accumulators (batch-1 decode is all latency). */
 static float dot_row1_f32_int8(const ember_weight* W, long n, const float* x) {
     long K = W->k;
-    const void* row = W->kind == EMBER_F32 ? (const void*)((const float*)W->w + n * K)
-                                           : (const void*)((const int8_t*)W->w + n * K);
-    const long esz = W->kind == EMBER_F32 ? 4 : 1;
+    const void* row = weight_row(W, n);
+    const long esz = elem_size(W);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (long k = 0; k < K; k += 32) {
         /* rows stream from DRAM: software prefetch 2 KB ahead, as in linear_int4.h */
         const char* ahead = (const char*)row + esz * k + 2048;
         _mm_prefetch(ahead, _MM_HINT_T0);
-        if (esz == 4) _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        if (esz > 1) _mm_prefetch(ahead + 64, _MM_HINT_T0);
         a0 = _mm256_fmadd_ps(load_w8(W, row, k), _mm256_loadu_ps(x + k), a0);
         a1 = _mm256_fmadd_ps(load_w8(W, row, k + 8), _mm256_loadu_ps(x + k + 8), a1);
         a2 = _mm256_fmadd_ps(load_w8(W, row, k + 16), _mm256_loadu_ps(x + k + 16), a2);
@@ -145,28 +154,38 @@ static void linear_omp(const ember_weight* W, const float* x, long M, float* y, 
         }
         return;
     }
+    /* Activation rows per pass over the weight: their ~192 KB stay in L2 while every weight
+     * quad of the thread's share goes by (a 512-token prefill's 1.2 MB would come from L3). */
+    long chunk = 49152 / K < 8 ? 8 : (49152 / K) & ~1L;
+    chunk = chunk < M ? chunk : M;
     float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 4 * K);
-    float* r = (float*)malloc(sizeof(float) * 4 * M);
-    #pragma omp for schedule(static)
-    for (long p = 0; p < (N + 3) / 4; p++) {
-        long rows[4];
-        const float* w[4];
-        for (int j = 0; j < 4; j++) {
-            rows[j] = 4 * p + j < N ? 4 * p + j : N - 1;  /* a ragged end repeats the last row */
-            if (buf) {
-                decode_row(W, rows[j], buf + j * K);
-                w[j] = buf + j * K;
-            } else {
-                w[j] = (const float*)W->w + rows[j] * K;
+    float* r = (float*)malloc(sizeof(float) * 4 * chunk);
+    for (long m0 = 0; m0 < M; m0 += chunk) {
+        long mc = M - m0 < chunk ? M - m0 : chunk;
+        const float* xc = x + m0 * K;
+        /* nowait: each chunk writes its own rows of y; the barrier below closes them all */
+        #pragma omp for schedule(static) nowait
+        for (long p = 0; p < (N + 3) / 4; p++) {
+            long rows[4];
+            const float* w[4];
+            for (int j = 0; j < 4; j++) {
+                rows[j] = 4 * p + j < N ? 4 * p + j : N - 1;  /* a ragged end repeats the last row */
+                if (buf) {
+                    decode_row(W, rows[j], buf + j * K);
+                    w[j] = buf + j * K;
+                } else {
+                    w[j] = (const float*)W->w + rows[j] * K;
+                }
+            }
+            dot_quad_buffered(w, K, xc, mc, r);
+            for (int j = 0; j < 4 && 4 * p + j < N; j++) {
+                long n = rows[j];
+                float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+                for (long m = 0; m < mc; m++) put(y + (m0 + m) * ldy + n, r[j * mc + m] * s, W->bias, n, accumulate);
             }
         }
-        dot_quad_buffered(w, K, x, M, r);
-        for (int j = 0; j < 4 && 4 * p + j < N; j++) {
-            long n = rows[j];
-            float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
-            for (long m = 0; m < M; m++) put(y + m * ldy + n, r[j * M + m] * s, W->bias, n, accumulate);
-        }
     }
+    #pragma omp barrier
     free(buf);
     free(r);
 }

@@ -6,9 +6,11 @@
  * paged attention, O + residual, RMSNorm, gate/up, SiLU * up, down + residual], final norm) runs
  * inside one OpenMP parallel region: each step's work is split over the team with `omp for`,
  * whose implicit barriers order the phases, so threads are forked once per token.
- * Projections use the kernels of linear.h on each layer's own storage (fp32, int8 or int4).
- * Attention reads the paged fp32 cache [blocks, block_size, kv_heads, head_dim] through each
- * sequence's block table; softmax in fp32 with exp256_ps. Every token's K and V are written
+ * Projections use the kernels of linear.h on each layer's own storage (fp32, bf16, int8, int4).
+ * Attention reads the paged cache [blocks, block_size, kv_heads, head_dim] (fp32 or bf16)
+ * through each sequence's block table; softmax in fp32 with exp256_ps. Activations and sums
+ * are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
+ * read as bf16 and widened in registers (exact), and only K/V are rounded, when written. Every token's K and V are written
  * before any attention runs, so a prefill chunk's token at position p simply attends to its
  * sequence's positions 0..p: causal attention within the chunk, with no mask.
  * Reference: the model's own forward (ember/models/llama.py) with the `torch` attention backend;
@@ -22,19 +24,20 @@ typedef struct {
     ember_weight qkv, o, gate_up, down;
     const float* input_norm;
     const float* post_norm;
-    float* k_cache;
-    float* v_cache;
+    void* k_cache;  /* float, or bf16 where kv_bf16 */
+    void* v_cache;
 } ember_layer;
 
 typedef struct {
     int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size;
     double eps, scale;
-    const float* embed;      /* [vocab, hidden] */
+    const void* embed;       /* [vocab, hidden], float or bf16 where embed_bf16 */
     const float* final_norm; /* [hidden] */
     const float* cos;        /* [max_position, head_dim] */
     const float* sin;
     const ember_layer* layers;
     double* phase_seconds;   /* NULL, or [3] += seconds in projections, attention, the rest */
+    int64_t embed_bf16, kv_bf16;
 } ember_model;
 
 /* Phase timers for benchmarks/offline_throughput.py's step breakdown: the master thread reads
@@ -71,16 +74,21 @@ static void rope(float* x, long heads, long Dh, const float* c, const float* s) 
  * whole step. Each K and V row is read once for all nh heads: for a prefill chunk, whose
  * tokens' contexts stream from L2, that traffic, not the FMAs, is what bounds attention.
  * q, out: nh rows of Dh, contiguous. scores: nh rows of `ld` >= L + 1 floats. Dh: a multiple of 32. */
-static void attend_heads(const float* q, long nh, const float* kc, const float* vc, const int64_t* off, long L,
-                         long Dh, float scale, float* scores, long ld, float* out) {
+static inline __m256 load_kv8(const void* base, int64_t at, int bf16) {
+    return bf16 ? widen_bf16x8((const uint16_t*)base + at) : _mm256_loadu_ps((const float*)base + at);
+}
+
+/* always_inline with a constant `bf16`: each call site gets its own loop without the branch. */
+static inline __attribute__((always_inline)) void attend_heads(
+        const float* q, long nh, const void* kc, const void* vc, const int64_t* off, long L, long Dh, float scale,
+        float* scores, long ld, float* out, int bf16) {
     /* q . k for two tokens at a time: 2 x nh independent chains, reduced together */
     for (long t = 0; t < L; t += 2) {
-        const float* k0 = kc + off[t];
-        const float* k1 = kc + off[t + 1 < L ? t + 1 : t];
+        const int64_t k0 = off[t], k1 = off[t + 1 < L ? t + 1 : t];
         __m256 a[HEADS_PER_PASS][2];
         for (int h = 0; h < HEADS_PER_PASS; h++) a[h][0] = a[h][1] = _mm256_setzero_ps();
         for (long c = 0; c < Dh; c += 8) {
-            __m256 x0 = _mm256_loadu_ps(k0 + c), x1 = _mm256_loadu_ps(k1 + c);
+            __m256 x0 = load_kv8(kc, k0 + c, bf16), x1 = load_kv8(kc, k1 + c, bf16);
             for (int h = 0; h < HEADS_PER_PASS; h++) {
                 if (h < nh) {
                     __m256 qv = _mm256_loadu_ps(q + h * Dh + c);
@@ -108,11 +116,11 @@ static void attend_heads(const float* q, long nh, const float* kc, const float* 
         for (int h = 0; h < HEADS_PER_PASS; h++)
             for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
         for (long t = 0; t < L; t++) {
-            const float* v = vc + off[t] + c;
+            const int64_t v = off[t] + c;
             for (int h = 0; h < HEADS_PER_PASS; h++) {
                 if (h < nh) {
                     __m256 p = _mm256_set1_ps(scores[h * ld + t]);
-                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[h][i]);
+                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, load_kv8(vc, v + 8 * i, bf16), acc[h][i]);
                 }
             }
         }
@@ -120,6 +128,15 @@ static void attend_heads(const float* q, long nh, const float* kc, const float* 
             for (int i = 0; i < 4; i++)
                 _mm256_storeu_ps(out + h * Dh + c + 8 * i, _mm256_mul_ps(acc[h][i], _mm256_set1_ps(inv[h])));
     }
+}
+
+static void write_kv(void* cache, int64_t at, const float* row, long n, int bf16) {
+    if (!bf16) {
+        memcpy((float*)cache + at, row, sizeof(float) * n);
+        return;
+    }
+    uint16_t* out = (uint16_t*)cache + at;
+    for (long i = 0; i < n; i++) out[i] = f32_to_bf16(row[i]);
 }
 
 static void silu_mul(const float* gu, long I, float* out) {
@@ -157,7 +174,12 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             for (long t = 0; t < ctx_lens[s]; t++) offs[s * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
         }
         #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) memcpy(x + m * D, md->embed + ids[m] * D, sizeof(float) * D);
+        for (long m = 0; m < M; m++) {
+            if (md->embed_bf16)
+                for (long i = 0; i < D; i++) x[m * D + i] = bf16_to_f32(((const uint16_t*)md->embed)[ids[m] * D + i]);
+            else
+                memcpy(x + m * D, (const float*)md->embed + ids[m] * D, sizeof(float) * D);
+        }
         PHASE(OTHER);
         for (long l = 0; l < md->num_layers; l++) {
             const ember_layer* L = md->layers + l;
@@ -170,8 +192,8 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             for (long m = 0; m < M; m++) {
                 float* row = qkv + m * QKV;
                 rope(row, H + Hkv, Dh, md->cos + pos[m] * Dh, md->sin + pos[m] * Dh);
-                memcpy(L->k_cache + slots[m] * KV, row + Q, sizeof(float) * KV);
-                memcpy(L->v_cache + slots[m] * KV, row + Q + KV, sizeof(float) * KV);
+                write_kv(L->k_cache, slots[m] * KV, row + Q, KV, md->kv_bf16);
+                write_kv(L->v_cache, slots[m] * KV, row + Q + KV, KV, md->kv_bf16);
             }
             PHASE(ATTENTION);
             /* dynamic: a prefill chunk's tokens have contexts of every length up to the chunk's end */
@@ -180,8 +202,15 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             for (long item = 0; item < M * Hkv * passes; item++) {
                 long kvh = item / (M * passes), m = item / passes % M, h0 = kvh * group + item % passes * HEADS_PER_PASS;
                 long nh = kvh * group + group - h0 < HEADS_PER_PASS ? kvh * group + group - h0 : HEADS_PER_PASS;
-                attend_heads(qkv + m * QKV + h0 * Dh, nh, L->k_cache + kvh * Dh, L->v_cache + kvh * Dh,
-                             offs + seq[m] * max_len, pos[m] + 1, Dh, scale, scores, ld, att + m * Q + h0 * Dh);
+                const float* q = qkv + m * QKV + h0 * Dh;
+                float* o = att + m * Q + h0 * Dh;
+                const int64_t* off = offs + seq[m] * max_len;
+                if (md->kv_bf16)
+                    attend_heads(q, nh, (const uint16_t*)L->k_cache + kvh * Dh, (const uint16_t*)L->v_cache + kvh * Dh,
+                                 off, pos[m] + 1, Dh, scale, scores, ld, o, 1);
+                else
+                    attend_heads(q, nh, (const float*)L->k_cache + kvh * Dh, (const float*)L->v_cache + kvh * Dh,
+                                 off, pos[m] + 1, Dh, scale, scores, ld, o, 0);
             }
             PHASE(ATTENTION);
             linear_omp(&L->o, att, M, x, D, 1);

@@ -25,6 +25,17 @@ static inline float bf16_to_f32(uint16_t h) {
     return v.f;
 }
 
+/* fp32 -> bf16, rounding to nearest even (as torch's .to(torch.bfloat16) does; no NaNs here). */
+static inline uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+/* 8 bf16 values widened to fp32: exact, a zero-extension and a shift. */
+static inline __m256 widen_bf16x8(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
 /* exp(x) for 8 floats: Cephes' range reduction and degree-6 polynomial (~1 ulp); x below
  * -87.3 gives 0, so masked softmax entries of -inf come out as exact zeros. */
 static inline __m256 exp256_ps(__m256 x) {
