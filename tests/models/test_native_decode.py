@@ -202,15 +202,27 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 3, 7, 70, 200])
-def test_bf16_kernel_matches_the_widened_matrix(rows):
-    """csrc/linear.h's BF16 storage, every path (1 row, <= 4 rows, L1-buffered quads over
-    activation chunks), against F.linear on the widened weight; N ragged (not a multiple of 4)."""
+@pytest.mark.parametrize("rows", [1, 3, 7, 16, 23, 200])
+@pytest.mark.parametrize("kind", ["f32", "bf16", "int8"])
+def test_row_major_kernels_match_the_widened_matrix(kind, rows):
+    """csrc/linear.h's row-major storages on every path (1 row; up to 4 rows; 5-15 rows on
+    L1-buffered weight quads; from 16 rows, transposed panels under a 6 x 16 tile, over
+    activation chunks) against F.linear on the widened weight; N ragged (not a multiple of 16)."""
     torch.manual_seed(rows)
     for n, k in ((515, 576), (97, 1536)):
-        w = torch.randn(n, k).bfloat16()
+        w = torch.randn(n, k)
         bias = torch.randn(n)
         x = torch.randn(rows, k)
-        got = native.linear(x, native.weight(native.BF16, w, n, k, bias=bias))
-        expected = torch.nn.functional.linear(x, w.float(), bias)
+        if kind == "f32":
+            stored, dense, scale = w, w, None
+        elif kind == "bf16":
+            stored = w.bfloat16()
+            dense, scale = stored.float(), None
+        else:
+            scale = w.abs().amax(1) / 127
+            stored = torch.round(w / scale[:, None]).to(torch.int8)
+            dense = stored.float() * scale[:, None]
+        code = {"f32": native.F32, "bf16": native.BF16, "int8": native.INT8}[kind]
+        got = native.linear(x, native.weight(code, stored, n, k, scale=scale, bias=bias))
+        expected = torch.nn.functional.linear(x, dense, bias)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

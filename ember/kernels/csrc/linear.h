@@ -10,9 +10,9 @@
  * F32, BF16 and INT8 sums are fp32 on fp32 activations; the weight is widened in registers
  * (bf16: a shift), never written out as a whole float matrix. Up to 4 rows (decode at batch
  * 1-4, memory-bound) the weight row is read once per tile of rows straight into the FMAs.
- * Above that (batched decode and prefill, arithmetic-bound) four weight rows are decoded into
- * an fp32 buffer in L1 and reused by every pair of activation rows of a chunk small enough
- * to stay in L2.
+ * From 5 rows four weight rows are decoded into an fp32 buffer in L1 and reused by every pair
+ * of activation rows; from PANEL_MIN_ROWS (batched decode and prefill, arithmetic-bound) 16
+ * rows are transposed into a panel for a 6 x 16 register tile (linear_panels.h).
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
  * it shares that team (the fused decoder); alone it runs on one thread.
  * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
@@ -129,6 +129,10 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 
 #include "linear_int4.h"
 #include "linear_int8_panels.h"
+#include "linear_panels.h"
+
+/* From this many rows the 6 x 16 tile of linear_panels.h beats the row pairs below. */
+#define PANEL_MIN_ROWS 16
 
 /* y[m * ldy + n] = (or +=, with accumulate) x[m] . W[n] + bias[n]. K: a multiple of 32. */
 static void linear_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
@@ -154,38 +158,32 @@ static void linear_omp(const ember_weight* W, const float* x, long M, float* y, 
         }
         return;
     }
-    /* Activation rows per pass over the weight: their ~192 KB stay in L2 while every weight
-     * quad of the thread's share goes by (a 512-token prefill's 1.2 MB would come from L3). */
-    long chunk = 49152 / K < 8 ? 8 : (49152 / K) & ~1L;
-    chunk = chunk < M ? chunk : M;
+    if (M >= PANEL_MIN_ROWS) {
+        linear_panels_omp(W, x, M, y, ldy, accumulate);
+        return;
+    }
     float* buf = W->kind == EMBER_F32 ? NULL : (float*)malloc(sizeof(float) * 4 * K);
-    float* r = (float*)malloc(sizeof(float) * 4 * chunk);
-    for (long m0 = 0; m0 < M; m0 += chunk) {
-        long mc = M - m0 < chunk ? M - m0 : chunk;
-        const float* xc = x + m0 * K;
-        /* nowait: each chunk writes its own rows of y; the barrier below closes them all */
-        #pragma omp for schedule(static) nowait
-        for (long p = 0; p < (N + 3) / 4; p++) {
-            long rows[4];
-            const float* w[4];
-            for (int j = 0; j < 4; j++) {
-                rows[j] = 4 * p + j < N ? 4 * p + j : N - 1;  /* a ragged end repeats the last row */
-                if (buf) {
-                    decode_row(W, rows[j], buf + j * K);
-                    w[j] = buf + j * K;
-                } else {
-                    w[j] = (const float*)W->w + rows[j] * K;
-                }
-            }
-            dot_quad_buffered(w, K, xc, mc, r);
-            for (int j = 0; j < 4 && 4 * p + j < N; j++) {
-                long n = rows[j];
-                float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
-                for (long m = 0; m < mc; m++) put(y + (m0 + m) * ldy + n, r[j * mc + m] * s, W->bias, n, accumulate);
+    float* r = (float*)malloc(sizeof(float) * 4 * M);
+    #pragma omp for schedule(static)
+    for (long p = 0; p < (N + 3) / 4; p++) {
+        long rows[4];
+        const float* w[4];
+        for (int j = 0; j < 4; j++) {
+            rows[j] = 4 * p + j < N ? 4 * p + j : N - 1;  /* a ragged end repeats the last row */
+            if (buf) {
+                decode_row(W, rows[j], buf + j * K);
+                w[j] = buf + j * K;
+            } else {
+                w[j] = (const float*)W->w + rows[j] * K;
             }
         }
+        dot_quad_buffered(w, K, x, M, r);
+        for (int j = 0; j < 4 && 4 * p + j < N; j++) {
+            long n = rows[j];
+            float s = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+            for (long m = 0; m < M; m++) put(y + m * ldy + n, r[j * M + m] * s, W->bias, n, accumulate);
+        }
     }
-    #pragma omp barrier
     free(buf);
     free(r);
 }
