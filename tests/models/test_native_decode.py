@@ -2,10 +2,11 @@
 
 One step of several sequences, each at the end of a prefilled context in the paged cache,
 computed both ways from the same cache: the final hidden states and the K/V written must
-agree to fp32 rounding, for every storage the C kernels read (fp32, int8, int4), at batch
-sizes on both kernel paths (up to 4 rows: weights decoded into the FMAs; more: decoded rows
-reused from L1). Decode steps bring one token per sequence; mixed steps bring prefill chunks
-too (causal attention inside a chunk, after cached tokens). The engine-level checks are in
+agree to fp32 rounding, for every storage the C kernels read (fp32, int8, int4; bf16 against
+an fp32 twin of its values), at batch sizes on the different kernel paths (up to 4 rows:
+weights read into the FMAs; 5-15: decoded rows reused from L1; 16 and more: transposed
+panels). Decode steps bring one token per sequence; mixed steps bring prefill chunks too
+(causal attention inside a chunk, after cached tokens). The engine-level checks are in
 tests/engine/test_fused_decode.py.
 """
 

@@ -1,4 +1,4 @@
-/* Weight-only linear kernels for decode-sized batches: y[M,N] (+)= x[M,K] @ W^T (+ bias).
+/* Weight-only linear kernels, decode to prefill sizes: y[M,N] (+)= x[M,K] @ W^T (+ bias).
  *
  * Five storages (ember_weight.kind):
  *   F32   w: float [N,K]
