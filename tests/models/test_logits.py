@@ -12,7 +12,8 @@ Measured on SmolLM2-135M-Instruct Q4_1 (CPU, torch 2.13, transformers 5.24), pro
   round differently (different kernels and fusion: ember fuses Q/K/V and gate/up), not worse.
   Tolerances below keep a 2x margin or more over these measurements.
 - one flat varlen batch vs one sequence at a time: fp32 max diff <= 3e-5 (different matmul
-  blocking), bf16 identical.
+  blocking); bf16 within the bf16 tolerances below (the C kernels' row-count-dependent sums,
+  amplified by bf16 rounding; identical while bf16 ran on torch's GEMM).
 """
 
 from __future__ import annotations
@@ -101,13 +102,26 @@ def test_varlen_batch_equals_one_at_a_time(ember_lm, ours_fp32, prompts):
         torch.testing.assert_close(logits, ours_fp32[name], atol=BATCH_ATOL, rtol=0)
 
 
-def test_bf16_varlen_batch_equals_one_at_a_time(ember_lm_bf16, prompts):
+def test_bf16_varlen_batch_close_to_one_at_a_time(ember_lm_bf16, prompts):
+    """Where the CPU has no bf16 GEMM the bf16 products run on the C kernels, whose sums run in
+    a row-count-dependent order (up to 4 rows, 5-15, 16+): a last-bit difference in an fp32
+    sum can round a bf16 activation the other way, and 30 layers of bf16 rounding carry it
+    on. So batched and alone agree as two bf16 runs do, not bit for bit (measured on the
+    5-token prompt: max |diff| 0.625, 0.013 of the logit range, mean 0.13, argmax the same at
+    every position; the other prompt identical)."""
     seqs = [prompts["short"], prompts["unicode"]]
     alone = [ember_logits(ember_lm_bf16.model, [s])[0] for s in seqs]
     batched = ember_logits(ember_lm_bf16.model, seqs)
+    report = []
     for a, b in zip(alone, batched):
-        # bf16 activations: allow a couple of bf16 ulps at the logit scale (measured identical).
-        torch.testing.assert_close(b, a, atol=0.1, rtol=0)
+        diff = (b - a).abs()
+        logit_range = float(a.max() - a.min())
+        report.append(f"max {diff.max():.3f} mean {diff.mean():.4f} range {logit_range:.1f} "
+                      f"argmax agree {float((a.argmax(-1) == b.argmax(-1)).float().mean()):.3f}")
+        assert diff.max() < BF16_REL_TOL * logit_range, report[-1]
+        assert diff.mean() < BF16_MEAN_TOL, report[-1]
+        assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= BF16_ARGMAX_MIN, report[-1]
+    print("; ".join(report))
 
 
 def test_bf16_logits_close_to_transformers_bf16(ember_lm_bf16, hf_model_bf16, oracle_fp32, prompts):
