@@ -217,15 +217,17 @@ def cmd_eval_ppl(args) -> int:
     lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
     result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,
                                  score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json,
-                                 decode=args.decode, fused_decode=cfg.fused_decode != "off")
+                                 decode=args.decode, fused_decode=cfg.fused_decode != "off",
+                                 kv_cache_dtype=cfg.kv_cache_dtype)
     data = result.to_json()
-    data.update(model=lm.path, dtype=cfg.dtype, linear=cfg.linear, text=args.text or "pydoc_data.topics",
+    data.update(model=lm.path, dtype=cfg.dtype, linear=cfg.linear, kv_cache_dtype=cfg.kv_cache_dtype, text=args.text or "pydoc_data.topics",
                 mode="decode" if args.decode else "prefill")
     if args.json:
         print(json.dumps(data))
     else:
         print(f"perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens scored "
               f"({result.windows} windows of {args.context}, score={args.score}, dtype={cfg.dtype}, "
+              f"{'' if cfg.kv_cache_dtype == 'auto' else f'kv {cfg.kv_cache_dtype}, '}"
               f"{'decode, ' if args.decode else ''}"
               f"{result.seconds:.1f} s)")
     return 0

@@ -42,6 +42,7 @@ class EngineConfig:
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
+    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head)"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
@@ -64,6 +65,10 @@ class EngineConfig:
             raise ValueError(f"linear {self.linear!r} is not one of: {', '.join(LINEAR_METHODS.names())}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention {self.attention!r} is not one of: {', '.join(ATTENTION_BACKENDS.names())}")
+        from ember.kv.codecs import KV_CODECS
+
+        if self.kv_cache_dtype not in KV_CODECS:
+            raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not one of: {', '.join(KV_CODECS.names())}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from ember.config import EngineConfig, parse_bytes
-from ember.kv.cache import PagedKVCache
+from ember.config import EngineConfig
+from ember.kv.spec import kv_cache_spec
 from ember.loader import read_model_config, resolve_model_path
 
 
@@ -15,10 +15,7 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
     path = resolve_model_path(cfg.model)
     mc, fmt = read_model_config(path)
     dtype = cfg.torch_dtype
-    elem = torch.empty((), dtype=dtype).element_size()
-    kv_token = mc.kv_bytes_per_token(elem)
-    block_bytes = PagedKVCache.bytes_per_block(mc.num_layers, cfg.block_size, mc.num_kv_heads, mc.head_dim, dtype)
-    blocks = -(-cfg.kv_cache_tokens // cfg.block_size) if cfg.kv_cache_tokens else parse_bytes(cfg.kv_cache_memory) // block_bytes
+    spec = kv_cache_spec(cfg, mc)
     params = mc.num_parameters()
     file_bytes = os.path.getsize(path) if os.path.isfile(path) else sum(
         os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
@@ -49,10 +46,11 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "dtype": cfg.dtype,
         "linear": cfg.linear,
         "weight_bytes_loaded": _loaded_weight_bytes(mc, cfg.linear, dtype),
-        "kv_bytes_per_token": kv_token,
-        "kv_cache_blocks": blocks,
-        "kv_cache_tokens": blocks * cfg.block_size,
-        "kv_cache_bytes": blocks * block_bytes,
+        "kv_cache_dtype": cfg.kv_cache_dtype,
+        "kv_bytes_per_token": spec.bytes_per_token,
+        "kv_cache_blocks": spec.num_blocks,
+        "kv_cache_tokens": spec.num_tokens,
+        "kv_cache_bytes": spec.total_bytes,
     }
     if energy:
         info["energy"] = _energy(mc, cfg)
@@ -98,7 +96,7 @@ def _energy(mc, cfg: EngineConfig, context_len: int = 1024) -> dict:
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:g} B"
         n /= 1024
     return str(n)
 
@@ -120,7 +118,8 @@ def format_info(info: dict) -> str:
         lines.append(f"weights       {_size(info['weight_bytes_loaded'])} once loaded (linear {info['linear']}, "
                      f"dtype {info['dtype']})")
     lines.append("layer shapes  " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in info["layer_shapes"].items()))
-    lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {info['dtype']}")
+    kv_dtype = info["kv_cache_dtype"] if info["kv_cache_dtype"] != "auto" else info["dtype"]
+    lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included)")
     lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "
                  f"({_size(info['kv_cache_bytes'])})")
     if "energy" in info:

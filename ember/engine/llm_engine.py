@@ -10,7 +10,7 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from ember.config import EngineConfig, parse_bytes
+from ember.config import EngineConfig
 from ember.engine.detokenize import TextState
 from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
@@ -22,6 +22,7 @@ from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
+from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
 
 
@@ -44,21 +45,11 @@ class LLMEngine:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
         self.loaded = loaded
         self.model, self.tokenizer, self.model_config = self.loaded.model, self.loaded.tokenizer, self.loaded.config
-        mc = self.model_config
-        bs = config.block_size
-        block_bytes = PagedKVCache.bytes_per_block(mc.num_layers, bs, mc.num_kv_heads, mc.head_dim, config.torch_dtype)
-        if config.kv_cache_tokens:
-            num_blocks = -(-config.kv_cache_tokens // bs)
-        else:
-            num_blocks = parse_bytes(config.kv_cache_memory) // block_bytes
-        limit = config.max_model_len or mc.max_position
-        # Never allocate more than max_num_seqs full-length sequences could use.
-        num_blocks = max(1, min(num_blocks, config.max_num_seqs * -(-limit // bs) + 1))
-        self.num_blocks = num_blocks
-        self.kv_cache_bytes = num_blocks * block_bytes
-        self.max_model_len = min(limit, mc.max_position, num_blocks * bs)
-        self.kv_cache = PagedKVCache(mc.num_layers, num_blocks, bs, mc.num_kv_heads, mc.head_dim, config.torch_dtype)
-        self.kv = KVCacheManager(num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
+        spec = kv_cache_spec(config, self.model_config)
+        self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
+        self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
+        self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks)
+        self.kv = KVCacheManager(spec.num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, POLICIES.create(config.policy), config.max_num_seqs,
                                    config.max_num_batched_tokens, preemptor=self._make_preemptor())
         attention = get_attention_backend(config.attention)

@@ -14,20 +14,24 @@ import torch
 from ember.kernels.attention import AttentionMetadata
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
+from ember.kv.codecs import get_kv_codec
 
 BLOCK_SIZE = 16
 
 
 @torch.inference_mode()
-def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = True, attention=None) -> torch.Tensor:
+def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = True, attention=None,
+                      kv_cache_dtype: str = "auto") -> torch.Tensor:
     """NLL [B, C-1-first] of each window's predictions from positions first..C-2, one decode
-    step per position. windows: [B, C] token ids; attention: the backend (default: the model's)."""
+    step per position. windows: [B, C] token ids; attention: the backend (default: the model's);
+    kv_cache_dtype: the KV codec the cache stores with."""
     from ember.eval.perplexity import token_nll
 
     num, context = windows.shape
     cfg = model.cfg
     per_seq = -(-context // BLOCK_SIZE)
-    cache = PagedKVCache(cfg.num_layers, num * per_seq, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    codec = get_kv_codec(kv_cache_dtype, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    cache = PagedKVCache(codec, cfg.num_layers, num * per_seq)
     tables = torch.arange(num * per_seq, dtype=torch.long).view(num, per_seq)
     attention = attention or model.attention
     decoder = None

@@ -108,11 +108,13 @@ def window_nll(model, windows: torch.Tensor, first: int = 0,
 
 def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tokens: int | None = None,
                         score: str = "all", windows_per_batch: int = 4, progress: bool = True,
-                        decode: bool = False, fused_decode: bool = True, attention=None) -> PerplexityResult:
+                        decode: bool = False, fused_decode: bool = True, attention=None,
+                        kv_cache_dtype: str = "auto") -> PerplexityResult:
     """Perplexity of `model` over `text` by the windowed recipe in this module's docstring.
     decode: feed each window one token per step through the KV cache (eval/decode_nll.py)
     instead of one forward per window; fused_decode: let those steps take the fused C step;
-    attention: the backend of those steps (default: the model's)."""
+    attention: the backend of those steps (default: the model's); kv_cache_dtype: the KV codec
+    of those steps' cache (a prefill-mode window runs without a cache, so it only applies to decode)."""
     started = time.perf_counter()
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens (one prediction), got {context}")
@@ -122,6 +124,8 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
     max_position = model.cfg.max_position
     if context > max_position:
         raise ValueError(f"context {context} is beyond the model's maximum of {max_position} positions")
+    if kv_cache_dtype != "auto" and not decode:
+        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} needs decode mode: prefill windows run without a KV cache")
     if windows_per_batch < 1:
         raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
     if max_tokens is not None and max_tokens < context:
@@ -142,7 +146,7 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
               unit="window", disable=not progress) as bar:
         for start in range(0, num_windows, windows_per_batch):
             batch = windows[start:start + windows_per_batch]
-            nll = decode_window_nll(model, batch, first, fused_decode, attention) if decode else window_nll(model, batch, first)
+            nll = decode_window_nll(model, batch, first, fused_decode, attention, kv_cache_dtype) if decode else window_nll(model, batch, first)
             nll_sum += float(nll.double().sum())
             scored += nll.numel()
             bar.update(nll.shape[0])

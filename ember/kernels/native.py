@@ -43,6 +43,48 @@ class Weight(ctypes.Structure):
                 ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("sm", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
 
 
+class KVLayout(ctypes.Structure):
+    """csrc/attention_paged.h's ember_kv_layout: how every layer's KV blocks are stored."""
+    _fields_ = [("kind", ctypes.c_int64), ("block_size", ctypes.c_int64), ("num_kv_heads", ctypes.c_int64),
+                ("head_dim", ctypes.c_int64), ("fp8_table", ctypes.c_void_p), ("fp8_max", ctypes.c_double),
+                ("fp8_man_bits", ctypes.c_int64), ("fp8_bias", ctypes.c_int64)]
+
+
+class KVLayer(ctypes.Structure):
+    """csrc/attention_paged.h's ember_kv_layer: one layer's KV tensors, by pointer."""
+    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("k_scale", ctypes.c_void_p),
+                ("v_scale", ctypes.c_void_p)]
+
+
+def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
+    """The C description of a KV codec's layout (kinds: the library's kind names, in order), and
+    the decode table it points to (keep it alive as long as the layout)."""
+    table = getattr(codec, "table", None)
+    fmt = getattr(codec, "fmt", None)
+    layout = KVLayout(kinds.index(codec.native_kind), codec.block_size, codec.num_kv_heads, codec.head_dim,
+                      None if table is None else table.data_ptr(), getattr(codec, "fmax", 0.0),
+                      fmt.man_bits if fmt else 0, fmt.bias if fmt else 0)
+    return layout, table
+
+
+def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
+    ptr = lambda name: tensors[name].data_ptr() if name in tensors else None  # noqa: E731
+    return KVLayer(ptr("k"), ptr("v"), ptr("k_scale"), ptr("v_scale"))
+
+
+def check_abi(lib: ctypes.CDLL, symbol: str, structs: dict[str, type]) -> dict:
+    """Read what a library reports of itself (`name=value` pairs: struct sizes, kind names) and
+    check every struct Python mirrors against it: a layout change on one side fails here, at
+    load, instead of reading garbage. Returns {"kv_kinds": [...], ...}."""
+    fn = getattr(lib, symbol)
+    fn.restype = ctypes.c_char_p
+    pairs = dict(item.split("=", 1) for item in fn().decode().split())
+    for name, struct in structs.items():
+        if int(pairs[name]) != ctypes.sizeof(struct):
+            raise RuntimeError(f"{symbol}: {name} is {pairs[name]} bytes in C, {ctypes.sizeof(struct)} in Python")
+    return {"kv_kinds": [k for k in pairs.get("kv_kinds", "").split(",") if k]}
+
+
 def weight(kind: int, w: torch.Tensor, n: int, k: int, scale: torch.Tensor | None = None,
            sm: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
     """A Weight over contiguous tensors (they must outlive it); None if the kernels can't take it

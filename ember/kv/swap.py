@@ -1,7 +1,7 @@
 """Swap preemption: a preempted request's KV blocks move to a host-memory pool and back.
 
 The host pool is preallocated (`swap_space`), so a swap is a gather into it and a scatter
-back, per layer, in one copy each way. When the host pool is full the request falls back to
+back, one copy per tensor of each layer (codes and scales alike). When the host pool is full the request falls back to
 recompute (its blocks are simply freed).
 """
 
@@ -19,23 +19,27 @@ from ember.kv.manager import KVCacheManager
 
 
 class HostKVPool:
+    """Host blocks shaped like the device cache's, one dict of tensors per layer (the codec's)."""
+
     def __init__(self, like: PagedKVCache, num_blocks: int):
-        shape = (num_blocks, like.block_size, like.num_kv_heads, like.head_dim)
-        pin = torch.cuda.is_available() and like.k[0].is_cuda  # pinned memory only helps device copies
-        self.k = [torch.empty(shape, dtype=t.dtype, pin_memory=pin) for t in like.k]
-        self.v = [torch.empty(shape, dtype=t.dtype, pin_memory=pin) for t in like.v]
+        self.layers = [like.codec.allocate(num_blocks) for _ in range(like.num_layers)]
         self.free = deque(range(num_blocks))
         self.num_blocks = num_blocks
+
+
+def copy_blocks(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
+    """Every tensor of every layer: dst_layers[..][dst] = src_layers[..][src]."""
+    src_t, dst_t = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
+    for a, b in zip(src_layers, dst_layers):
+        for name, t in a.items():
+            b[name][dst_t] = t[src_t]
 
 
 class SwapPreemptor(Preemptor):
     def __init__(self, engine):
         cache: PagedKVCache = engine.kv_cache
-        mc = engine.model_config
-        block_bytes = PagedKVCache.bytes_per_block(mc.num_layers, cache.block_size, mc.num_kv_heads, mc.head_dim,
-                                                   cache.k[0].dtype)
         self.cache = cache
-        self.host = HostKVPool(cache, max(1, parse_bytes(engine.config.swap_space) // block_bytes))
+        self.host = HostKVPool(cache, max(1, engine.kv_spec.blocks_in(parse_bytes(engine.config.swap_space))))
         self.swapped: dict[str, tuple[list[int], int]] = {}  # request -> (host blocks, computed tokens)
         self.num_swapped_out = self.num_swapped_in = 0
 
@@ -45,11 +49,7 @@ class SwapPreemptor(Preemptor):
         if keep == 0 or keep > len(self.host.free):
             return super().preempt(request, kv)  # nothing to save, or no room: recompute instead
         host = [self.host.free.popleft() for _ in range(keep)]
-        src = torch.tensor(request.block_ids[:keep], dtype=torch.long)
-        dst = torch.tensor(host, dtype=torch.long)
-        for layer in range(len(self.cache.k)):
-            self.host.k[layer][dst] = self.cache.k[layer][src]
-            self.host.v[layer][dst] = self.cache.v[layer][src]
+        copy_blocks(self.cache.layers, request.block_ids[:keep], self.host.layers, host)
         self.swapped[request.request_id] = (host, request.num_computed_tokens)
         self.num_swapped_out += 1
         kv.free(request)
@@ -63,11 +63,7 @@ class SwapPreemptor(Preemptor):
         if kv.blocks_needed(request.num_tokens) > kv.pool.num_free_blocks:
             return False  # wait until the whole sequence fits again
         blocks = kv.pool.allocate(len(host))
-        src = torch.tensor(host, dtype=torch.long)
-        dst = torch.tensor(blocks, dtype=torch.long)
-        for layer in range(len(self.cache.k)):
-            self.cache.k[layer][dst] = self.host.k[layer][src]
-            self.cache.v[layer][dst] = self.host.v[layer][src]
+        copy_blocks(self.host.layers, host, self.cache.layers, blocks)
         request.block_ids = blocks
         request.num_computed_tokens = computed
         self.release(request)

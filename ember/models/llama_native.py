@@ -22,17 +22,20 @@ from ember.kernels.attention import AttentionBackend, AttentionMetadata
 
 class _Layer(ctypes.Structure):
     _fields_ = [("qkv", native.Weight), ("o", native.Weight), ("gate_up", native.Weight), ("down", native.Weight),
-                ("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p),
-                ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p)]
+                ("input_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p), ("kv", native.KVLayer)]
 
 
 class _Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim",
-                                                     "intermediate", "block_size")] + \
+                                                     "intermediate")] + \
                [("eps", ctypes.c_double), ("scale", ctypes.c_double), ("embed", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
                 ("layers", ctypes.POINTER(_Layer)), ("phase_seconds", ctypes.c_void_p),
-                ("embed_bf16", ctypes.c_int64), ("kv_bf16", ctypes.c_int64)]
+                ("embed_bf16", ctypes.c_int64), ("kv", native.KVLayout)]
+
+
+_STRUCTS = {"ember_model": _Model, "ember_layer": _Layer, "ember_weight": native.Weight,
+            "ember_kv_layout": native.KVLayout, "ember_kv_layer": native.KVLayer}
 
 
 class NativeDecoder:
@@ -46,14 +49,17 @@ class NativeDecoder:
                             f"it runs fp32 and bf16 models only (this one is {model.dtype})")
         self._refuse_unless(getattr(attention, "plain_softmax", False),
                             f"the {attention.name!r} attention backend is not plain softmax attention")
-        self._refuse_unless(kv_cache is not None and all(t.dtype in (torch.float32, torch.bfloat16) and t.is_contiguous()
-                                                         and t.dtype == kv_cache.k[0].dtype
-                                                         for t in kv_cache.k + kv_cache.v),
-                            "it needs a contiguous fp32 or bf16 KV cache")
+        self._refuse_unless(kv_cache is not None, "it runs over a paged KV cache")
         self._refuse_unless(cfg.hidden_size % 32 == 0 and cfg.intermediate_size % 32 == 0 and cfg.head_dim % 32 == 0
                             and cfg.num_heads % cfg.num_kv_heads == 0, "the model's sizes don't fit its kernels")
         lib = native.load("llama_decode")
         self._refuse_unless(lib is not None, "the C kernels can't be built here (no C compiler or no AVX2)")
+        abi = native.check_abi(lib, "ember_llama_decode_abi", _STRUCTS)
+        codec = kv_cache.codec
+        self._refuse_unless(codec.native_kind in abi["kv_kinds"],
+                            f"it can't read the {codec.name!r} KV cache layout")
+        self._refuse_unless(all(t.is_contiguous() for layer in kv_cache.layers for t in layer.values()),
+                            "it needs a contiguous KV cache")
         self._lib, self.cfg, self._model = lib, cfg, model
         # Small tables the C code reads as fp32 (norm weights, RoPE): widened copies for bf16.
         f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731
@@ -68,14 +74,15 @@ class NativeDecoder:
                 self._refuse_unless(w is not None, f"linear method {lin.method.name!r} has no C kernel for this weight")
                 ws.append(w)
             layers[i] = _Layer(*ws, self._norms[i][0].data_ptr(), self._norms[i][1].data_ptr(),
-                               kv_cache.k[i].data_ptr(), kv_cache.v[i].data_ptr())
+                               native.kv_layer(kv_cache.layers[i]))
         self._layers = layers  # the structs point into model and cache tensors, which outlive self
         self.takes_prefill = all(lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
                                  for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
+        self._kv_layout, self._fp8_table = native.kv_layout(codec, abi["kv_kinds"])
         self._desc = _Model(cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                            cfg.intermediate_size, kv_cache.block_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,
+                            cfg.intermediate_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,
                             model.embed.data_ptr(), *(t.data_ptr() for t in self._tables), layers, None,
-                            model.embed.dtype == torch.bfloat16, kv_cache.k[0].dtype == torch.bfloat16)
+                            model.embed.dtype == torch.bfloat16, self._kv_layout)
         self._work_per_row = 2 * cfg.hidden_size + cfg.q_size + 2 * cfg.kv_size + cfg.q_size + 3 * cfg.intermediate_size
         self._work = torch.empty(0)
         self.phase_seconds: torch.Tensor | None = None

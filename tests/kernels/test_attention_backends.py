@@ -72,7 +72,7 @@ def test_c_prefill_kernel_declines_what_it_cannot_take():
 def test_paged_cache_chunked_prefill_and_decode(backend_name, dim):
     """Prefill chunks and decodes through scattered blocks equal one full causal pass."""
     block = 4
-    cache = PagedKVCache(num_layers=1, num_blocks=32, block_size=block, num_kv_heads=2, head_dim=dim)
+    cache = PagedKVCache.create(num_layers=1, num_blocks=32, block_size=block, num_kv_heads=2, head_dim=dim)
     backend = get_attention_backend(backend_name)
     lengths = [13, 7, 9]
     q, k, v = random_batch(lengths, seed=1, dim=dim)
@@ -104,5 +104,5 @@ def test_paged_cache_chunked_prefill_and_decode(backend_name, dim):
 
 def test_fresh_cache_is_finite():
     """Batched decode reads padding slots under a mask; 0 x NaN there would poison the output."""
-    cache = PagedKVCache(num_layers=2, num_blocks=8, block_size=4, num_kv_heads=2, head_dim=8)
+    cache = PagedKVCache.create(num_layers=2, num_blocks=8, block_size=4, num_kv_heads=2, head_dim=8)
     assert all(torch.isfinite(t).all() for t in cache.k + cache.v)

@@ -222,7 +222,7 @@ def test_greedy_generation_with_paged_kv_cache(ember_lm, greedy_cases):
     max_len = max(len(p) for p, _ in greedy_cases) + CACHED_DECODE_TOKENS
     blocks_per_seq = -(-max_len // block_size)
     n = len(greedy_cases)
-    cache = PagedKVCache(cfg.num_layers, n * blocks_per_seq, block_size, cfg.num_kv_heads, cfg.head_dim,
+    cache = PagedKVCache.create(cfg.num_layers, n * blocks_per_seq, block_size, cfg.num_kv_heads, cfg.head_dim,
                          dtype=model.dtype)
     # Interleave the blocks of the sequences, so a mix-up between block tables cannot go unnoticed.
     block_tables = torch.arange(n * blocks_per_seq).view(blocks_per_seq, n).T.contiguous()

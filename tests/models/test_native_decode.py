@@ -38,7 +38,7 @@ def _one_step_both_ways(lm, contexts, seed=0, new=None):
     model, cfg = lm.model, lm.config
     new = new or [1] * len(contexts)
     rng = random.Random(seed)
-    cache = PagedKVCache(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+    cache = PagedKVCache.create(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
     free = list(range(1, 128))
     rng.shuffle(free)  # scattered, non-contiguous blocks
     tables = [[free.pop() for _ in range(-(-(len(c) + n) // BLOCK))] for c, n in zip(contexts, new)]
@@ -51,7 +51,7 @@ def _one_step_both_ways(lm, contexts, seed=0, new=None):
         ids = torch.tensor([rng.randrange(cfg.vocab_size) for n in new for _ in range(n)])
         positions = torch.tensor([p for c, n in zip(contexts, new) for p in range(len(c), len(c) + n)])
         meta = _meta([len(c) + n for c, n in zip(contexts, new)], new, tables)
-        fused_cache = PagedKVCache(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+        fused_cache = PagedKVCache.create(cfg.num_layers, 128, BLOCK, cfg.num_kv_heads, cfg.head_dim)
         for a, b in zip(fused_cache.k + fused_cache.v, cache.k + cache.v):
             a.copy_(b)
         expected = model(ids, positions, meta, cache, reference)
@@ -114,7 +114,7 @@ def test_only_int4_sends_prefill_through_the_fused_step(ember_lm, ember_lm_int8,
         pytest.skip("the C kernels need a C compiler and AVX2")
     takes = {}
     for name, lm in (("dense", ember_lm), ("int8", ember_lm_int8), ("int4", ember_lm_int4)):
-        cache = PagedKVCache(lm.config.num_layers, 4, BLOCK, lm.config.num_kv_heads, lm.config.head_dim)
+        cache = PagedKVCache.create(lm.config.num_layers, 4, BLOCK, lm.config.num_kv_heads, lm.config.head_dim)
         takes[name] = lm.model.native_decoder(cache, get_attention_backend("batched")).takes_prefill
     assert takes == {"dense": False, "int8": False, "int4": True}
 
@@ -170,8 +170,8 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
     rng.shuffle(free)
     tables = [[free.pop() for _ in range(-(-(len(c) + n) // BLOCK))] for c, n in zip(contexts, new)]
     reference = get_attention_backend("torch")
-    cache32 = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim)
-    cache16 = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
+    cache32 = PagedKVCache.create(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim)
+    cache16 = PagedKVCache.create(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
     with torch.inference_mode():
         for i, ctx in enumerate(contexts):
             twin(torch.tensor(ctx), torch.arange(len(ctx)), _meta([len(ctx)], [len(ctx)], [tables[i]]), cache32, reference)
@@ -181,7 +181,7 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
         step = torch.tensor([rng.randrange(cfg.vocab_size) for n in new for _ in range(n)])
         positions = torch.tensor([p for c, n in zip(contexts, new) for p in range(len(c), len(c) + n)])
         meta = _meta([len(c) + n for c, n in zip(contexts, new)], new, tables)
-        cache_torch = PagedKVCache(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
+        cache_torch = PagedKVCache.create(cfg.num_layers, 64, BLOCK, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
         for a, b in zip(cache_torch.k + cache_torch.v, cache16.k + cache16.v):
             a.copy_(b)
         expected = twin(step, positions, meta, cache32, reference)
@@ -197,7 +197,7 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
     # Layer 0's new K/V: the twin's, rounded to bf16 (one bf16 ulp of slack for fp32 sums in
     # another order).
     slots = meta.slot_mapping
-    for a, b in ((cache16.k[0], cache32.k[0]), (cache16.v[0], cache32.v[0])):
+    for a, b in ((cache16.layers[0]["k"], cache32.layers[0]["k"]), (cache16.layers[0]["v"], cache32.layers[0]["v"])):
         a, b = a.view(-1, cfg.kv_size)[slots].float(), b.view(-1, cfg.kv_size)[slots]
         torch.testing.assert_close(a, b, rtol=2 ** -7, atol=1e-3 * float(b.abs().max()))
 

@@ -70,8 +70,9 @@ class BatchedAttention(AttentionBackend):
             rows, seqs, tables, mask, cut, only = plan
             b = len(seqs)
             shape = (b, -1, kv_cache.num_kv_heads, kv_cache.head_dim)
-            keys = kv_cache.k[layer][tables].reshape(shape)[:, :cut].transpose(1, 2)  # [B, Hkv, ctx, D]
-            values = kv_cache.v[layer][tables].reshape(shape)[:, :cut].transpose(1, 2)
+            keys, values = kv_cache.read_blocks(layer, tables)  # [B, width, block_size, Hkv, D]
+            keys = keys.reshape(shape)[:, :cut].transpose(1, 2)  # [B, Hkv, ctx, D]
+            values = values.reshape(shape)[:, :cut].transpose(1, 2)
             qs = (q if only else q[rows])[:, :, None, :]  # [B, H, 1, D]
             o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
             if only:

@@ -17,19 +17,20 @@
  * tests/models/test_native_decode.py holds this file to it. Built by kernels/native.py.
  */
 #include <omp.h>
+#include <stdio.h>
 
+#include "attention_paged.h"
 #include "linear.h"
 
 typedef struct {
     ember_weight qkv, o, gate_up, down;
     const float* input_norm;
     const float* post_norm;
-    void* k_cache;  /* float, or bf16 where kv_bf16 */
-    void* v_cache;
+    ember_kv_layer kv;  /* this layer's cache tensors, laid out as model.kv says */
 } ember_layer;
 
 typedef struct {
-    int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate, block_size;
+    int64_t num_layers, hidden, num_heads, num_kv_heads, head_dim, intermediate;
     double eps, scale;
     const void* embed;       /* [vocab, hidden], float or bf16 where embed_bf16 */
     const float* final_norm; /* [hidden] */
@@ -37,8 +38,18 @@ typedef struct {
     const float* sin;
     const ember_layer* layers;
     double* phase_seconds;   /* NULL, or [3] += seconds in projections, attention, the rest */
-    int64_t embed_bf16, kv_bf16;
+    int64_t embed_bf16;
+    ember_kv_layout kv;
 } ember_model;
+
+/* What Python checks when it loads this library: struct sizes and the kinds' names in order. */
+const char* ember_llama_decode_abi(void) {
+    static char buf[512];
+    snprintf(buf, sizeof buf, "ember_model=%zu ember_layer=%zu ember_weight=%zu ember_kv_layout=%zu "
+             "ember_kv_layer=%zu kv_kinds=%s", sizeof(ember_model), sizeof(ember_layer), sizeof(ember_weight),
+             sizeof(ember_kv_layout), sizeof(ember_kv_layer), EMBER_KV_KIND_NAMES);
+    return buf;
+}
 
 /* Phase timers for benchmarks/offline_throughput.py's step breakdown: the master thread reads
  * the clock after each phase's closing barrier, so a phase's share includes its wait. */
@@ -67,78 +78,6 @@ static void rope(float* x, long heads, long Dh, const float* c, const float* s) 
     }
 }
 
-#define HEADS_PER_PASS 3  /* query heads read against each K/V row at once (registers allow 3) */
-
-/* nh (<= HEADS_PER_PASS) query heads that share one KV head (GQA), over L cached tokens; token
- * t's K (V) row is at kc (vc) + off[t], where off already holds the block-table lookup for the
- * whole step. Each K and V row is read once for all nh heads: for a prefill chunk, whose
- * tokens' contexts stream from L2, that traffic, not the FMAs, is what bounds attention.
- * q, out: nh rows of Dh, contiguous. scores: nh rows of `ld` >= L + 1 floats. Dh: a multiple of 32. */
-static inline __m256 load_kv8(const void* base, int64_t at, int bf16) {
-    return bf16 ? widen_bf16x8((const uint16_t*)base + at) : _mm256_loadu_ps((const float*)base + at);
-}
-
-/* always_inline with a constant `bf16`: each call site gets its own loop without the branch. */
-static inline __attribute__((always_inline)) void attend_heads(
-        const float* q, long nh, const void* kc, const void* vc, const int64_t* off, long L, long Dh, float scale,
-        float* scores, long ld, float* out, int bf16) {
-    /* q . k for two tokens at a time: 2 x nh independent chains, reduced together */
-    for (long t = 0; t < L; t += 2) {
-        const int64_t k0 = off[t], k1 = off[t + 1 < L ? t + 1 : t];
-        __m256 a[HEADS_PER_PASS][2];
-        for (int h = 0; h < HEADS_PER_PASS; h++) a[h][0] = a[h][1] = _mm256_setzero_ps();
-        for (long c = 0; c < Dh; c += 8) {
-            __m256 x0 = load_kv8(kc, k0 + c, bf16), x1 = load_kv8(kc, k1 + c, bf16);
-            for (int h = 0; h < HEADS_PER_PASS; h++) {
-                if (h < nh) {
-                    __m256 qv = _mm256_loadu_ps(q + h * Dh + c);
-                    a[h][0] = _mm256_fmadd_ps(qv, x0, a[h][0]);
-                    a[h][1] = _mm256_fmadd_ps(qv, x1, a[h][1]);
-                }
-            }
-        }
-        /* per 128-bit half: (h0 t0, h0 t1, h1 t0, h1 t1) and (h2 t0, h2 t1, -, -) */
-        __m256 r01 = _mm256_hadd_ps(_mm256_hadd_ps(a[0][0], a[0][1]), _mm256_hadd_ps(a[1][0], a[1][1]));
-        __m256 r2 = _mm256_hadd_ps(_mm256_hadd_ps(a[2][0], a[2][1]), _mm256_setzero_ps());
-        float v[8];
-        _mm_storeu_ps(v, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(r01), _mm256_extractf128_ps(r01, 1)), _mm_set1_ps(scale)));
-        _mm_storeu_ps(v + 4, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(r2), _mm256_extractf128_ps(r2, 1)), _mm_set1_ps(scale)));
-        for (int h = 0; h < nh; h++) {
-            scores[h * ld + t] = v[2 * h];
-            scores[h * ld + t + 1] = v[2 * h + 1];  /* past L when L is odd: within ld, unused */
-        }
-    }
-    float inv[HEADS_PER_PASS];
-    for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
-    /* p . V, 32 dims at a time in registers */
-    for (long c = 0; c < Dh; c += 32) {
-        __m256 acc[HEADS_PER_PASS][4];
-        for (int h = 0; h < HEADS_PER_PASS; h++)
-            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
-        for (long t = 0; t < L; t++) {
-            const int64_t v = off[t] + c;
-            for (int h = 0; h < HEADS_PER_PASS; h++) {
-                if (h < nh) {
-                    __m256 p = _mm256_set1_ps(scores[h * ld + t]);
-                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, load_kv8(vc, v + 8 * i, bf16), acc[h][i]);
-                }
-            }
-        }
-        for (int h = 0; h < nh; h++)
-            for (int i = 0; i < 4; i++)
-                _mm256_storeu_ps(out + h * Dh + c + 8 * i, _mm256_mul_ps(acc[h][i], _mm256_set1_ps(inv[h])));
-    }
-}
-
-static void write_kv(void* cache, int64_t at, const float* row, long n, int bf16) {
-    if (!bf16) {
-        memcpy((float*)cache + at, row, sizeof(float) * n);
-        return;
-    }
-    uint16_t* out = (uint16_t*)cache + at;
-    for (long i = 0; i < n; i++) out[i] = f32_to_bf16(row[i]);
-}
-
 static void silu_mul(const float* gu, long I, float* out) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (long i = 0; i < I; i += 8) {
@@ -148,20 +87,35 @@ static void silu_mul(const float* gu, long I, float* out) {
     }
 }
 
-/* out: final hidden states [M, hidden]. Token m belongs to sequence seq[m] (block table row
- * seq[m], ctx_lens[seq[m]] tokens once this step's are written) and sits at position pos[m].
+/* out: final hidden states [M, hidden]. Token m belongs to sequence seq[m] (non-decreasing: a
+ * sequence's tokens are adjacent and in order), whose block table row seq[m] holds
+ * ctx_lens[seq[m]] cache entries once this step's are written; its RoPE position is pos[m],
+ * which may exceed its entry's index when earlier entries were dropped from the cache: a token
+ * attends to its sequence's entries up to and including its own.
  * work: M * (2 * hidden + qkv + q + 3 * intermediate) floats. */
 void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const int64_t* pos,
                         const int64_t* slots, const int64_t* seq, long S, const int64_t* tables, long table_width,
                         const int64_t* ctx_lens, float* out, float* work, int nthreads) {
     const long D = md->hidden, H = md->num_heads, Hkv = md->num_kv_heads, Dh = md->head_dim;
-    const long I = md->intermediate, bs = md->block_size, Q = H * Dh, KV = Hkv * Dh, QKV = Q + 2 * KV;
+    const long I = md->intermediate, bs = md->kv.block_size, Q = H * Dh, KV = Hkv * Dh, QKV = Q + 2 * KV;
     float *x = work, *h = x + M * D, *qkv = h + M * D, *att = qkv + M * QKV, *gu = att + M * Q, *act = gu + 2 * M * I;
     long max_len = 1;
     for (long s = 0; s < S; s++) max_len = ctx_lens[s] > max_len ? ctx_lens[s] : max_len;
     const float scale = (float)md->scale;
-    /* Cache offset of every context token of every sequence, the same for all layers. */
-    int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * S * max_len);
+    const ember_kv_layout* kv = &md->kv;
+    const int quantized = kv_quantized(kv->kind), per_token_store = kv->kind != EMBER_KV_FP8_E4M3 && kv->kind != EMBER_KV_FP8_E5M2;
+    /* Cache offset (and scale index) of every entry of every sequence, the same for all layers. */
+    int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * S * max_len * (quantized ? 2 : 1));
+    int64_t* soffs = quantized ? offs + S * max_len : NULL;
+    /* Each token's number of visible entries, and where each sequence's tokens start. */
+    int64_t* att_len = (int64_t*)malloc(sizeof(int64_t) * (M + S + 1));
+    int64_t* first = att_len + M;
+    for (long m = M - 1; m >= 0; m--)
+        att_len[m] = m == M - 1 || seq[m + 1] != seq[m] ? ctx_lens[seq[m]] : att_len[m + 1] - 1;
+    for (long s = 0, m = 0; s <= S; s++) {
+        while (m < M && seq[m] < s) m++;
+        first[s] = m;
+    }
 
     double last = omp_get_wtime();
     #pragma omp parallel num_threads(nthreads)
@@ -171,7 +125,11 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
         #pragma omp for schedule(static)
         for (long s = 0; s < S; s++) {
             const int64_t* table = tables + s * table_width;
-            for (long t = 0; t < ctx_lens[s]; t++) offs[s * max_len + t] = (table[t / bs] * bs + t % bs) * KV;
+            for (long t = 0; t < ctx_lens[s]; t++) {
+                int64_t slot = table[t / bs] * bs + t % bs;
+                offs[s * max_len + t] = slot * KV;
+                if (quantized) soffs[s * max_len + t] = kv_scale_base(kv, slot);
+            }
         }
         #pragma omp for schedule(static)
         for (long m = 0; m < M; m++) {
@@ -192,8 +150,14 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             for (long m = 0; m < M; m++) {
                 float* row = qkv + m * QKV;
                 rope(row, H + Hkv, Dh, md->cos + pos[m] * Dh, md->sin + pos[m] * Dh);
-                write_kv(L->k_cache, slots[m] * KV, row + Q, KV, md->kv_bf16);
-                write_kv(L->v_cache, slots[m] * KV, row + Q + KV, KV, md->kv_bf16);
+                if (per_token_store) kv_store_seq(kv, &L->kv, slots + m, 1, row + Q, row + Q + KV, QKV);
+            }
+            if (!per_token_store) {  /* fp8: a block's scale is decided over the run of its new rows */
+                #pragma omp for schedule(dynamic, 1)
+                for (long s = 0; s < S; s++) {
+                    const float* row = qkv + first[s] * QKV;
+                    kv_store_seq(kv, &L->kv, slots + first[s], first[s + 1] - first[s], row + Q, row + Q + KV, QKV);
+                }
             }
             PHASE(ATTENTION);
             /* dynamic: a prefill chunk's tokens have contexts of every length up to the chunk's end */
@@ -205,12 +169,8 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
                 const float* q = qkv + m * QKV + h0 * Dh;
                 float* o = att + m * Q + h0 * Dh;
                 const int64_t* off = offs + seq[m] * max_len;
-                if (md->kv_bf16)
-                    attend_heads(q, nh, (const uint16_t*)L->k_cache + kvh * Dh, (const uint16_t*)L->v_cache + kvh * Dh,
-                                 off, pos[m] + 1, Dh, scale, scores, ld, o, 1);
-                else
-                    attend_heads(q, nh, (const float*)L->k_cache + kvh * Dh, (const float*)L->v_cache + kvh * Dh,
-                                 off, pos[m] + 1, Dh, scale, scores, ld, o, 0);
+                const int64_t* soff = quantized ? soffs + seq[m] * max_len : NULL;
+                attend_paged(kv, &L->kv, kvh, q, nh, off, soff, att_len[m], scale, scores, ld, o);
             }
             PHASE(ATTENTION);
             linear_omp(&L->o, att, M, x, D, 1);
@@ -232,4 +192,12 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
         free(scores);
     }
     free(offs);
+    free(att_len);
+}
+
+/* The fused step's KV store on its own, for one sequence's n new rows of one layer (k, v:
+ * [n, kv_heads * head_dim] with row stride ld): tests hold it to the codecs' `write`. */
+void ember_kv_store(const ember_kv_layout* kv, const ember_kv_layer* layer, const int64_t* slots, long n,
+                    const float* k, const float* v, long ld) {
+    kv_store_seq(kv, layer, slots, n, k, v, ld);
 }
