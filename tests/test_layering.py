@@ -32,7 +32,8 @@ def files(*parts: str) -> list[Path]:
     (("bench",), "ember.cli"),  # cli.py imports bench/ for its subcommands; shared flags: cli_args.py
     (("eval", "decode_nll.py"), "ember.eval.perplexity"),  # both take token_nll from eval/nll.py
     (("config.py",), "ember.engine.policies"),  # a policy's name is checked where the engine builds it
-], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies"])
+    (("models",), "ember.loader"),  # models raise ValueError; the loader wraps it into ModelLoadError
+], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies", "models-not-loader"])
 def test_no_import_runs_upward(importers, forbidden):
     for path in files(*importers):
         bad = {m for m in imported_modules(path) if m == forbidden or m.startswith(forbidden + ".")}
