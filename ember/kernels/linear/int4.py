@@ -16,9 +16,9 @@ Two packings, chosen at load:
   whose grid is w = (q - 8) * scale + zero with bf16 (scale, zero) and which wants bf16
   activations (its fp32 path is a slow fallback), so x is cast to bf16 and the result back;
   large batches (prefill) dequantize to x's dtype and use the dense GEMM. torch lays the codes
-  out differently on each CPU variant (ATEN_CPU_CAPABILITY: blocks of 32 rows on AVX2, of 64
-  with 16-row tails on AVX-512, row pairs on `default`), so nothing here reads its bytes by a
-  fixed layout: `unpack_int4` learns where each code went from the packer itself.
+  out differently on each CPU variant (ATEN_CPU_CAPABILITY: blocks of 32 rows on AVX2; of 64 on
+  AVX-512, a shorter last block in row pairs; row pairs on `default`), so nothing here reads
+  its bytes by a fixed layout: `unpack_int4` learns where each code went from the packer itself.
 The C kernel serves prefill as well: it beats the fp32 GEMM on a dequantized copy.
 """
 
