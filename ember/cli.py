@@ -7,46 +7,7 @@ import dataclasses
 import json
 import sys
 
-from ember.config import EngineConfig
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Every EngineConfig field becomes a flag of the same name (`max_num_seqs` -> `--max-num-seqs`)."""
-    group = parser.add_argument_group("engine options")
-    for f in dataclasses.fields(EngineConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if f.type in ("bool", bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f"{help_text} (default: {f.default})")
-        else:
-            kind = int if f.type in ("int", int) else str
-            group.add_argument(flag, dest=f.name, type=kind, default=f.default,
-                               metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
-
-
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    names = {f.name for f in dataclasses.fields(EngineConfig)}
-    return EngineConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
-    g = parser.add_argument_group("sampling")
-    g.add_argument("--max-tokens", type=int, default=max_tokens, help=f"tokens to generate (default: {max_tokens})")
-    g.add_argument("--temperature", type=float, default=0.7, help="0 for greedy (default: 0.7)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (default: 0, off)")
-    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-
-
-def sampling_params(args):
-    from ember.engine.sampling_params import SamplingParams
-
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                          stop=args.stop, seed=args.seed)  # --seed makes the sampling reproducible
+from ember.cli_args import add_engine_args, add_sampling_args, engine_config, sampling_params
 
 
 def build_parser() -> argparse.ArgumentParser:

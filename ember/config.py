@@ -75,10 +75,6 @@ class EngineConfig:
         for name in ("threads", "kv_cache_tokens", "max_model_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        from ember.engine.policies import POLICIES
-
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy {self.policy!r} is not one of: {', '.join(POLICIES.names())}")
         if self.fused_decode not in ("auto", "on", "off"):
             raise ValueError(f"fused_decode {self.fused_decode!r} is not one of: auto, on, off")
         if self.preemption not in ("recompute", "swap"):

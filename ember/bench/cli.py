@@ -106,7 +106,7 @@ def _add_report_args(p) -> None:
 
 
 def _add_throughput(sub) -> None:
-    from ember.cli import add_engine_args
+    from ember.cli_args import add_engine_args
 
     p = sub.add_parser("throughput", help="offline throughput of the engine in-process (LLM.generate)",
                        description="Generate a whole seeded workload with one LLM.generate call; report "
@@ -122,7 +122,7 @@ def _add_throughput(sub) -> None:
 
 
 def _add_latency(sub) -> None:
-    from ember.cli import add_engine_args
+    from ember.cli_args import add_engine_args
 
     p = sub.add_parser("latency", help="prefill and per-token decode time of one batch, in-process",
                        description="Time batches of --batch-size prompts of --input-len tokens generating "

@@ -88,7 +88,7 @@ def cmd_serve(args) -> int:
 
 def _engine(args):
     from ember import LLM
-    from ember.cli import engine_config
+    from ember.cli_args import engine_config
 
     return LLM(progress=False, **dataclasses.asdict(engine_config(args)))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ember.eval.nll import token_nll
 from ember.kernels.attention import AttentionMetadata
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
@@ -25,8 +26,6 @@ def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = Tr
     """NLL [B, C-1-first] of each window's predictions from positions first..C-2, one decode
     step per position. windows: [B, C] token ids; attention: the backend (default: the model's);
     kv_cache_dtype: the KV codec the cache stores with."""
-    from ember.eval.perplexity import token_nll
-
     num, context = windows.shape
     cfg = model.cfg
     per_seq = -(-context // BLOCK_SIZE)

@@ -11,9 +11,9 @@ next-token predictions inside each window:
   context//2+1..context-1 (llama.cpp's llama-perplexity: every scored token has at least half
   a window of context; 255 predictions per 512-token window).
 
-The scoring core, `token_nll`, takes hidden states and target ids and knows nothing about
-windows, so a teacher-forced decode through a (compressed) KV cache can score its steps with
-exactly the same arithmetic.
+The scoring core, `token_nll` (eval/nll.py), takes hidden states and target ids and knows
+nothing about windows, so a teacher-forced decode through a (compressed) KV cache
+(eval/decode_nll.py) scores its steps with exactly the same arithmetic.
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from ember.eval.decode_nll import decode_window_nll
+from ember.eval.nll import LOGIT_CHUNK_ROWS, token_nll
 from ember.kernels.attention import AttentionMetadata
 
 SCORE_MODES = ("all", "second-half")
-
-# Rows of logits turned into log-probabilities at a time: 512 x 49152 fp32 is ~100 MB, and
-# cross_entropy holds about two such buffers, so memory stays bounded whatever the batch.
-LOGIT_CHUNK_ROWS = 512
 
 
 def default_eval_text() -> str:
@@ -69,24 +66,6 @@ def first_scored_position(context: int, score: str) -> int:
     if score == "second-half":
         return context // 2
     raise ValueError(f"unknown score mode {score!r}; expected one of {', '.join(SCORE_MODES)}")
-
-
-@torch.inference_mode()
-def token_nll(model, hidden: torch.Tensor, targets: torch.Tensor,
-              chunk_rows: int = LOGIT_CHUNK_ROWS) -> torch.Tensor:
-    """Negative log-likelihood (nats, fp32) of `targets[i]` under the logits of `hidden[i]`.
-
-    hidden: [N, hidden_size] final hidden states; targets: [N] token ids. The vocabulary-sized
-    logits exist only `chunk_rows` rows at a time.
-    """
-    if hidden.shape[0] != targets.shape[0]:
-        raise ValueError(f"{hidden.shape[0]} hidden rows but {targets.shape[0]} targets")
-    out = torch.empty(hidden.shape[0], dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_rows):
-        end = start + chunk_rows
-        logits = model.compute_logits(hidden[start:end]).float()
-        out[start:end] = F.cross_entropy(logits, targets[start:end], reduction="none")
-    return out
 
 
 @torch.inference_mode()
@@ -140,8 +119,6 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
 
     # Summed in float64: 65k fp32 terms would otherwise lose digits the comparison needs.
     nll_sum, scored = 0.0, 0
-    if decode:
-        from ember.eval.decode_nll import decode_window_nll
     with tqdm(total=num_windows, desc=f"perplexity (ctx {context}, {score}{', decode' if decode else ''})",
               unit="window", disable=not progress) as bar:
         for start in range(0, num_windows, windows_per_batch):

@@ -61,7 +61,10 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, lin
     del weights_iter  # the GGUF reader's metadata is ~170 MB for the default model
     net = MODELS.create(config.architecture, config, get_linear_method(linear), get_attention_backend(attention),
                         dtype=dtype, lm_head_method=get_linear_method("dense"))
-    net.load_weights(weights)
+    try:
+        net.load_weights(weights)
+    except ValueError as exc:  # missing tensors, shapes the config does not expect: the file's fault
+        raise ModelLoadError(str(exc)) from exc
     net.eval()
     return LoadedModel(net, tokenizer, config, path, fmt)
 

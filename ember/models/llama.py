@@ -88,12 +88,13 @@ class LlamaForCausalLM(nn.Module):
         blocks); fuse and pack them through the LinearMethods.
 
         Consumes `weights`: each tensor leaves the dict once packed, so the float copy of a
-        quantized model shrinks layer by layer instead of peaking beside the packed one."""
+        quantized model shrinks layer by layer instead of peaking beside the packed one.
+        Missing tensors and shapes the config does not expect raise ValueError (the loader
+        turns it into its ModelLoadError)."""
         cfg, dt = self.cfg, self.dtype
         missing = [n for n in self._required_names() if n not in weights]
         if missing:
-            from ember.loader.errors import ModelLoadError
-            raise ModelLoadError(f"missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            raise ValueError(f"missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         self._check_shape(weights, "embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))
         self.embed.data = weights["embed_tokens.weight"].to(dt)
         self.norm.data = weights["norm.weight"].to(dt)
@@ -128,8 +129,7 @@ class LlamaForCausalLM(nn.Module):
     @staticmethod
     def _check_shape(weights, name, shape):
         if tuple(weights[name].shape) != tuple(shape):
-            from ember.loader.errors import ModelLoadError
-            raise ModelLoadError(f"tensor {name} has shape {tuple(weights[name].shape)}, expected {tuple(shape)}")
+            raise ValueError(f"tensor {name} has shape {tuple(weights[name].shape)}, expected {tuple(shape)}")
 
     # --- running ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from ember import LLM, SamplingParams
+from ember.kernels import native
 from ember.loader import load_model
-from tests.engine.conftest import count_near_ties
+from tests.engine.conftest import NEAR_TIE_NATS, count_near_ties
 
 MAX_TOKENS = 8
+BF16_LOGITS_NEAR_TIE_NATS = 0.25  # two bf16 steps of a logit between 16 and 32
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,10 @@ def test_int8_model_uses_the_int8_kernel_and_head(int8_lm):
 def test_int8_batched_greedy_equals_sequential(int8_lm, short_prompts):
     reference = _generate(int8_lm, short_prompts, max_num_seqs=1, enable_prefix_caching=False, attention="torch")
     batched = _generate(int8_lm, short_prompts, max_num_seqs=8, max_num_batched_tokens=48)
-    near_ties = count_near_ties(reference, batched)
+    # Without the C kernels, aten's int8 kernel returns bf16 (the logits too: the head is int8),
+    # and on AVX-512 its sums depend on the batch: a near-tie is then two bf16 steps of a logit.
+    nats = NEAR_TIE_NATS if native.available() else BF16_LOGITS_NEAR_TIE_NATS
+    near_ties = count_near_ties(reference, batched, nats=nats)
     assert near_ties <= 1
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +14,9 @@ import torch.nn.functional as F
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
 from ember.kernels.linear.q8 import quantize_q8
-from ember.kernels.linear.int4 import (GROUP, Int4Linear, dequantize_int4, pack_blocks, quantize_int4,
-                                       reference_apply, unpack_blocks, unpack_int4)
+from ember.kernels.linear.int4 import (ATEN_CENTRE, GROUP, KERNEL_DTYPE, Int4Linear, codes_through_kernel,
+                                       dequantize_int4, pack_blocks, quantize_int4, reference_apply, unpack_blocks,
+                                       unpack_int4)
 
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 # Both packings: the C kernels' (where they build) and aten's fallback.
@@ -24,12 +30,90 @@ def weights(ember_lm):
     return [layer.qkv_proj.params["weight"], layer.down_proj.params["weight"]]
 
 
-def test_unpack_inverts_the_kernel_packing():
-    torch.manual_seed(0)
-    for n, k in [(32, 64), (960, 576), (576, 1536)]:
-        q = torch.randint(0, 16, (n, k), dtype=torch.int32)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        assert torch.equal(unpack_int4(packed, n, k), q)
+def aten_grid(w: torch.Tensor) -> torch.Tensor:
+    """Plain torch, before any packing: the weight the aten packing of w stands for."""
+    n, k = w.shape
+    q, scale, zero = quantize_int4(w, dtype=KERNEL_DTYPE, centre=ATEN_CENTRE)
+    return ((q.float().view(n, -1, GROUP) - ATEN_CENTRE) * scale.float()[..., None]
+            + zero.float()[..., None]).view(n, k)
+
+
+# 96 rows: on AVX-512 torch packs a block of 64 rows and a tail of 32, on AVX2 three blocks of 32.
+@pytest.mark.parametrize("n, k", [(32, 64), (96, 64), (960, 576), (576, 1536)])
+def test_unpack_reads_the_codes_the_kernel_multiplies_by(n, k):
+    """torch lays the packed codes out by CPU variant; whatever it chose here, the codes
+    `unpack_int4` reads are the ones the aten kernel computes with (the identity through it)
+    and the ones given to the packer."""
+    torch.manual_seed(n + k)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(codes_through_kernel(packed, n, k), q)
+    assert torch.equal(unpack_int4(packed, n, k), q)
+
+
+def test_the_aten_packing_dequantizes_to_the_grid_it_was_given(weights):
+    method = Int4Linear(use_native=False)
+    for w in weights:
+        params = method.pack(w, None, torch.float32)
+        assert "qweight" in params
+        assert torch.equal(dequantize_int4(params), aten_grid(w))
+        assert torch.equal(method.dequantize(params, torch.bfloat16), aten_grid(w).bfloat16())
+
+
+# The aten path in a fresh interpreter per CPU variant (torch reads ATEN_CPU_CAPABILITY once, at
+# import), held to plain torch: a layout torch changes on any variant fails here, not only on
+# the variant the test machine happens to run.
+ATEN_CHILD = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from ember.kernels.linear.int4 import (ATEN_CENTRE, GROUP, KERNEL_DTYPE, Int4Linear, codes_through_kernel,
+                                       dequantize_int4, quantize_int4, unpack_int4)
+got = torch.backends.cpu.get_cpu_capability()
+assert got == sys.argv[1].upper(), f"asked torch for {sys.argv[1]}, it runs {got}"
+torch.manual_seed(0)
+n, k = 96, 64
+w, bias = torch.randn(n, k), torch.randn(n)
+q, scale, zero = quantize_int4(w, dtype=KERNEL_DTYPE, centre=ATEN_CENTRE)
+grid = ((q.float().view(n, -1, GROUP) - ATEN_CENTRE) * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+method = Int4Linear(use_native=False)
+params = method.pack(w, bias, torch.float32)
+assert torch.equal(codes_through_kernel(params["qweight"], n, k), q), "the kernel multiplies by other codes"
+assert torch.equal(unpack_int4(params["qweight"], n, k), q), "unpack_int4 misreads the packing"
+assert torch.equal(dequantize_int4(params), grid), "dequantize_int4 is off the grid"
+for rows in (3, method.dense_rows + 1):  # the aten kernel; the dense GEMM on the dequantized weight
+    x = torch.randn(rows, k)
+    y = method.apply(x, params)
+    if rows < method.dense_rows:  # bf16 activations, the output rounded to bf16 before the bias
+        product = F.linear(x.to(KERNEL_DTYPE).float(), grid).abs()
+        err = (y - F.linear(x.to(KERNEL_DTYPE).float(), grid, bias)).abs()
+        assert bool((err <= product * 2 ** -8 + 1e-4 * product.max()).all()), f"{rows} rows: off by {err.max()}"
+    else:
+        torch.testing.assert_close(y, F.linear(x, grid, bias), rtol=1e-5, atol=1e-5)
+print("ok", got)
+"""
+
+
+def cpu_variant_supported(variant: str) -> bool:
+    if variant == "default":
+        return True
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    probe = getattr(torch.cpu, f"_is_{variant}_supported", None)
+    return bool(probe and probe())
+
+
+@pytest.mark.parametrize("variant", ["default", "avx2", "avx512"])
+def test_the_aten_path_holds_on_every_cpu_variant(variant):
+    if not cpu_variant_supported(variant):
+        pytest.skip(f"this CPU has no {variant}")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=variant, PYTHONPATH=path)
+    r = subprocess.run([sys.executable, "-c", ATEN_CHILD, variant], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=600)  # a guard against a hang, not a speed check
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok {variant.upper()}" in r.stdout
 
 
 def test_block_packing_round_trips_and_puts_4_codes_of_8_rows_per_quad():
@@ -124,7 +208,7 @@ def test_large_batches_take_the_c_kernel_or_the_dense_path(weights, use_native):
         ref = reference_apply(x, params)
         torch.testing.assert_close(method.apply(x, params), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     else:
-        torch.testing.assert_close(method.apply(x, params), F.linear(x, dequantize_int4(params)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(method.apply(x, params), F.linear(x, aten_grid(w)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_native", PACKINGS)

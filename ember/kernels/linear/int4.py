@@ -15,11 +15,16 @@ Two packings, chosen at load:
   `aten._convert_weight_to_int4pack_for_cpu`'s layout for `aten._weight_int4pack_mm_for_cpu`,
   whose grid is w = (q - 8) * scale + zero with bf16 (scale, zero) and which wants bf16
   activations (its fp32 path is a slow fallback), so x is cast to bf16 and the result back;
-  large batches (prefill) dequantize to x's dtype and use the dense GEMM.
+  large batches (prefill) dequantize to x's dtype and use the dense GEMM. torch lays the codes
+  out differently on each CPU variant (ATEN_CPU_CAPABILITY: blocks of 32 rows on AVX2; of 64 on
+  AVX-512, a shorter last block in row pairs; row pairs on `default`), so nothing here reads
+  its bytes by a fixed layout: `unpack_int4` learns where each code went from the packer itself.
 The C kernel serves prefill as well: it beats the fp32 GEMM on a dequantized copy.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +36,7 @@ from ember.kernels.linear.q8 import quantize_q8
 KERNEL_DTYPE = torch.bfloat16  # the aten kernel's activations and (scale, zero)
 BLOCK_SCALE_DTYPE = torch.float16  # the C kernel's (scale, minimum), as in GGUF's blocks
 GROUP = 32
-BLOCK_N = 32  # the aten pack interleaves rows in blocks of 32 (checked by unpack_int4's test)
+BLOCK_N = 32  # the aten path takes output sizes in multiples of 32
 ROWS = 8  # the C kernel's rows per block
 ATEN_CENTRE = 8  # the aten grid's code for `zero`
 
@@ -55,12 +60,59 @@ def quantize_int4(weight: torch.Tensor, group: int = GROUP, dtype: torch.dtype =
     return q.to(torch.int32).view(n, k), scale, offset
 
 
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 bytes -> their nibbles, flat: byte b's low nibble at 2b, its high one at 2b + 1."""
+    b = packed.reshape(-1)
+    return torch.stack([b & 15, b >> 4], dim=-1).reshape(-1)
+
+
+@functools.cache
+def aten_code_order(n: int, k: int) -> torch.Tensor | None:
+    """For the codes of an [n, k] weight packed by `aten._convert_weight_to_int4pack_for_cpu`:
+    int32 [n * k] (int64 past 2**31 codes), entry row * k + input = the nibble (as `_nibbles`
+    numbers them) holding that code; None if the packing is not a placement of the n * k nibbles.
+    Cached per shape: a model has a handful.
+
+    The layout depends on the CPU variant torch runs (and on n), so it is learned from the packer
+    in this very process: each pass packs one base-16 digit of every code's own position, and
+    the nibbles read back spell, for each nibble, the position it came from."""
+    size = n * k
+    position = torch.arange(size, dtype=torch.int64)
+    source = torch.zeros(size, dtype=torch.int64)
+    shift = 0
+    while shift == 0 or (1 << shift) < size:
+        digit = ((position >> shift) & 15).to(torch.int32).view(n, k)
+        nib = _nibbles(torch.ops.aten._convert_weight_to_int4pack_for_cpu(digit, 1))
+        if nib.numel() != size:
+            return None
+        source |= nib.to(torch.int64) << shift
+        shift += 4
+    if int(source.max()) >= size:
+        return None
+    index = torch.int32 if size < 2 ** 31 else torch.int64
+    order = torch.full((size,), -1, dtype=index)
+    order[source] = position.to(index)
+    return None if bool((order < 0).any()) else order  # n * k sources fill n * k slots: a bijection
+
+
+def codes_through_kernel(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes int32 [N, K] of an aten-packed weight, recovered through what the aten kernel
+    computes rather than its bytes: the identity times the weight with scale 1 and zero 0 is
+    q - 8, exact in bf16. K x K x N products: for tests, and for a packing `aten_code_order`
+    cannot read."""
+    eye = torch.eye(k, dtype=KERNEL_DTYPE)
+    scale_zero = torch.stack([torch.ones(k // GROUP, n), torch.zeros(k // GROUP, n)], dim=-1).to(KERNEL_DTYPE)
+    w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, GROUP, scale_zero)  # [K, N]
+    return (w.float().t() + ATEN_CENTRE).round().to(torch.int32).contiguous()
+
+
 def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Codes int32 [N, K] back from the CPU kernel's packing: byte [N/32, K, 16] holds row i of
-    a 32-row block in its low nibble and row 16 + i in its high nibble."""
-    b = packed.reshape(n // BLOCK_N, k, BLOCK_N // 2)
-    rows = torch.cat([b & 15, b >> 4], dim=-1)  # [N/32, K, 32]
-    return rows.permute(0, 2, 1).reshape(n, k).to(torch.int32)
+    """Codes int32 [N, K] back from `aten._convert_weight_to_int4pack_for_cpu`'s packing, on
+    whatever layout torch chose for this CPU (`aten_code_order`)."""
+    order = aten_code_order(n, k)
+    if order is None:
+        return codes_through_kernel(packed, n, k)
+    return _nibbles(packed).index_select(0, order).view(n, k).to(torch.int32)
 
 
 def pack_blocks(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
