@@ -214,6 +214,23 @@ def load(name: str) -> ctypes.CDLL | None:
         return _libs[name, var]
 
 
+def describe() -> str:
+    """Which build of the C kernels this process would load, in a line, without building or
+    raising (`ember info`)."""
+    if os.environ.get("EMBER_NATIVE", "1") == "0":
+        return "off (EMBER_NATIVE=0)"
+    try:
+        chosen = variant()
+    except ValueError as exc:
+        return f"refused: {exc}"
+    if chosen is None:
+        return "none: this CPU has no AVX2 (torch paths only)"
+    if compiler() is None:
+        return "none: no C compiler (torch paths only)"
+    forced = " (forced by EMBER_CPU_VARIANT)" if os.environ.get("EMBER_CPU_VARIANT") else ""
+    return f"{chosen}{forced}; this CPU runs {', '.join(supported_variants())}"
+
+
 def available() -> bool:
     return load("linear") is not None
 

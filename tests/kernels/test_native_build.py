@@ -42,6 +42,18 @@ def test_a_forced_variant_is_checked_by_name(monkeypatch):
     assert native.variant() == "avx2"
 
 
+def test_the_variant_is_reported(monkeypatch):
+    monkeypatch.delenv("EMBER_NATIVE", raising=False)
+    monkeypatch.setattr(native, "cpu_flags", lambda: AVX2_ONLY)
+    monkeypatch.setattr(native, "compiler", lambda: "cc")
+    monkeypatch.delenv("EMBER_CPU_VARIANT", raising=False)
+    assert native.describe() == "avx2; this CPU runs avx2"
+    monkeypatch.setenv("EMBER_CPU_VARIANT", "avx2")
+    assert native.describe() == "avx2 (forced by EMBER_CPU_VARIANT); this CPU runs avx2"
+    monkeypatch.setenv("EMBER_CPU_VARIANT", "avx512")  # reported, not raised: `ember info` still runs
+    assert native.describe().startswith("refused: EMBER_CPU_VARIANT='avx512'")
+
+
 def test_the_cache_key_holds_the_variants_flags():
     avx2, avx512 = native.compile_flags("avx2"), native.compile_flags("avx512")
     assert {"-mavx2", "-mfma", "-mf16c"} <= set(avx2) and not any("avx512" in f for f in avx2)
