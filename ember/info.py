@@ -7,6 +7,7 @@ import os
 import torch
 
 from ember.config import EngineConfig
+from ember.kernels import native
 from ember.kv.spec import kv_cache_spec
 from ember.loader import read_model_config, resolve_model_path
 
@@ -51,6 +52,7 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "kv_cache_blocks": spec.num_blocks,
         "kv_cache_tokens": spec.num_tokens,
         "kv_cache_bytes": spec.total_bytes,
+        "c_kernels": native.describe(),
     }
     if energy:
         info["energy"] = _energy(mc, cfg)
@@ -122,6 +124,7 @@ def format_info(info: dict) -> str:
     lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included)")
     lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "
                  f"({_size(info['kv_cache_bytes'])})")
+    lines.append(f"C kernels     {info['c_kernels']}")
     if "energy" in info:
         lines.append(info["energy"]["report"])
     return "\n".join(lines)

@@ -92,3 +92,31 @@ def topics_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics.values())
+
+
+def force_cpu_variant(monkeypatch, variant: str) -> None:
+    """Load the C kernels as `variant` for the rest of one test (EMBER_CPU_VARIANT, which
+    kernels/native.py reads at every load; each variant's libraries are cached apart), or skip
+    where this machine can't run it. The CPU's own variant is the default everywhere else."""
+    from ember.kernels import native
+
+    if variant not in native.supported_variants():
+        pytest.skip(f"this CPU can't run the {variant} kernels")
+    monkeypatch.setenv("EMBER_CPU_VARIANT", variant)
+    if native.load("linear") is None:
+        pytest.skip("the C kernels need a C compiler")
+    assert native.variant() == variant
+
+
+def _cpu_variants() -> list[str]:
+    from ember.kernels import native
+
+    return list(native.VARIANTS)
+
+
+@pytest.fixture(params=_cpu_variants())
+def cpu_variant(request, monkeypatch) -> str:
+    """Each of the C kernels' CPU variants in turn (all listed, so a machine that lacks one shows
+    it skipped): the kernel tests that take this fixture hold every variant to one reference."""
+    force_cpu_variant(monkeypatch, request.param)
+    return request.param

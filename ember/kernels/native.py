@@ -1,8 +1,11 @@
 """Build and load the C kernels of ember/kernels/csrc through ctypes.
 
-Each source is compiled on first use with the system C compiler (`cc`, AVX2 + FMA, OpenMP)
-into a cache directory, keyed by the hash of the sources (headers included) and flags, then
-loaded with ctypes: no torch headers, so a build takes a second or two. Where there is no
+Each source is compiled on first use with the system C compiler (`cc`, OpenMP) under one of
+VARIANTS' instruction sets into a cache directory, keyed by the hash of the sources (headers
+included) and the variant's flags, then loaded with ctypes: no torch headers, so a build
+takes a second or two. The variant is the widest the CPU reports (/proc/cpuinfo flags);
+`EMBER_CPU_VARIANT=avx2` forces one (tests run the kernels under every variant the machine
+can run, since the project meets both AVX2-only and AVX-512 machines). Where there is no
 compiler or no AVX2, `load()` returns None and callers keep their torch path
 (`EMBER_NATIVE=0` forces that). The kernels link libgomp by soname: the process already has
 torch's copy loaded, so both share one OpenMP runtime, and every call passes torch's thread
@@ -26,11 +29,19 @@ import torch
 CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 # -ffp-contract=off: element-wise C (RoPE, norms) rounds like torch's separate ops; the FMAs
 # the kernels want are written as intrinsics.
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
+_AVX2 = (("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c"))
+_AVX512 = (("avx512f", "avx512bw", "avx512vl", "avx512dq"), ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"))
+# name -> (the /proc/cpuinfo flags it needs, its compiler flags), widest last. The sources are
+# written with AVX2 intrinsics; under avx512 the compiler may widen and re-encode what it
+# vectorizes itself (EVEX, 32 registers, masked tails).
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "avx2": _AVX2,
+    "avx512": (_AVX2[0] + _AVX512[0], _AVX2[1] + _AVX512[1]),
+}
 _lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
-
-F32, INT8, INT4, INT8_PANELS, BF16 = 0, 1, 2, 3, 4  # ember_weight.kind (csrc/linear.h)
+_libs: dict[tuple[str, str], ctypes.CDLL | None] = {}  # by (source name, variant)
+_weight_kinds: dict[str, list[str]] = {}  # by variant: the linear library's kind names, in enum order
 
 
 class NativeUnavailable(Exception):
@@ -75,47 +86,109 @@ def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
 def check_abi(lib: ctypes.CDLL, symbol: str, structs: dict[str, type]) -> dict:
     """Read what a library reports of itself (`name=value` pairs: struct sizes, kind names) and
     check every struct Python mirrors against it: a layout change on one side fails here, at
-    load, instead of reading garbage. Returns {"kv_kinds": [...], ...}."""
+    load, instead of reading garbage. Returns every `*_kinds` list, {"kv_kinds": [...], ...}."""
     fn = getattr(lib, symbol)
     fn.restype = ctypes.c_char_p
     pairs = dict(item.split("=", 1) for item in fn().decode().split())
     for name, struct in structs.items():
         if int(pairs[name]) != ctypes.sizeof(struct):
             raise RuntimeError(f"{symbol}: {name} is {pairs[name]} bytes in C, {ctypes.sizeof(struct)} in Python")
-    return {"kv_kinds": [k for k in pairs.get("kv_kinds", "").split(",") if k]}
+    kinds = {"kv_kinds": ""} | {key: value for key, value in pairs.items() if key.endswith("_kinds")}
+    return {key: [k for k in value.split(",") if k] for key, value in kinds.items()}
 
 
-def weight(kind: int, w: torch.Tensor, n: int, k: int, scale: torch.Tensor | None = None,
-           sm: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
-    """A Weight over contiguous tensors (they must outlive it); None if the kernels can't take it
-    (K not a multiple of 32, or a bias that is not fp32)."""
-    if k % 32 or (bias is not None and bias.dtype != torch.float32):
+def weight_kinds() -> list[str] | None:
+    """The storage kinds of csrc/weight.h, in enum order, as the linear library reports them
+    (ember_weight's size checked on the way); None where the kernels can't be built."""
+    lib, name = load("linear"), variant()
+    if lib is None:
         return None
+    with _lock:
+        if name not in _weight_kinds:
+            _weight_kinds[name] = check_abi(lib, "ember_linear_abi", {"ember_weight": Weight})["weight_kinds"]
+        return _weight_kinds[name]
+
+
+def weight(kind: str, w: torch.Tensor, n: int, k: int, scale: torch.Tensor | None = None,
+           sm: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Weight | None:
+    """A Weight of storage `kind` (a name of csrc/weight.h's list: "f32", "int8", ...) over
+    contiguous tensors (they must outlive it); None if the kernels can't take it (not built
+    here, K not a multiple of 32, or a bias that is not fp32)."""
+    kinds = weight_kinds()
+    if kinds is None or k % 32 or (bias is not None and bias.dtype != torch.float32):
+        return None
+    if kind not in kinds:
+        raise ValueError(f"no weight kind {kind!r} in the C kernels (they have {', '.join(kinds)})")
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    return Weight(kind, n, k, ptr(w), ptr(scale), ptr(sm), ptr(bias))
+    return Weight(kinds.index(kind), n, k, ptr(w), ptr(scale), ptr(sm), ptr(bias))
 
 
 def cache_dir() -> str:
     return os.environ.get("EMBER_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ember"))
 
 
-def _build(name: str) -> str:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them; empty where it can't be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split()[2:])
+    except OSError:
+        return frozenset()
+
+
+def supported_variants() -> list[str]:
+    """The VARIANTS this CPU can run, narrowest first."""
+    flags = cpu_flags()
+    if not flags:  # no /proc/cpuinfo (not Linux): trust torch's own probe
+        cap = torch.backends.cpu.get_cpu_capability()
+        return ["avx2", "avx512"] if cap == "AVX512" else ["avx2"] if cap == "AVX2" else []
+    return [name for name, (needs, _) in VARIANTS.items() if set(needs) <= flags]
+
+
+def variant() -> str | None:
+    """The variant the kernels load as: EMBER_CPU_VARIANT if set, else the widest this CPU runs;
+    None where it runs none. Read at every load, so setting the variable switches variants."""
+    forced = os.environ.get("EMBER_CPU_VARIANT")
+    runnable = supported_variants()
+    if not forced:
+        return runnable[-1] if runnable else None
+    if forced not in VARIANTS:
+        raise ValueError(f"EMBER_CPU_VARIANT={forced!r} is not a CPU variant of the C kernels "
+                         f"(choices: {', '.join(VARIANTS)})")
+    if forced not in runnable:
+        raise ValueError(f"EMBER_CPU_VARIANT={forced!r}: this CPU can't run it "
+                         f"(it runs: {', '.join(runnable) or 'none'}; choices: {', '.join(VARIANTS)})")
+    return forced
+
+
+def compile_flags(name: str) -> list[str]:
+    """Everything the compiler is given for variant `name` (the cache key hashes it)."""
+    return FLAGS[:1] + list(VARIANTS[name][1]) + FLAGS[1:]
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(name: str, var: str) -> str:
     source = os.path.join(CSRC, f"{name}.c")
-    h = hashlib.sha256(" ".join(FLAGS).encode())
+    flags = compile_flags(var)
+    h = hashlib.sha256(" ".join(flags).encode())
     for path in [source] + sorted(glob.glob(os.path.join(CSRC, "*.h"))):
         with open(path, "rb") as f:
             h.update(f.read())
-    out = os.path.join(cache_dir(), f"{name}-{h.hexdigest()[:16]}.so")
+    out = os.path.join(cache_dir(), f"{name}-{var}-{h.hexdigest()[:16]}.so")
     if os.path.exists(out):
         return out
     os.makedirs(cache_dir(), exist_ok=True)
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         raise RuntimeError("no C compiler")
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, source, "-o", tmp, "-lm"], check=True, capture_output=True)
+        subprocess.run([cc, *flags, source, "-o", tmp, "-lm"], check=True, capture_output=True)
         os.replace(tmp, out)  # atomic: concurrent builders race harmlessly
     finally:
         if os.path.exists(tmp):
@@ -124,17 +197,38 @@ def _build(name: str) -> str:
 
 
 def load(name: str) -> ctypes.CDLL | None:
-    """The built library csrc/<name>.c, or None where it cannot be built here."""
+    """The built library csrc/<name>.c under the current `variant()`, or None where it cannot be
+    built here. Raises ValueError for an EMBER_CPU_VARIANT this CPU can't run."""
+    if os.environ.get("EMBER_NATIVE", "1") == "0":
+        return None
+    var = variant()
+    if var is None:
+        return None
     with _lock:
-        if name not in _libs:
-            _libs[name] = None
-            if os.environ.get("EMBER_NATIVE", "1") != "0" and torch.backends.cpu.get_cpu_capability() in (
-                    "AVX2", "AVX512"):
-                try:
-                    _libs[name] = ctypes.CDLL(_build(name))
-                except (OSError, RuntimeError, subprocess.CalledProcessError):
-                    pass
-        return _libs[name]
+        if (name, var) not in _libs:
+            _libs[name, var] = None
+            try:
+                _libs[name, var] = ctypes.CDLL(_build(name, var))
+            except (OSError, RuntimeError, subprocess.CalledProcessError):
+                pass
+        return _libs[name, var]
+
+
+def describe() -> str:
+    """Which build of the C kernels this process would load, in a line, without building or
+    raising (`ember info`)."""
+    if os.environ.get("EMBER_NATIVE", "1") == "0":
+        return "off (EMBER_NATIVE=0)"
+    try:
+        chosen = variant()
+    except ValueError as exc:
+        return f"refused: {exc}"
+    if chosen is None:
+        return "none: this CPU has no AVX2 (torch paths only)"
+    if compiler() is None:
+        return "none: no C compiler (torch paths only)"
+    forced = " (forced by EMBER_CPU_VARIANT)" if os.environ.get("EMBER_CPU_VARIANT") else ""
+    return f"{chosen}{forced}; this CPU runs {', '.join(supported_variants())}"
 
 
 def available() -> bool:
@@ -149,11 +243,7 @@ def cpu_has_bf16_gemm() -> bool:
     forced = os.environ.get("EMBER_BF16_GEMM")
     if forced in ("torch", "native"):
         return forced == "torch"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

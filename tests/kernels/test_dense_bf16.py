@@ -31,7 +31,7 @@ def test_the_override_decides_the_route(bf16_gemm):
 
 @pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 @pytest.mark.parametrize("rows", [1, 40])
-def test_bf16_products_take_the_c_kernel_without_a_bf16_gemm(bf16_gemm, rows):
+def test_bf16_products_take_the_c_kernel_without_a_bf16_gemm(bf16_gemm, rows, cpu_variant):
     """The C route sums in fp32 and rounds once: it equals the fp32 product of the same values,
     rounded to bf16 (to an ulp: the sums run in another order), then the bf16 bias added."""
     torch.manual_seed(rows)

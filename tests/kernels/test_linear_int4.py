@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.kernels import native
+from tests.conftest import force_cpu_variant
 from ember.kernels.linear import get_linear_method
 from ember.kernels.linear.q8 import quantize_q8
 from ember.kernels.linear.int4 import (ATEN_CENTRE, GROUP, KERNEL_DTYPE, Int4Linear, codes_through_kernel,
@@ -21,6 +22,9 @@ from ember.kernels.linear.int4 import (ATEN_CENTRE, GROUP, KERNEL_DTYPE, Int4Lin
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 # Both packings: the C kernels' (where they build) and aten's fallback.
 PACKINGS = [pytest.param(True, id="c-kernel", marks=needs_native), pytest.param(False, id="aten")]
+# The products against their references: the C kernel under each CPU variant, and aten's.
+KERNELS = [pytest.param(v, id=f"c-kernel-{v}", marks=needs_native) for v in native.VARIANTS] + \
+    [pytest.param(None, id="aten")]
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +171,12 @@ def test_gguf_q4_1_weights_requantize_onto_their_own_grid(weights):
         assert rel < 1e-3, f"relative error {rel:.5f} (random Gaussian weights give ~0.09)"
 
 
-@pytest.mark.parametrize("use_native", PACKINGS)
+@pytest.mark.parametrize("variant", KERNELS)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 32])
-def test_kernel_matches_reference(weights, rows, use_native):
+def test_kernel_matches_reference(weights, rows, variant, monkeypatch):
+    use_native = variant is not None
+    if use_native:
+        force_cpu_variant(monkeypatch, variant)
     method = Int4Linear(use_native=use_native)
     torch.manual_seed(rows)
     for w in weights:
@@ -198,8 +205,11 @@ def test_both_packings_hold_about_the_same_weight(weights):
     assert (aten - w).norm() / w.norm() < 0.02
 
 
-@pytest.mark.parametrize("use_native", PACKINGS)
-def test_large_batches_take_the_c_kernel_or_the_dense_path(weights, use_native):
+@pytest.mark.parametrize("variant", KERNELS)
+def test_large_batches_take_the_c_kernel_or_the_dense_path(weights, variant, monkeypatch):
+    use_native = variant is not None
+    if use_native:
+        force_cpu_variant(monkeypatch, variant)
     method = Int4Linear(use_native=use_native)
     w = weights[1]
     params = method.pack(w, None, torch.float32)

@@ -51,7 +51,7 @@ def test_aten_kernel_matches_reference(weights, rows):
 
 @needs_native
 @pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 32])
-def test_native_kernel_matches_reference(weights, rows):
+def test_native_kernel_matches_reference(weights, rows, cpu_variant):
     method = get_linear_method("int8")
     torch.manual_seed(100 + rows)
     for w in weights:
@@ -112,7 +112,7 @@ def test_panels_hold_16_rows_codes_per_input(weights):
 
 
 @needs_native
-def test_output_sizes_off_the_panel_width_keep_rows(weights):
+def test_output_sizes_off_the_panel_width_keep_rows(weights, cpu_variant):
     method = get_linear_method("int8")
     w = weights[0][:40]  # 40 rows: not a multiple of 16
     params = method.pack(w, None, torch.float32)

@@ -122,7 +122,7 @@ def test_copy_blocks_moves_every_tensor(name):
 
 @needs_native
 @pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8"])
-def test_c_store_equals_the_codec_write(name):
+def test_c_store_equals_the_codec_write(name, cpu_variant):
     """The fused step's store (csrc/attention_paged.h), called on its own, leaves the same bytes
     as the codec's PyTorch write: whole blocks, partial runs across a block boundary, a growing
     fp8 scale, and a block reused from offset 0."""

@@ -108,6 +108,23 @@ def test_fused_step_takes_prefill_chunks_mixed_with_decodes(request, linear, top
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
+@needs_native
+@pytest.mark.parametrize("linear", ["dense", "int4"])
+def test_fused_step_on_every_cpu_variant(request, linear, cpu_variant, topics_text):
+    """The fused step as each CPU variant builds it, against the same PyTorch forward: two
+    decodes and a 6-token chunk (8 rows: the L1-buffered row-major path; int4's shared
+    quantization), kept short since the tests above already cover the paths at length."""
+    lm = request.getfixturevalue({"dense": "ember_lm", "int4": "ember_lm_int4"}[linear])
+    ids = lm.tokenizer.encode(topics_text[:2_000])
+    expected, got, cache, fused_cache = _one_step_both_ways(lm, [ids[0:15], ids[100:117], []], seed=3, new=[1, 1, 6])
+    if linear == "int4":  # int8 activations drift apart over the layers, as above
+        assert (got - expected).norm() / expected.norm() < 5e-2
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+        for a, b in ((fused_cache.k[-1], cache.k[-1]), (fused_cache.v[-1], cache.v[-1])):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
 def test_only_int4_sends_prefill_through_the_fused_step(ember_lm, ember_lm_int8, ember_lm_int4):
     """Dense and int8 prefill is faster on torch's GEMM; int4's own kernel beats it."""
     if not native.available():
@@ -205,7 +222,7 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
 @needs_native
 @pytest.mark.parametrize("rows", [1, 3, 7, 16, 23, 200])
 @pytest.mark.parametrize("kind", ["f32", "bf16", "int8"])
-def test_row_major_kernels_match_the_widened_matrix(kind, rows):
+def test_row_major_kernels_match_the_widened_matrix(kind, rows, cpu_variant):
     """csrc/linear.h's row-major storages on every path (1 row; up to 4 rows; 5-15 rows on
     L1-buffered weight quads; from 16 rows, transposed panels under a 6 x 16 tile, over
     activation chunks) against F.linear on the widened weight; N ragged (not a multiple of 16)."""
@@ -223,7 +240,6 @@ def test_row_major_kernels_match_the_widened_matrix(kind, rows):
             scale = w.abs().amax(1) / 127
             stored = torch.round(w / scale[:, None]).to(torch.int8)
             dense = stored.float() * scale[:, None]
-        code = {"f32": native.F32, "bf16": native.BF16, "int8": native.INT8}[kind]
-        got = native.linear(x, native.weight(code, stored, n, k, scale=scale, bias=bias))
+        got = native.linear(x, native.weight(kind, stored, n, k, scale=scale, bias=bias))
         expected = torch.nn.functional.linear(x, dense, bias)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

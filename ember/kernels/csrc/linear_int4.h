@@ -19,7 +19,10 @@
 #ifndef EMBER_LINEAR_INT4_H
 #define EMBER_LINEAR_INT4_H
 
+#include <stdlib.h>
+
 #include "simd.h"
+#include "weight.h"
 
 typedef struct {
     int8_t* q;  /* [M, K] codes */
@@ -100,8 +103,10 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sm, con
 }
 
 /* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting blocks of 8 rows. Small
- * batches: every thread quantizes x for itself (no barrier); larger ones share the work. */
-static void linear_int4_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
+ * batches: every thread quantizes x for itself (no barrier); larger ones share the work.
+ * kind: always int4 (the common signature of linear.h's per-kind table). */
+static void linear_int4_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate, int kind) {
+    (void)kind;
     const long K = W->k, G = K / 32, blocks = W->n / 8;
     q8_rows xq;
     int shared = M > 4;

@@ -13,6 +13,7 @@
 #define EMBER_LINEAR_INT8_PANELS_H
 
 #include "simd.h"
+#include "weight.h"
 
 #define PANEL_ROWS 6
 
@@ -71,8 +72,11 @@ static inline void int8_panel_tile_small(const int8_t* panel, long K, const floa
         for (int h = 0; h < 2; h++) r[i][h] = _mm256_add_ps(even[i][h], odd[i][h]);
 }
 
-/* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting panels. */
-static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
+/* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting panels.
+ * kind: always int8_panels (the common signature of linear.h's per-kind table). */
+static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate,
+                                   int kind) {
+    (void)kind;
     const long K = W->k, panels = W->n / 16;
     #pragma omp for schedule(static)
     for (long p = 0; p < panels; p++) {

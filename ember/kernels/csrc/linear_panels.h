@@ -12,7 +12,10 @@
 #ifndef EMBER_LINEAR_PANELS_H
 #define EMBER_LINEAR_PANELS_H
 
+#include <stdlib.h>
+
 #include "simd.h"
+#include "weight.h"
 
 #define TILE_ROWS 6
 
@@ -35,18 +38,19 @@ static inline void transpose8(__m256 v[8]) {
     }
 }
 
-/* Weight rows n0..n0+15 (clamped to N - 1 at a ragged end) widened into panel[k * 16 + r]. */
-static void fill_panel(const ember_weight* W, long n0, float* panel) {
+/* Weight rows n0..n0+15 (clamped to N - 1 at a ragged end) widened into panel[k * 16 + r];
+ * always_inline with a constant kind, like every row-major kernel (linear.h). */
+static inline __attribute__((always_inline)) void fill_panel(const ember_weight* W, long n0, float* panel, int kind) {
     const long K = W->k;
     for (int half = 0; half < 2; half++) {
         const void* rows[8];
         for (int r = 0; r < 8; r++) {
             long n = n0 + 8 * half + r;
-            rows[r] = weight_row(W, n < W->n ? n : W->n - 1);
+            rows[r] = weight_row(W, n < W->n ? n : W->n - 1, kind);
         }
         for (long k = 0; k < K; k += 8) {
             __m256 v[8];
-            for (int r = 0; r < 8; r++) v[r] = load_w8(W, rows[r], k);
+            for (int r = 0; r < 8; r++) v[r] = load_w8(kind, rows[r], k);
             transpose8(v);
             for (int j = 0; j < 8; j++) _mm256_storeu_ps(panel + (k + j) * 16 + 8 * half, v[j]);
         }
@@ -73,7 +77,8 @@ static inline __attribute__((always_inline)) void panel_tile(const float* panel,
 
 /* y[m * ldy + n] = (or +=) x[m] . W[n] (* scale[n] for INT8) + bias[n], for M rows, threads
  * splitting panels; activation rows go by in chunks whose ~192 KB stay in L2. */
-static void linear_panels_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate) {
+static inline __attribute__((always_inline)) void linear_panels_omp(const ember_weight* W, const float* x, long M, float* y,
+                                                                     long ldy, int accumulate, int kind) {
     const long K = W->k, N = W->n, panels = (N + 15) / 16;
     long chunk = 49152 / K < TILE_ROWS ? TILE_ROWS : 49152 / K / TILE_ROWS * TILE_ROWS;
     float* panel = (float*)malloc(sizeof(float) * 16 * K);
@@ -83,11 +88,11 @@ static void linear_panels_omp(const ember_weight* W, const float* x, long M, flo
         #pragma omp for schedule(static) nowait
         for (long p = 0; p < panels; p++) {
             const long n0 = 16 * p, valid = N - n0 < 16 ? N - n0 : 16;
-            fill_panel(W, n0, panel);
+            fill_panel(W, n0, panel, kind);
             float s[16], b[16];
             for (long j = 0; j < 16; j++) {
                 long n = n0 + (j < valid ? j : valid - 1);
-                s[j] = W->kind == EMBER_INT8 ? W->scale[n] : 1.0f;
+                s[j] = weight_row_scale(W, n, kind);
                 b[j] = W->bias ? W->bias[n] : 0.0f;
             }
             for (long t = 0; t < mc; t += TILE_ROWS) {

@@ -6,7 +6,7 @@
  * paged attention, O + residual, RMSNorm, gate/up, SiLU * up, down + residual], final norm) runs
  * inside one OpenMP parallel region: each step's work is split over the team with `omp for`,
  * whose implicit barriers order the phases, so threads are forked once per token.
- * Projections use the kernels of linear.h on each layer's own storage (fp32, bf16, int8, int4).
+ * Projections use the kernels of linear.h on each layer's own storage (weight.h's kinds).
  * Attention reads the paged cache [blocks, block_size, kv_heads, head_dim] (fp32 or bf16)
  * through each sequence's block table; softmax in fp32 with exp256_ps. Activations and sums
  * are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
@@ -46,8 +46,9 @@ typedef struct {
 const char* ember_llama_decode_abi(void) {
     static char buf[512];
     snprintf(buf, sizeof buf, "ember_model=%zu ember_layer=%zu ember_weight=%zu ember_kv_layout=%zu "
-             "ember_kv_layer=%zu kv_kinds=%s", sizeof(ember_model), sizeof(ember_layer), sizeof(ember_weight),
-             sizeof(ember_kv_layout), sizeof(ember_kv_layer), EMBER_KV_KIND_NAMES);
+             "ember_kv_layer=%zu kv_kinds=%s weight_kinds=%s", sizeof(ember_model), sizeof(ember_layer),
+             sizeof(ember_weight), sizeof(ember_kv_layout), sizeof(ember_kv_layer), EMBER_KV_KIND_NAMES,
+             EMBER_WEIGHT_KIND_NAMES);
     return buf;
 }
 

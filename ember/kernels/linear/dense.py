@@ -45,7 +45,7 @@ class DenseLinear(LinearMethod):
 
     def native_weight(self, params, with_bias=True):
         w = params["weight"]
-        kind = {torch.float32: native.F32, torch.bfloat16: native.BF16}.get(w.dtype)
+        kind = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(w.dtype)
         if kind is None:
             return None
         bias = params.get("bias") if with_bias else None

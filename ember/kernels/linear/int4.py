@@ -203,7 +203,7 @@ class Int4Linear(WeightOnlyLinear):
         if "block_codes" not in params:
             return None
         c = params["block_codes"]
-        return native.weight(native.INT4, c, c.shape[0] * ROWS, c.shape[1] * GROUP, sm=params["block_scale_min"],
+        return native.weight("int4", c, c.shape[0] * ROWS, c.shape[1] * GROUP, sm=params["block_scale_min"],
                              bias=params.get("bias") if with_bias else None)
 
     def kernel_takes_large_batches(self, params):

@@ -96,9 +96,9 @@ class Int8Linear(WeightOnlyLinear):
         bias = params.get("bias") if with_bias else None
         if "panels" in params:
             p = params["panels"]
-            return native.weight(native.INT8_PANELS, p, p.shape[0] * PANEL, p.shape[1], scale=params["scale_f32"], bias=bias)
+            return native.weight("int8_panels", p, p.shape[0] * PANEL, p.shape[1], scale=params["scale_f32"], bias=bias)
         q = params["qweight"]
-        return native.weight(native.INT8, q, q.shape[0], q.shape[1], scale=params["scale_f32"], bias=bias)
+        return native.weight("int8", q, q.shape[0], q.shape[1], scale=params["scale_f32"], bias=bias)
 
     def fallback(self, x2, params):
         if "panels" in params:  # packed for a C kernel that is not here after all
