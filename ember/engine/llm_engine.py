@@ -14,6 +14,7 @@ from ember.config import EngineConfig
 from ember.engine.detokenize import TextState
 from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
+from ember.engine.profile import StepProfiler
 from ember.engine.request import Request, RequestStatus
 from ember.engine.sampling import Sampler
 from ember.engine.sampling_params import SamplingParams
@@ -55,6 +56,7 @@ class LLMEngine:
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
+        self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
         self._pending_forks: dict[str, list[Request]] = {}  # parent id -> children waiting for its prefill
@@ -146,7 +148,9 @@ class LLMEngine:
     def step(self) -> list[Request]:
         """Run one batch; return the sequences that produced a token or finished."""
         t0 = time.perf_counter()
+        clock = self.profiler.clock()
         batch = self.scheduler.schedule()
+        clock.scheduled(batch, self.scheduler)
         if batch.empty:
             if self.scheduler.waiting and not self.scheduler.running:
                 # Nothing can run and nothing will free memory: fail loudly rather than spin.
@@ -154,20 +158,25 @@ class LLMEngine:
                     self._finish(seq, RequestStatus.FINISHED_ABORTED)
                 raise RuntimeError("the KV cache cannot hold a waiting request even when empty")
             return []
-        result = self.runner.execute(batch, self.kv.take_pending_copies())
+        result = self.runner.execute(batch, self.kv.take_pending_copies(), clock)
         for request, n in batch.scheduled:
             request.num_computed_tokens += n
             self.kv.cache_full_blocks(request)
         for rid, (logits, first) in result.prompt_logits.items():
             self._record_prompt_logprobs(self.requests[rid], logits, first)
+        clock.mark("update")
         changed = []
         if result.sample_requests:
             sample_requests, logits = self._expand_forks(result.sample_requests, result.logits)
+            clock.mark("update")
             sampled = self.sampler(logits, sample_requests)
+            clock.mark("sample")
             for i, request in enumerate(sample_requests):
                 self._append_token(request, sampled.token_ids[i], sampled.logprobs[i])
                 changed.append(request)
+            clock.mark("detokenize")
         self.last_step = StepStats(batch.num_tokens, len(batch.scheduled), len(batch.preempted), time.perf_counter() - t0)
+        self.profiler.record(clock)
         return changed
 
     def _expand_forks(self, requests: list[Request], logits):

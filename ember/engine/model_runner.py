@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.engine.profile import NO_CLOCK
 from ember.engine.request import Request
 from ember.engine.scheduler import SchedulerOutput
 from ember.kernels.attention import AttentionBackend, AttentionMetadata
@@ -74,10 +75,13 @@ class ModelRunner:
         hidden[single_rows] = self.decoder(input_ids[single_rows], positions[single_rows], part(single, single_rows))
         return hidden
 
-    def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = ()) -> StepResult:
+    def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = (), clock=NO_CLOCK) -> StepResult:
+        """`clock`: the step's StepClock (engine/profile.py), marked after prepare, forward and logits."""
         self.kv_cache.copy_blocks(list(block_copies))
         input_ids, positions, meta = self.prepare(batch)
+        clock.mark("prepare")
         hidden = self._forward(input_ids, positions, meta)
+        clock.mark("forward")
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
         for request, n in batch.scheduled:
@@ -91,4 +95,5 @@ class ModelRunner:
                 rows.append(end - 1)
                 sample_requests.append(request)
         logits = self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.long)]) if rows else None
+        clock.mark("logits")
         return StepResult(sample_requests, logits, prompt_logits)
