@@ -117,6 +117,9 @@ def _add_throughput(sub) -> None:
                    help="generate exactly max_tokens per request (default: on)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    p.add_argument("--profile", default=None, metavar="FILE.csv",
+                   help="write one CSV row per engine step: its phases' times and its batch (columns: "
+                        "ember/engine/profile.py)")
     _add_report_args(p)
     p.set_defaults(func=_guard("cmd_throughput"))
 

@@ -97,15 +97,25 @@ def cmd_throughput(args) -> int:
     from ember.bench.offline import prompts_of, run_throughput
     from ember.bench.report import new_report
     from ember.bench.workloads import build_workload
+    from ember.engine.profile import check_profile_path
 
     spec = _spec(args)
     if spec.name == "multi-turn":
         raise ValueError("multi-turn needs the server's replies between turns; run it with `ember bench serve`")
     _check_output(args)
+    if args.profile:
+        check_profile_path(args.profile)
     llm = _engine(args)
     sessions = build_workload(spec, llm.tokenizer)
     prompts_of(sessions)  # refuses what offline cannot run, before any work
-    run = run_throughput(llm, sessions, args.ignore_eos, args.temperature, args.seed, args.chat, args.progress)
+    if args.profile:
+        llm.engine.profiler.enable(args.profile)
+    try:
+        run = run_throughput(llm, sessions, args.ignore_eos, args.temperature, args.seed, args.chat, args.progress)
+    finally:
+        llm.engine.profiler.disable()
+    if args.profile:
+        print(f"wrote {args.profile} ({llm.engine.profiler.num_steps} steps)", file=sys.stderr)
     report = new_report("throughput", args.label or "ember offline", workload=dataclasses.asdict(spec),
                         engine=dataclasses.asdict(llm.config))
     report["runs"].append(run)

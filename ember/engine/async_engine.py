@@ -157,6 +157,7 @@ class AsyncEngine:
             self._drain()
             if self._stop:
                 self._abort_all("abort")
+                self.engine.profiler.disable()  # only this thread steps the engine: the profile ends whole
                 return
             if not self.engine.has_unfinished():
                 self._wake.wait(0.5)

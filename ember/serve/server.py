@@ -28,6 +28,7 @@ class ServerConfig:
     max_waiting: int = 256
     shutdown_timeout: float = 30.0
     log_level: str = "info"
+    profile: str | None = None  # a CSV file that gets one row per engine step (engine/profile.py)
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +45,14 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds running requests get to finish after SIGTERM (default: 30)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--profile", default=None, metavar="FILE.csv",
+                   help="write one CSV row per engine step (its phases' times and its batch) to FILE.csv, "
+                        "until the server stops (default: off)")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     cfg = ServerConfig(args.host, args.port, args.api_key, args.served_model_name, args.max_request_bytes,
-                       args.max_waiting, args.shutdown_timeout, args.log_level)
+                       args.max_waiting, args.shutdown_timeout, args.log_level, args.profile)
     if not 0 <= cfg.port <= 65535:
         raise ValueError(f"--port {cfg.port} is not a port number (0..65535)")
     if cfg.max_waiting < 0:
@@ -56,6 +60,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     if cfg.shutdown_timeout < 0:
         raise ValueError(f"--shutdown-timeout must not be negative, got {cfg.shutdown_timeout}")
     parse_bytes(cfg.max_request_bytes)
+    if cfg.profile:
+        from ember.engine.profile import check_profile_path
+        check_profile_path(cfg.profile)  # before the model loads
     return cfg
 
 
@@ -76,6 +83,8 @@ def build_server_app(engine_cfg: EngineConfig, cfg: ServerConfig, loaded=None, p
     from ember.serve.openai_api import build_app
 
     engine = LLMEngine(engine_cfg, progress=progress, loaded=loaded)
+    if cfg.profile:
+        engine.profiler.enable(cfg.profile)  # the engine thread closes it when it stops
     metrics = ServerMetrics(engine)
     async_engine = AsyncEngine(engine, cfg.max_waiting, observer=metrics)
     options = ServeOptions(model_names(engine.loaded.path, cfg.served_model_name), cfg.api_key,
@@ -124,6 +133,8 @@ def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     else:
         prefill = "prefill chunks too" if decoder.takes_prefill else "prefill chunks on the PyTorch path"
         print(f"decode steps: fused, one C call per step ({prefill})", file=sys.stderr, flush=True)
+    if cfg.profile:
+        print(f"step profile: one row per engine step to {cfg.profile}", file=sys.stderr, flush=True)
 
     def on_ready(port: int) -> None:
         base = f"http://{cfg.host}:{port}"

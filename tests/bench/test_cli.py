@@ -26,6 +26,7 @@ def run(argv, capsys):
     (["bench", "serve", "--workload", "multi-tenant", "--tenants", "a:b"], "--tenants"),
     (["bench", "latency", "--batch-size", "0"], "at least 1"),
     (["bench", "throughput", "--workload", "multi-turn"], "ember bench serve"),
+    (["bench", "throughput", "--profile", "/nonexistent/steps.csv"], "cannot write the step profile"),
     (["bench", "compare", "/nonexistent/x.json"], "cannot read"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys):

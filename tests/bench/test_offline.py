@@ -1,5 +1,8 @@
 """`ember bench throughput` and `latency` on the real engine, tiny sizes (the shared model load)."""
 
+import csv
+import json
+
 import pytest
 
 from ember.bench.latency import run_latency
@@ -42,3 +45,19 @@ def test_latency_figures_of_one_batch(llm):
     assert m["prefill_s"] > 0 and m["e2e_s"] > 0
     assert m["prefill_tok_per_s"] == pytest.approx(2 * 8 / m["prefill_s"])
     assert m["decode_ms_per_step"] == pytest.approx((m["e2e_s"] - m["prefill_s"]) / 2 * 1000)
+
+
+def test_throughput_command_writes_a_step_profile(tmp_path, capsys):
+    from ember.cli import main
+
+    profile, report = tmp_path / "steps.csv", tmp_path / "run.json"
+    code = main(["bench", "throughput", "--num-prompts", "2", "--input-len", "8", "--output-len", "3",
+                 "--no-enable-prefix-caching", "--kv-cache-tokens", "1024", "--threads", "1", "--no-progress",
+                 "--profile", str(profile), "--output", str(report)])
+    assert code == 0, capsys.readouterr().err
+    with open(profile, newline="") as f:
+        rows = list(csv.DictReader(f))
+    metrics = json.loads(report.read_text())["runs"][0]["metrics"]
+    assert rows and sum(int(r["prefill_tokens"]) for r in rows) == metrics["total_input_tokens"]
+    assert sum(int(r["decode_rows"]) for r in rows) == 2 * (3 - 1)
+    assert f"wrote {profile} ({len(rows)} steps)" in capsys.readouterr().err

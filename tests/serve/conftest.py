@@ -60,12 +60,12 @@ def assert_no_leak(server: RunningServer) -> None:
 
 @contextlib.contextmanager
 def running_server(loaded, api_key: str | None = None, max_request_bytes: str = "4MiB", max_waiting: int = 256,
-                   **engine_options):
+                   profile: str | None = None, **engine_options):
     engine_options.setdefault("kv_cache_tokens", 8192)
     engine_options.setdefault("threads", 2)
     engine_cfg = EngineConfig(**engine_options)
     cfg = ServerConfig(port=0, api_key=api_key, max_request_bytes=max_request_bytes, max_waiting=max_waiting,
-                       shutdown_timeout=5, log_level="warning")
+                       shutdown_timeout=5, log_level="warning", profile=profile)
     asgi, app, async_engine = build_server_app(engine_cfg, cfg, loaded=loaded)
     ready = {}
     server = _uvicorn_server(asgi, cfg, lambda port: ready.setdefault("port", port))
