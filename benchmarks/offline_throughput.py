@@ -12,10 +12,10 @@ Default mode (the offline workload): --num-requests requests with prompt lengths
 32-token prompts, 128 new tokens each): tokens/s over the decode-only steps with C sequences,
 from `engine.step()` and `engine.last_step`; compared with transformers at batch C and with
 llama.cpp's anchor figure (batched-bench, 32 parallel: 362 decode tok/s). Then a step-time
-breakdown of decode steps at batch 1 and batch C (scheduler, tensor prep, projections,
-attention, other model ops, lm_head, sampler, Python bookkeeping), measured by wrapping the
-engine's parts with timers from this script; inside the fused decode step (one C call), by
-the step's own phase timers (`NativeDecoder.time_phases`).
+breakdown of decode steps at batch 1 and batch C (scheduler, tensor prep, the fused step's
+projections, attention and other ops, lm_head, sampler, bookkeeping, detokenization), read
+from the engine's own step profile (`engine.profiler`, ember/engine/profile.py: the rows
+`ember bench throughput --profile` writes).
 
     python benchmarks/offline_throughput.py --num-requests 64 --dtype fp32
     python benchmarks/offline_throughput.py --num-requests 256 --dtype fp32,bf16 --output results/offline.json
@@ -24,14 +24,18 @@ the step's own phase timers (`NativeDecoder.time_phases`).
 
 from __future__ import annotations
 
+import csv
 import gc
+import os
 import random
 import statistics
+import tempfile
 import time
-from collections import defaultdict
 
 from common import (PromptMaker, base_parser, environment, hf_generate, load_ember, load_hf, log,
                     parse_dtypes, peak_rss_mib, print_table, set_threads, write_json)
+
+from ember.engine.profile import FUSED_PHASES
 
 LLAMA_CPP_BATCH32_DECODE = 362.0  # tok/s, /work/shared/anchors/baseline-cpu.md (batched-bench, 32 parallel)
 LLAMA_CPP_BATCH32_OVERALL = 306.0  # generated tokens / total time, same run
@@ -154,7 +158,7 @@ def offline_mode(args, threads) -> dict:
 
 
 # --- decode at a fixed concurrency --------------------------------------------------------------
-def run_fixed_batch(engine, prompts, new_tokens: int, on_step=None) -> dict:
+def run_fixed_batch(engine, prompts, new_tokens: int) -> dict:
     """Add all requests, step until done; stats over decode-only steps with all sequences in."""
     from ember import SamplingParams
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
@@ -173,8 +177,6 @@ def run_fixed_batch(engine, prompts, new_tokens: int, on_step=None) -> dict:
             decode_s += st.seconds
             wall_decode += s1 - s0
             decode_tokens += st.num_seqs
-        if on_step is not None:
-            on_step(full_decode)
     total = time.perf_counter() - t0
     generated = 0
     for i in ids:
@@ -188,156 +190,39 @@ def run_fixed_batch(engine, prompts, new_tokens: int, on_step=None) -> dict:
             "generated_tok_s_overall": generated / total, "seconds": total}
 
 
-class Probe:
-    """Timers wrapped around the engine's parts (from outside: nothing in ember/ is changed)."""
-
-    def __init__(self):
-        self.current = defaultdict(float)
-        self.totals = defaultdict(float)
-        self.steps = 0
-
-    def wrap(self, fn, name):
-        cur = self.current
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                cur[name] += time.perf_counter() - t0
-        return timed
-
-    def end_step(self, keep: bool):
-        if keep:
-            for k, v in self.current.items():
-                self.totals[k] += v
-            self.steps += 1
-        self.current.clear()
+def profiled_decode_steps(engine, prompts, new_tokens: int) -> list[dict]:
+    """Run the prompts to the end with the engine's step profile on (engine/profile.py, the rows
+    `--profile` writes); returns the rows of the decode steps with every sequence in."""
+    batch = len(prompts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "steps.csv")
+        with engine.profiler.enable(path):
+            run_fixed_batch(engine, prompts, new_tokens)
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if int(r["num_seqs"]) == batch and int(r["decode_rows"]) == batch]
 
 
-class _ModelProxy:
-    def __init__(self, model, probe: Probe):
-        self._model = model
-        self._call = probe.wrap(model.__call__, "forward")
-        self.compute_logits = probe.wrap(model.compute_logits, "lm_head")
+def breakdown_rows(steps: list[dict], batch: int) -> list[dict]:
+    def ms(column):  # mean ms per step; a fused column is empty in steps the fused step did not run
+        return 1000 * sum(float(r[column] or 0) for r in steps) / max(len(steps), 1)
 
-    def __call__(self, *a, **k):
-        return self._call(*a, **k)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
-class _DecoderProxy:
-    """The fused decode step: its wall time, and its C phase timers' share of it."""
-
-    def __init__(self, decoder, probe: Probe):
-        self._decoder, self._probe = decoder, probe
-        decoder.time_phases(True)
-
-    def __call__(self, *a, **k):
-        before = self._decoder.phase_seconds.clone()
-        t0 = time.perf_counter()
-        try:
-            return self._decoder(*a, **k)
-        finally:
-            cur = self._probe.current
-            cur["fused"] += time.perf_counter() - t0
-            for name, d in zip(("fused_linear", "fused_attention", "fused_other"),
-                               (self._decoder.phase_seconds - before).tolist()):
-                cur[name] += d
-
-    def __getattr__(self, name):
-        return getattr(self._decoder, name)
-
-
-class _SamplerProxy:
-    def __init__(self, sampler, probe: Probe):
-        self._sampler = sampler
-        self._call = probe.wrap(sampler.__call__, "sampler")
-
-    def __call__(self, *a, **k):
-        return self._call(*a, **k)
-
-    def __getattr__(self, name):
-        return getattr(self._sampler, name)
-
-
-def instrument(engine) -> tuple[Probe, callable]:
-    """Install the timers on one engine; returns the probe and a function that removes them."""
-    probe = Probe()
-    model = engine.model
-    backend = (getattr(engine.runner, "attention", None) or getattr(model, "attention", None)
-               or getattr(model.layers[0], "backend"))
-    method = model.layers[0].qkv_proj.method
-    saved = []
-
-    def patch(obj, attr, name):
-        had = attr in vars(obj)
-        saved.append((obj, attr, had, vars(obj).get(attr)))
-        setattr(obj, attr, probe.wrap(getattr(obj, attr), name))
-
-    engine_step = engine.step
-    engine.step = probe.wrap(engine_step, "step")
-    saved.append((engine, "step", False, None))
-    patch(engine.scheduler, "schedule", "schedule")
-    patch(engine.runner, "execute", "execute")
-    patch(engine.runner, "prepare", "prepare")
-    patch(engine, "_append_token", "append_token")
-    patch(backend, "forward", "attention")
-    for attr in ("write", "gather"):
-        if hasattr(engine.kv_cache, attr):
-            patch(engine.kv_cache, attr, f"kv_{attr}")
-    patch(method, "apply", "linear")
-    runner_model, sampler, decoder = engine.runner.model, engine.sampler, engine.runner.decoder
-    engine.runner.model = _ModelProxy(runner_model, probe)
-    engine.sampler = _SamplerProxy(sampler, probe)
-    if decoder is not None:
-        engine.runner.decoder = _DecoderProxy(decoder, probe)
-
-    def undo():
-        if decoder is not None:
-            decoder.time_phases(False)
-        engine.runner.model, engine.sampler, engine.runner.decoder = runner_model, sampler, decoder
-        for obj, attr, had, old in reversed(saved):
-            if had:
-                setattr(obj, attr, old)
-            else:
-                delattr(obj, attr)
-    return probe, undo
-
-
-def breakdown_rows(probe: Probe, batch: int) -> list[dict]:
-    n = max(probe.steps, 1)
-    t = {k: 1000 * v / n for k, v in probe.totals.items()}
-    g = t.get
-    attention_core = g("attention", 0) - g("kv_write", 0) - g("kv_gather", 0)
+    fused = [ms(p + "_s") for p in FUSED_PHASES]
     parts = [
-        ("scheduler.schedule", g("schedule", 0)),
-        ("runner.prepare (batch -> tensors)", g("prepare", 0)),
-        ("model: linear projections", g("linear", 0)),
-        ("model: attention, KV write", g("kv_write", 0)),
-        ("model: attention, KV gather (PagedKVCache.gather)", g("kv_gather", 0)),
-        ("model: attention, the rest (SDPA, masks, loops)", attention_core),
-        ("model: other ops (embed, norms, rope, silu, residual)",
-         g("forward", 0) - g("linear", 0) - g("attention", 0)),
-        ("fused step (C): linear projections", g("fused_linear", 0)),
-        ("fused step (C): attention, RoPE, KV write", g("fused_attention", 0)),
-        ("fused step (C): embed, norms, SiLU", g("fused_other", 0)),
-        ("fused step: ctypes call, argument tensors",
-         g("fused", 0) - g("fused_linear", 0) - g("fused_attention", 0) - g("fused_other", 0)),
-        ("lm_head (compute_logits)", g("lm_head", 0)),
-        ("runner.execute other (copy_blocks, row select)",
-         g("execute", 0) - g("prepare", 0) - g("forward", 0) - g("fused", 0) - g("lm_head", 0)),
-        ("sampler", g("sampler", 0)),
-        ("engine._append_token (detokenize, stop checks)", g("append_token", 0)),
-        ("engine.step other (bookkeeping, cache_full_blocks)",
-         g("step", 0) - g("schedule", 0) - g("execute", 0) - g("sampler", 0) - g("append_token", 0)),
+        ("scheduler.schedule", ms("schedule_s")),
+        ("prepare (block copies, batch -> tensors)", ms("prepare_s")),
+        ("fused step (C): linear projections", fused[0]),
+        ("fused step (C): attention, RoPE, KV write", fused[1]),
+        ("fused step (C): embed, norms, SiLU", fused[2]),
+        ("forward, the rest (PyTorch path; the fused call's ctypes side)", ms("forward_s") - sum(fused)),
+        ("lm_head (compute_logits)", ms("logits_s")),
+        ("sampler", ms("sample_s")),
+        ("update (computed tokens, cache full blocks, forks)", ms("update_s")),
+        ("detokenize (append tokens, stop checks)", ms("detokenize_s")),
     ]
-    step = g("step", 0) or 1e-12
-    rows = [{"part": name, "ms/step": ms, "share %": 100 * ms / step} for name, ms in parts]
-    rows.append({"part": f"step total (batch {batch}, {probe.steps} decode steps)", "ms/step": step,
-                 "share %": 100.0})
+    step = ms("step_s") or 1e-12
+    parts.append(("outside every phase (the profile's own marks, StepStats)", step - sum(v for _, v in parts)))
+    rows = [{"part": name, "ms/step": v, "share %": 100 * v / step} for name, v in parts]
+    rows.append({"part": f"step total (batch {batch}, {len(steps)} decode steps)", "ms/step": step, "share %": 100.0})
     return rows
 
 
@@ -368,14 +253,9 @@ def concurrency_mode(args, threads) -> dict:
         if not args.no_breakdown:
             entry["breakdown"] = {}
             for batch in sorted({1, c}):
-                probe, undo = instrument(engine)
                 bprompts = [make(args.prompt_len) for _ in range(batch)]
                 log(f"[{dtype}] ember step breakdown at batch {batch}")
-                try:
-                    run_fixed_batch(engine, bprompts, args.breakdown_tokens, on_step=probe.end_step)
-                finally:
-                    undo()
-                rows = breakdown_rows(probe, batch)
+                rows = breakdown_rows(profiled_decode_steps(engine, bprompts, args.breakdown_tokens), batch)
                 entry["breakdown"][str(batch)] = rows
                 print_table(rows, title=f"[{dtype}] Ember decode step breakdown, batch {batch}")
         del llm, engine
