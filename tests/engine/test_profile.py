@@ -133,6 +133,19 @@ def test_no_fused_columns_on_the_pytorch_path(make_llm, topics_text, tmp_path):
     assert all(float(r["forward_s"]) > 0 for r in rows)
 
 
+def test_forks_prefill_once_and_decode_apart(make_llm, topics_text, tmp_path):
+    llm = make_llm(enable_prefix_caching=False)
+    path = tmp_path / "steps.csv"
+    (ids,) = prompts(llm, topics_text, [14])
+    with llm.engine.profiler.enable(str(path)):
+        llm.generate({"prompt_token_ids": ids}, SamplingParams(n=3, temperature=0.8, seed=1, max_tokens=4,
+                                                               ignore_eos=True))
+    _, rows = read_rows(path)
+    assert sum(int(r["prefill_tokens"]) for r in rows) == len(ids)  # the siblings share the prompt's blocks
+    assert sum(int(r["decode_rows"]) for r in rows) == 3 * (4 - 1)
+    assert_no_leak(llm)
+
+
 def test_preemptions_are_counted(make_llm, topics_text, tmp_path):
     # three sequences of 8 + 8 tokens in 4-token blocks need 12 blocks; 9 force preemptions
     llm = make_llm(block_size=4, kv_cache_tokens=9 * 4, enable_prefix_caching=False)
