@@ -32,14 +32,15 @@ class ModelRunner:
         ids, positions, slots, query_lens, context_lens, tables = [], [], [], [], [], []
         bs = self.block_size
         for request, n in batch.scheduled:
-            start = request.num_computed_tokens
+            # RoPE positions continue from the tokens computed; cache slots and the context
+            # attended to count the entries held, fewer once some were dropped.
+            start, cached = request.num_computed_tokens, request.num_cached_tokens
             ids.extend(request.token_slice(start, start + n))
-            pos = range(start, start + n)
-            positions.extend(pos)
+            positions.extend(range(start, start + n))
             blocks = request.block_ids
-            slots.extend(blocks[p // bs] * bs + p % bs for p in pos)
+            slots.extend(blocks[c // bs] * bs + c % bs for c in range(cached, cached + n))
             query_lens.append(n)
-            context_lens.append(start + n)
+            context_lens.append(cached + n)
             tables.append(blocks)
         width = max(len(t) for t in tables)
         block_tables = torch.zeros(len(tables), width, dtype=torch.long)

@@ -51,7 +51,8 @@ class Request:
     arrival_order: int = 0  # set by the engine: ties in arrival time break by this
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    num_computed_tokens: int = 0  # tokens run through the model: the next RoPE position
+    num_dropped_tokens: int = 0  # of those, entries taken out of the cache (a press, a window)
     block_ids: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     stop_reason: int | str | None = None
@@ -67,6 +68,11 @@ class Request:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """KV entries the request holds: its cache index space, apart from its positions."""
+        return self.num_computed_tokens - self.num_dropped_tokens
 
     @property
     def num_tokens(self) -> int:

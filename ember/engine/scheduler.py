@@ -35,7 +35,7 @@ class Preemptor:
 
     def preempt(self, request: Request, kv: KVCacheManager) -> None:
         kv.free(request)
-        request.num_computed_tokens = 0
+        request.num_computed_tokens = request.num_dropped_tokens = 0
 
     def resume(self, request: Request, kv: KVCacheManager) -> bool:
         """Called before a preempted request is admitted again; False if it cannot come back yet."""
@@ -109,7 +109,7 @@ class Scheduler:
         if not self.kv.allocate_slots(request, num_new):
             if took_hits:  # give the hits back; the blocks stay cached for the next try
                 self.kv.free(request)
-                request.num_computed_tokens = 0
+                request.num_computed_tokens = request.num_dropped_tokens = 0
             return False
         self.waiting.remove(request)
         request.status = RequestStatus.RUNNING

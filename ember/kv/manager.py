@@ -70,8 +70,8 @@ class KVCacheManager:
 
     def cache_full_blocks(self, request: Request) -> None:
         """Index the request's newly completed blocks so later requests can reuse them."""
-        if not self.enable_prefix_caching:
-            return
+        if not self.enable_prefix_caching or request.num_dropped_tokens:
+            return  # after a drop, block i no longer holds tokens i*bs.. : nothing to index
         hashes = self._hashes.setdefault(request.request_id, [])
         full = request.num_computed_tokens // self.block_size
         if len(hashes) >= full:
@@ -86,7 +86,7 @@ class KVCacheManager:
 
     # --- allocation ---------------------------------------------------------------------------
     def can_allocate(self, request: Request, num_new_tokens: int, reserve: int = 0) -> bool:
-        need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(request.block_ids)
+        need = self.blocks_needed(request.num_cached_tokens + num_new_tokens) - len(request.block_ids)
         return need <= self.pool.num_free_blocks - reserve
 
     def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
@@ -95,14 +95,15 @@ class KVCacheManager:
         Writing into a partly filled block that another sequence shares (after a fork) first
         copies it (copy-on-write); the copy is queued in `pending_copies` for the runner.
         """
-        need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(request.block_ids)
-        last_shared = (request.num_computed_tokens % self.block_size != 0 and num_new_tokens > 0
-                       and self.pool.ref_counts[request.block_ids[request.num_computed_tokens // self.block_size]] > 1)
+        cached = request.num_cached_tokens  # blocks and slots count cache entries, not positions
+        need = self.blocks_needed(cached + num_new_tokens) - len(request.block_ids)
+        last_shared = (cached % self.block_size != 0 and num_new_tokens > 0
+                       and self.pool.ref_counts[request.block_ids[cached // self.block_size]] > 1)
         total = max(need, 0) + last_shared
         if total > self.pool.num_free_blocks:
             return False
         if last_shared:
-            i = request.num_computed_tokens // self.block_size
+            i = cached // self.block_size
             (copy,) = self.pool.allocate(1)
             self.pending_copies.append((request.block_ids[i], copy))
             self.pool.free([request.block_ids[i]])
@@ -115,6 +116,22 @@ class KVCacheManager:
         copies, self.pending_copies = self.pending_copies, []
         return copies
 
+    def drop_blocks(self, request: Request, indexes: list[int]) -> None:
+        """Take whole blocks out of the request's cache (a sliding window, a token press).
+
+        Only full blocks can go; the request keeps its positions, so what comes next is
+        rotated as before and attends to the entries that remain.
+        """
+        full = request.num_cached_tokens // self.block_size
+        indexes = sorted(set(indexes))
+        if any(not 0 <= i < full for i in indexes):
+            raise ValueError(f"block indexes {indexes} are not all among the request's {full} full blocks")
+        drop = set(indexes)
+        self.pool.free([request.block_ids[i] for i in reversed(indexes)])
+        request.block_ids = [b for i, b in enumerate(request.block_ids) if i not in drop]
+        request.num_dropped_tokens += len(indexes) * self.block_size
+        self._hashes.pop(request.request_id, None)
+
     def free(self, request: Request) -> None:
         self.pool.free(list(reversed(request.block_ids)))
         request.block_ids = []
@@ -125,4 +142,5 @@ class KVCacheManager:
         self.pool.share(parent.block_ids)
         child.block_ids = list(parent.block_ids)
         child.num_computed_tokens = parent.num_computed_tokens
+        child.num_dropped_tokens = parent.num_dropped_tokens
         self._hashes[child.request_id] = list(self._hashes.get(parent.request_id, []))

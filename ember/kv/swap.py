@@ -40,32 +40,32 @@ class SwapPreemptor(Preemptor):
         cache: PagedKVCache = engine.kv_cache
         self.cache = cache
         self.host = HostKVPool(cache, max(1, engine.kv_spec.blocks_in(parse_bytes(engine.config.swap_space))))
-        self.swapped: dict[str, tuple[list[int], int]] = {}  # request -> (host blocks, computed tokens)
+        self.swapped: dict[str, tuple[list[int], int]] = {}  # request -> (host blocks, computed, dropped tokens)
         self.num_swapped_out = self.num_swapped_in = 0
 
     def preempt(self, request: Request, kv: KVCacheManager) -> None:
         # Only blocks holding computed tokens are worth keeping.
-        keep = kv.blocks_needed(request.num_computed_tokens)
+        keep = kv.blocks_needed(request.num_cached_tokens)
         if keep == 0 or keep > len(self.host.free):
             return super().preempt(request, kv)  # nothing to save, or no room: recompute instead
         host = [self.host.free.popleft() for _ in range(keep)]
         copy_blocks(self.cache.layers, request.block_ids[:keep], self.host.layers, host)
-        self.swapped[request.request_id] = (host, request.num_computed_tokens)
+        self.swapped[request.request_id] = (host, request.num_computed_tokens, request.num_dropped_tokens)
         self.num_swapped_out += 1
         kv.free(request)
-        request.num_computed_tokens = 0
+        request.num_computed_tokens = request.num_dropped_tokens = 0
 
     def resume(self, request: Request, kv: KVCacheManager) -> bool:
         entry = self.swapped.get(request.request_id)
         if entry is None:
             return True  # it was recomputed: nothing to bring back
-        host, computed = entry
-        if kv.blocks_needed(request.num_tokens) > kv.pool.num_free_blocks:
+        host, computed, dropped = entry
+        if kv.blocks_needed(request.num_tokens - dropped) > kv.pool.num_free_blocks:
             return False  # wait until the whole sequence fits again
         blocks = kv.pool.allocate(len(host))
         copy_blocks(self.host.layers, host, self.cache.layers, blocks)
         request.block_ids = blocks
-        request.num_computed_tokens = computed
+        request.num_computed_tokens, request.num_dropped_tokens = computed, dropped
         self.release(request)
         self.num_swapped_in += 1
         return True

@@ -4,7 +4,9 @@ A batch is a concatenation of sequences: sequence i contributes `query_lens[i]` 
 which sit at the end of its `context_lens[i]` tokens of context. Without a cache
 (`slot_mapping is None`) each sequence attends only to its own new tokens (a plain causal
 forward, used for evaluation). With a cache, new K/V are written to `slot_mapping` slots
-and attention reads the sequence's blocks through `block_tables`.
+and attention reads the sequence's blocks through `block_tables`. Context lengths count
+cache entries, not positions: once a sequence has dropped entries (a window, a press) its
+RoPE positions run ahead of them, and only the positions tensor knows them.
 """
 
 from __future__ import annotations
