@@ -26,7 +26,8 @@ previous mark to its phase, so the phases tile the step in whatever order the st
   num_seqs         sequences in the batch
   prefill_tokens   tokens of rows that are not decode rows (prompt chunks, recomputation)
   decode_rows      rows feeding one generated token (one new token past the prompt)
-  context_len_sum  sum over rows of the tokens each attends to (cached + this step's)
+  context_len_sum  sum over rows of the KV entries each attends to (held + this step's; fewer
+                   than its positions once entries were dropped from the cache)
   kv_blocks_used   KV blocks held after scheduling
   preempted        sequences preempted while scheduling this step
   waiting          sequences left waiting after scheduling
@@ -107,8 +108,8 @@ class StepClock:
         self.mark("schedule")
         prefill = decode = context = 0
         for request, n in batch.scheduled:
-            start = request.num_computed_tokens
-            context += start + n
+            start = request.num_computed_tokens  # a position: decode rows are past the prompt
+            context += start - request.num_dropped_tokens + n  # cache entries: fewer after drops
             if n == 1 and start >= len(request.prompt_token_ids):
                 decode += 1
             else:

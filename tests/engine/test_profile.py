@@ -146,6 +146,24 @@ def test_forks_prefill_once_and_decode_apart(make_llm, topics_text, tmp_path):
     assert_no_leak(llm)
 
 
+def test_context_counts_cache_entries_after_a_drop(make_llm, topics_text, tmp_path):
+    llm = make_llm(enable_prefix_caching=False)
+    engine = llm.engine
+    (ids,) = prompts(llm, topics_text, [40])
+    engine.add_request({"prompt_token_ids": ids}, PARAMS)
+    (seq,) = engine.requests.values()
+    with engine.profiler.enable(str(tmp_path / "steps.csv")):
+        engine.step()  # the prompt: 40 entries, 2 full blocks
+        engine.kv.drop_blocks(seq, [0])  # its first block leaves the cache; positions go on
+        engine.step()
+        last = engine.profiler.last
+    assert (last.decode_rows, last.prefill_tokens) == (1, 0)  # position 40, past the prompt
+    assert last.context_len_sum == 40 - 16 + 1
+    engine.abort_request(seq.group_id)
+    engine.release(seq.group_id)
+    assert_no_leak(llm)
+
+
 def test_preemptions_are_counted(make_llm, topics_text, tmp_path):
     # three sequences of 8 + 8 tokens in 4-token blocks need 12 blocks; 9 force preemptions
     llm = make_llm(block_size=4, kv_cache_tokens=9 * 4, enable_prefix_caching=False)
