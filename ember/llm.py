@@ -7,9 +7,9 @@ from typing import Iterable, Iterator
 from ember.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.outputs import CompletionOutput, Logprob, RequestMetricsOut, RequestOutput
-from ember.engine.request import Request
-from ember.engine.sampling_params import SamplingParams
 from ember.loader.chat_template import encode_chat
+from ember.request import Request
+from ember.sampling_params import SamplingParams
 
 
 class LLM:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ember.engine.llm_engine import LLMEngine
-from ember.engine.request import Request
-from ember.engine.sampling_params import SamplingParams
+from ember.request import Request
+from ember.sampling_params import SamplingParams
 
 log = logging.getLogger("ember.engine")
 

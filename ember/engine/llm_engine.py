@@ -14,9 +14,7 @@ from ember.config import EngineConfig
 from ember.engine.detokenize import TextState
 from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
-from ember.engine.request import Request, RequestStatus
 from ember.engine.sampling import Sampler
-from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
@@ -24,6 +22,8 @@ from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
 from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
+from ember.request import Request, RequestStatus
+from ember.sampling_params import SamplingParams
 
 
 @dataclass

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 from ember.engine.policies import Policy
-from ember.engine.request import Request, RequestStatus
 from ember.kv.manager import KVCacheManager
+from ember.kv.preemption import Preemptor
+from ember.request import Request, RequestStatus
 
 
 @dataclass
@@ -28,21 +29,6 @@ class SchedulerOutput:
     @property
     def empty(self) -> bool:
         return not self.scheduled
-
-
-class Preemptor:
-    """How a preempted request gives back its KV (recompute by default; swap plugs in here)."""
-
-    def preempt(self, request: Request, kv: KVCacheManager) -> None:
-        kv.free(request)
-        request.num_computed_tokens = 0
-
-    def resume(self, request: Request, kv: KVCacheManager) -> bool:
-        """Called before a preempted request is admitted again; False if it cannot come back yet."""
-        return True
-
-    def release(self, request: Request) -> None:
-        """Drop anything held for a request that will not come back (finished or aborted)."""
 
 
 class Scheduler:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ember.engine.request import Request
 from ember.kv.block_pool import BlockPool
+from ember.request import Request
 
 
 @dataclass

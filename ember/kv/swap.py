@@ -12,10 +12,10 @@ from collections import deque
 import torch
 
 from ember.config import parse_bytes
-from ember.engine.request import Request
-from ember.engine.scheduler import Preemptor
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
+from ember.kv.preemption import Preemptor
+from ember.request import Request
 
 
 class HostKVPool:

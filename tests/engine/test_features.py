@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ember import SamplingParams
-from ember.engine.request import RequestStatus
+from ember.request import RequestStatus
 from tests.engine.conftest import assert_no_leak
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ember.engine.request import Request
 from ember.registry import Registry
+from ember.request import Request
 
 
 class Policy:

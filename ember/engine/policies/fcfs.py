@@ -7,7 +7,7 @@ since they arrived earlier and may hold generated tokens already.
 from __future__ import annotations
 
 from ember.engine.policies.base import POLICIES, Policy
-from ember.engine.request import Request
+from ember.request import Request
 
 
 @POLICIES.register("fcfs")

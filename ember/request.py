@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.Enum):
