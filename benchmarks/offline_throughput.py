@@ -283,7 +283,7 @@ def instrument(engine) -> tuple[Probe, callable]:
     patch(engine.scheduler, "schedule", "schedule")
     patch(engine.runner, "execute", "execute")
     patch(engine.runner, "prepare", "prepare")
-    patch(engine, "_append_token", "append_token")
+    patch(engine.scheduler, "update", "update")
     patch(backend, "forward", "attention")
     for attr in ("write", "gather"):
         if hasattr(engine.kv_cache, attr):
@@ -330,9 +330,9 @@ def breakdown_rows(probe: Probe, batch: int) -> list[dict]:
         ("runner.execute other (copy_blocks, row select)",
          g("execute", 0) - g("prepare", 0) - g("forward", 0) - g("fused", 0) - g("lm_head", 0)),
         ("sampler", g("sampler", 0)),
-        ("engine._append_token (detokenize, stop checks)", g("append_token", 0)),
-        ("engine.step other (bookkeeping, cache_full_blocks)",
-         g("step", 0) - g("schedule", 0) - g("execute", 0) - g("sampler", 0) - g("append_token", 0)),
+        ("scheduler.update (bookkeeping, cache_full_blocks, detokenize, stop checks)", g("update", 0)),
+        ("engine.step other (logprobs, fork rows)",
+         g("step", 0) - g("schedule", 0) - g("execute", 0) - g("sampler", 0) - g("update", 0)),
     ]
     step = g("step", 0) or 1e-12
     rows = [{"part": name, "ms/step": ms, "share %": 100 * ms / step} for name, ms in parts]
