@@ -40,6 +40,12 @@ class SchedulerOutput:
     def empty(self) -> bool:
         return not self.scheduled
 
+    @property
+    def sample_requests(self) -> list[Request]:
+        """Scheduled requests whose known tokens are all computed by this step: each samples a
+        token (read before `update`, which advances the counts), and so does each fork child."""
+        return [r for r, n in self.scheduled if r.num_computed_tokens + n == r.num_tokens]
+
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
@@ -97,8 +103,7 @@ class Scheduler:
         # 2. waiting requests in policy order (none after a preemption: memory is short)
         if not out.preempted:
             self._admit_waiting(out, budget)
-        out.forks = [(parent, child) for parent, n in out.scheduled
-                     if parent.num_computed_tokens + n == parent.num_tokens
+        out.forks = [(parent, child) for parent in out.sample_requests
                      for child in self._forks.get(parent.request_id, ()) if not child.is_finished]
         return out
 
