@@ -7,9 +7,9 @@ from typing import Iterable, Iterator
 from ember.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.outputs import CompletionOutput, Logprob, RequestMetricsOut, RequestOutput
-from ember.engine.request import Request
-from ember.engine.sampling_params import SamplingParams
 from ember.loader.chat_template import encode_chat
+from ember.request import Request
+from ember.sampling_params import SamplingParams
 
 
 class LLM:
@@ -22,17 +22,21 @@ class LLM:
 
     # --- offline batch ------------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order. A prompt is a string or {"prompt_token_ids": [...]}."""
+                 use_tqdm: bool = False, priority: int | list[int] = 0) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order. A prompt is a string or {"prompt_token_ids": [...]}.
+        `priority` (one for all, or one per prompt): lower runs sooner under the `priority` policy."""
         single = isinstance(prompts, (str, dict))
         prompts = [prompts] if single else list(prompts)
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        priorities = priority if isinstance(priority, list) else [priority] * len(prompts)
+        if len(priorities) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(priorities)} priorities")
         ids = []
         try:
-            for prompt, p in zip(prompts, params_list):
-                ids.append(self.engine.add_request(prompt, p))
+            for prompt, p, prio in zip(prompts, params_list, priorities):
+                ids.append(self.engine.add_request(prompt, p, priority=prio))
             self._run(ids, use_tqdm)
         finally:
             outputs = [self._output(i) for i in ids]

@@ -33,7 +33,11 @@ def files(*parts: str) -> list[Path]:
     (("eval", "decode_nll.py"), "ember.eval.perplexity"),  # both take token_nll from eval/nll.py
     (("config.py",), "ember.engine.policies"),  # a policy's name is checked where the engine builds it
     (("models",), "ember.loader"),  # models raise ValueError; the loader wraps it into ModelLoadError
-], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies", "models-not-loader"])
+    (("kv",), "ember.engine"),  # Request lives in ember/request.py, the Preemptor in kv/preemption.py
+    (("request.py",), "ember.engine"),
+    (("sampling_params.py",), "ember.engine"),
+], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies", "models-not-loader", "kv-not-engine",
+        "request-not-engine", "sampling_params-not-engine"])
 def test_no_import_runs_upward(importers, forbidden):
     for path in files(*importers):
         bad = {m for m in imported_modules(path) if m == forbidden or m.startswith(forbidden + ".")}

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ember.engine.llm_engine import LLMEngine
-from ember.engine.request import Request
-from ember.engine.sampling_params import SamplingParams
+from ember.request import Request
+from ember.sampling_params import SamplingParams
 
 log = logging.getLogger("ember.engine")
 
@@ -121,7 +121,8 @@ class AsyncEngine:
 
     # --- the handlers' side -------------------------------------------------------------------
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str,
-                       user: str | None = None, arrival_time: float | None = None) -> AsyncIterator[RequestUpdate]:
+                       user: str | None = None, arrival_time: float | None = None,
+                       priority: int = 0) -> AsyncIterator[RequestUpdate]:
         """Updates for one request until it finishes; leaving early (close, cancel) aborts it."""
         if not self._accepting:
             raise EngineStoppedError("the server is shutting down")
@@ -131,7 +132,8 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._count_lock:
             self._num_posted += 1
-        self._post(("add", request_id, prompt_token_ids, params, user, arrival_time or time.monotonic(), stream))
+        self._post(("add", request_id, prompt_token_ids, params, user, arrival_time or time.monotonic(), priority,
+                    stream))
         finished = False
         try:
             while True:
@@ -178,11 +180,12 @@ class AsyncEngine:
             else:
                 self._abort(command[1])
 
-    def _add(self, request_id, ids, params, user, arrival_time, stream: _Stream) -> None:
+    def _add(self, request_id, ids, params, user, arrival_time, priority, stream: _Stream) -> None:
         with self._count_lock:
             self._num_posted -= 1
         try:
-            self.engine.add_request({"prompt_token_ids": ids}, params, request_id=request_id, user=user)
+            self.engine.add_request({"prompt_token_ids": ids}, params, request_id=request_id, user=user,
+                                    priority=priority)
         except ValueError as exc:
             stream.push(RequestUpdate([], error=RequestRejectedError(str(exc))))
             return

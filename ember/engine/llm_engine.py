@@ -1,7 +1,9 @@
 """LLMEngine: the synchronous step loop that ties scheduler, KV cache, model runner and sampler.
 
 `add_request` queues work; each `step` schedules one batch, runs the model once on it,
-samples one token per sequence that needs one, and reports what changed.
+samples one token per sequence that needs one, hands the tokens to the scheduler's `update`
+(which does the bookkeeping and the stop checks) and reports what changed. Tokenizing,
+detokenizing, sampling and logprobs stay here: the scheduler runs without a model.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from ember.config import EngineConfig
+import torch
+
+from ember.config import EngineConfig, parse_bytes
 from ember.engine.detokenize import TextState
 from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
-from ember.engine.profile import StepProfiler
-from ember.engine.request import Request, RequestStatus
+from ember.engine.profile import NO_CLOCK, StepProfiler
 from ember.engine.sampling import Sampler
-from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
@@ -25,6 +27,8 @@ from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
 from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
+from ember.request import Request, RequestStatus
+from ember.sampling_params import SamplingParams
 
 
 @dataclass
@@ -52,18 +56,17 @@ class LLMEngine:
         self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks)
         self.kv = KVCacheManager(spec.num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, POLICIES.create(config.policy), config.max_num_seqs,
-                                   config.max_num_batched_tokens, preemptor=self._make_preemptor())
+                                   config.max_num_batched_tokens, preemptor=self._make_preemptor(),
+                                   eos_token_ids=self.tokenizer.stop_token_ids)
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
-        self._pending_forks: dict[str, list[Request]] = {}  # parent id -> children waiting for its prefill
         self._text: dict[str, TextState] = {}
         self._ids = itertools.count()
         self._order = itertools.count()
-        self.stop_token_ids = set(self.tokenizer.stop_token_ids)
         self.last_step = StepStats()
         self.total_generated_tokens = 0
         self.total_prompt_tokens = 0
@@ -90,7 +93,7 @@ class LLMEngine:
     def _make_preemptor(self):
         if self.config.preemption == "swap":
             from ember.kv.swap import SwapPreemptor
-            return SwapPreemptor(self)
+            return SwapPreemptor(self.kv_cache, self.kv_spec.blocks_in(parse_bytes(self.config.swap_space)))
         return None
 
     # --- requests -----------------------------------------------------------------------------
@@ -109,8 +112,11 @@ class LLMEngine:
         raise ValueError(f"a prompt is a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
 
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
-                    user: str | None = None) -> str:
+                    user: str | None = None, priority: int = 0) -> str:
+        """Queue a prompt's n sequences; `priority`: lower runs sooner under the `priority` policy."""
         params = params or SamplingParams()
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
         text, ids = self.encode_prompt(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -126,15 +132,13 @@ class LLMEngine:
         for index in range(params.n):
             seq = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids, params, max_tokens,
                           eos_token_id=self.tokenizer.eos_token_id, prompt=text, index=index, user=user,
-                          group_id=request_id, arrival_order=next(self._order))
+                          priority=priority, group_id=request_id, arrival_order=next(self._order))
             self._text[seq.request_id] = TextState(self.tokenizer, params.stop, params.skip_special_tokens)
             self.requests[seq.request_id] = seq
             seqs.append(seq)
         self.groups[request_id] = seqs
         self.total_prompt_tokens += len(ids)
-        self.scheduler.add(seqs[0])
-        if len(seqs) > 1:  # the others fork from the first once its prompt is in the cache
-            self._pending_forks[seqs[0].request_id] = seqs[1:]
+        self.scheduler.add(seqs[0], forks=seqs[1:])  # the others fork from the first once its prompt is in the cache
         return request_id
 
     def abort_request(self, request_id: str) -> None:
@@ -159,66 +163,46 @@ class LLMEngine:
                 raise RuntimeError("the KV cache cannot hold a waiting request even when empty")
             return []
         result = self.runner.execute(batch, self.kv.take_pending_copies(), clock)
-        for request, n in batch.scheduled:
-            request.num_computed_tokens += n
-            self.kv.cache_full_blocks(request)
         for rid, (logits, first) in result.prompt_logits.items():
             self._record_prompt_logprobs(self.requests[rid], logits, first)
         clock.mark("update")
-        changed = []
-        if result.sample_requests:
-            sample_requests, logits = self._expand_forks(result.sample_requests, result.logits)
-            clock.mark("update")
-            sampled = self.sampler(logits, sample_requests)
-            clock.mark("sample")
-            for i, request in enumerate(sample_requests):
-                self._append_token(request, sampled.token_ids[i], sampled.logprobs[i])
-                changed.append(request)
-            clock.mark("detokenize")
+        requests, sampled = self._sample(result, batch.forks) if result.sample_requests else ([], {})
+        clock.mark("sample")
+        add_text = self._add_text if clock is NO_CLOCK else self._timed_add_text(clock)
+        for request in self.scheduler.update(batch, sampled, add_text):
+            self._forget(request)
+        clock.mark("update")
         self.last_step = StepStats(batch.num_tokens, len(batch.scheduled), len(batch.preempted), time.perf_counter() - t0)
         self.profiler.record(clock)
-        return changed
+        return requests
 
-    def _expand_forks(self, requests: list[Request], logits):
-        """A parent whose prompt just finished brings its waiting siblings in, sharing its blocks."""
-        extra_rows, extra = [], []
-        for row, parent in enumerate(requests):
-            for child in self._pending_forks.pop(parent.request_id, []):
-                if child.is_finished:
-                    continue
-                self.kv.fork(parent, child)
-                child.status = RequestStatus.RUNNING
-                child.metrics.first_scheduled_time = parent.metrics.first_scheduled_time
-                self.scheduler.running.append(child)
-                extra_rows.append(row)
-                extra.append(child)
-        if extra:
-            import torch
-            logits = torch.cat([logits, logits[torch.tensor(extra_rows)]])
-        return requests + extra, logits
+    def _sample(self, result, forks) -> tuple[list[Request], dict[str, int]]:
+        """One token per request that reached the end of its tokens, and one per child forked from
+        such a parent (from a copy of the parent's logits row); logprobs recorded when asked for."""
+        requests, logits = result.sample_requests, result.logits
+        if forks:
+            row = {r.request_id: i for i, r in enumerate(requests)}
+            logits = torch.cat([logits, logits[torch.tensor([row[parent.request_id] for parent, _ in forks])]])
+            requests = requests + [child for _, child in forks]
+        out = self.sampler(logits, requests)
+        for request, token, logprob in zip(requests, out.token_ids, out.logprobs):
+            if logprob is not None:
+                request.output_logprobs.append((token,) + tuple(logprob))
+        self.total_generated_tokens += len(requests)
+        return requests, {r.request_id: token for r, token in zip(requests, out.token_ids)}
 
-    def _append_token(self, request: Request, token: int, logprob) -> None:
-        now = time.monotonic()
-        request.output_token_ids.append(token)
-        self.total_generated_tokens += 1
-        if logprob is not None:
-            request.output_logprobs.append((token,) + tuple(logprob))
-        if request.metrics.first_token_time is None:
-            request.metrics.first_token_time = now
-        request.metrics.last_token_time = now
-        text = self._text[request.request_id]
-        p = request.params
-        if not p.ignore_eos and (token in self.stop_token_ids):
-            return self._finish(request, RequestStatus.FINISHED_STOPPED)
-        if token in p.stop_token_ids:
-            request.stop_reason = token
-            return self._finish(request, RequestStatus.FINISHED_STOPPED)
-        stop = text.add(token)
-        if stop is not None:
-            request.stop_reason = stop
-            return self._finish(request, RequestStatus.FINISHED_STOPPED)
-        if len(request.output_token_ids) >= request.max_tokens:
-            return self._finish(request, RequestStatus.FINISHED_LENGTH)
+    def _add_text(self, request: Request, token: int) -> str | None:
+        """Detokenize a new token; the stop string it completed, if any (the scheduler's stop_string)."""
+        return self._text[request.request_id].add(token)
+
+    def _timed_add_text(self, clock):
+        """_add_text that charges detokenization to its own phase of the step profile."""
+        def add_text(request: Request, token: int) -> str | None:
+            clock.mark("update")
+            stop = self._add_text(request, token)
+            clock.mark("detokenize")
+            return stop
+        return add_text
 
     def _record_prompt_logprobs(self, request: Request, logits, first: int) -> None:
         """Logprob of each prompt token given the ones before it, with top-N alternatives."""
@@ -244,10 +228,12 @@ class LLMEngine:
     def _finish(self, request: Request, status: RequestStatus) -> None:
         if request.is_finished:
             return
-        self._pending_forks.pop(request.request_id, None)
         self.scheduler.finish(request, status)
+        self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        """A finished sequence: its text is complete, and it leaves the unfinished set."""
         self._text[request.request_id].finish()
-        request.metrics.finished_time = time.monotonic()
         self.requests.pop(request.request_id, None)
 
     def text_state(self, request: Request) -> TextState:

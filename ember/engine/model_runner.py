@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from ember.engine.profile import NO_CLOCK
-from ember.engine.request import Request
 from ember.engine.scheduler import SchedulerOutput
 from ember.kernels.attention import AttentionBackend, AttentionMetadata
 from ember.kv.cache import PagedKVCache
+from ember.request import Request
 
 
 @dataclass

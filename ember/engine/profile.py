@@ -20,9 +20,10 @@ previous mark to its phase, so the phases tile the step in whatever order the st
                    forward_s; empty when the fused step did not run in this step
   logits_s         the LM head on the rows that sample (and prompt-logprob rows)
   sample_s         the sampler
-  update_s         bookkeeping after the forward: computed tokens, full blocks cached,
-                   prompt logprobs, forks
-  detokenize_s     appending tokens: detokenization and stop checks, finishing requests
+  update_s         bookkeeping after the forward: prompt logprobs, then Scheduler.update
+                   (computed tokens, full blocks cached, forks, appended tokens, stop
+                   checks, finishing requests) less its detokenization
+  detokenize_s     detokenizing the new tokens and matching stop strings
   num_seqs         sequences in the batch
   prefill_tokens   tokens of rows that are not decode rows (prompt chunks, recomputation)
   decode_rows      rows feeding one generated token (one new token past the prompt)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.engine.request import Request
+from ember.request import Request
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ember.engine.request import Request
 from ember.kv.block_pool import BlockPool
+from ember.request import Request
 
 
 @dataclass
@@ -38,13 +38,11 @@ class KVCacheManager:
         return -(-num_tokens // self.block_size)
 
     # --- prefix cache -------------------------------------------------------------------------
-    def match_prefix(self, request: Request) -> tuple[list[int], int]:
-        """Cached blocks that hold a prefix of the request's tokens, and how many tokens they cover.
+    def _cached_prefix(self, request: Request) -> list[int]:
+        """Cached blocks that hold a prefix of the request's tokens; reads the index only.
 
         The last token is never taken from the cache: its logits must be computed.
         """
-        if not self.enable_prefix_caching or request.params.prompt_logprobs is not None:
-            return [], 0
         tokens = request.all_token_ids
         limit = (len(tokens) - 1) // self.block_size
         blocks, parent = [], None
@@ -56,8 +54,27 @@ class KVCacheManager:
                 break
             blocks.append(block)
             parent = h
+        return blocks
+
+    def _uses_prefix_cache(self, request: Request) -> bool:
+        # prompt logprobs need the logits of every prompt position, so nothing may be skipped
+        return self.enable_prefix_caching and request.params.prompt_logprobs is None
+
+    def peek_prefix(self, request: Request) -> int:
+        """Tokens `match_prefix` would find cached now, with no side effect: no stats, no
+        references taken, no change to the eviction order (for policies that compare requests)."""
+        if not self._uses_prefix_cache(request):
+            return 0
+        return len(self._cached_prefix(request)) * self.block_size
+
+    def match_prefix(self, request: Request) -> tuple[list[int], int]:
+        """Cached blocks that hold a prefix of the request's tokens, and how many tokens they
+        cover; counted in `stats` (the admission path; `take_cached` then takes them)."""
+        if not self._uses_prefix_cache(request):
+            return [], 0
+        blocks = self._cached_prefix(request)
         self.stats.requests += 1
-        self.stats.queries += len(tokens)
+        self.stats.queries += request.num_tokens
         hit = len(blocks) * self.block_size
         self.stats.hits += hit
         self.stats.requests_hit += hit > 0
@@ -133,6 +150,9 @@ class KVCacheManager:
         self._hashes.pop(request.request_id, None)
 
     def free(self, request: Request) -> None:
+        if self.pending_copies:  # a copy-on-write into a block given back now has no reader
+            own = set(request.block_ids)
+            self.pending_copies = [(src, dst) for src, dst in self.pending_copies if dst not in own]
         self.pool.free(list(reversed(request.block_ids)))
         request.block_ids = []
         self._hashes.pop(request.request_id, None)

@@ -11,11 +11,10 @@ from collections import deque
 
 import torch
 
-from ember.config import parse_bytes
-from ember.engine.request import Request
-from ember.engine.scheduler import Preemptor
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
+from ember.kv.preemption import Preemptor
+from ember.request import Request
 
 
 class HostKVPool:
@@ -36,11 +35,10 @@ def copy_blocks(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
 
 
 class SwapPreemptor(Preemptor):
-    def __init__(self, engine):
-        cache: PagedKVCache = engine.kv_cache
+    def __init__(self, cache: PagedKVCache, num_host_blocks: int):
         self.cache = cache
-        self.host = HostKVPool(cache, max(1, engine.kv_spec.blocks_in(parse_bytes(engine.config.swap_space))))
-        self.swapped: dict[str, tuple[list[int], int]] = {}  # request -> (host blocks, computed, dropped tokens)
+        self.host = HostKVPool(cache, max(1, num_host_blocks))
+        self.swapped: dict[str, tuple[list[int], int, int]] = {}  # request -> (host blocks, computed, dropped tokens)
         self.num_swapped_out = self.num_swapped_in = 0
 
     def preempt(self, request: Request, kv: KVCacheManager) -> None:
@@ -48,6 +46,9 @@ class SwapPreemptor(Preemptor):
         keep = kv.blocks_needed(request.num_cached_tokens)
         if keep == 0 or keep > len(self.host.free):
             return super().preempt(request, kv)  # nothing to save, or no room: recompute instead
+        # A copy-on-write queued this step (not yet run) must land before the blocks are read.
+        own = set(request.block_ids)
+        self.cache.copy_blocks([(src, dst) for src, dst in kv.pending_copies if dst in own])
         host = [self.host.free.popleft() for _ in range(keep)]
         copy_blocks(self.cache.layers, request.block_ids[:keep], self.host.layers, host)
         self.swapped[request.request_id] = (host, request.num_computed_tokens, request.num_dropped_tokens)

@@ -37,7 +37,8 @@ class _Chat(Job):
         self.completion_tokens = 0
 
     def _updates(self):
-        return aclosing(updates(self.served, [self.prompt], [self.params], self.request_id, self.body.user))
+        return aclosing(updates(self.served, [self.prompt], [self.params], self.request_id, self.body.user,
+                                self.body.priority))
 
     def _usage(self) -> dict:
         return out.usage(len(self.prompt.token_ids), self.completion_tokens)

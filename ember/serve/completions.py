@@ -44,7 +44,8 @@ class _Completion(Job):
         return p.text if p.text is not None else self.served.tokenizer.decode(p.token_ids, skip_special_tokens=False)
 
     def _updates(self):
-        return aclosing(updates(self.served, self.prompts, self.params, self.request_id, self.body.user))
+        return aclosing(updates(self.served, self.prompts, self.params, self.request_id, self.body.user,
+                                self.body.priority))
 
     def _usage(self) -> dict:
         return out.usage(self.prompt_tokens, sum(self.completion_tokens))

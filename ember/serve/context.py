@@ -52,7 +52,8 @@ class Served:
                               code="queue_full")
 
 
-async def updates(served: Served, prompts: list[Prompt], params_list, request_id: str, user: str | None):
+async def updates(served: Served, prompts: list[Prompt], params_list, request_id: str, user: str | None,
+                  priority: int = 0):
     """(prompt index, update) from every prompt's request, as they come; closing aborts them all."""
     queue: asyncio.Queue = asyncio.Queue()
     arrival = time.monotonic()
@@ -60,7 +61,8 @@ async def updates(served: Served, prompts: list[Prompt], params_list, request_id
     async def pump(i: int, prompt: Prompt, params):
         try:
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            async with aclosing(served.engine.generate(prompt.token_ids, params, rid, user, arrival)) as updates:
+            async with aclosing(served.engine.generate(prompt.token_ids, params, rid, user, arrival,
+                                                       priority)) as updates:
                 async for update in updates:
                     await queue.put((i, update, None))
         except asyncio.CancelledError:

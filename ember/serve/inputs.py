@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from ember.engine.sampling_params import SamplingParams
 from ember.loader.chat_template import ChatTemplateError, encode_chat
 from ember.loader.tokenizer import EmberTokenizer
+from ember.sampling_params import SamplingParams
 from ember.serve.errors import bad_request
 from ember.serve.protocol import (UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION, ChatCompletionRequest,
                                   CompletionRequest)

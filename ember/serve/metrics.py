@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ember.engine.async_engine import EngineObserver
 from ember.engine.llm_engine import LLMEngine
-from ember.engine.request import Request
+from ember.request import Request
 
 disable_created_metrics()  # vLLM's exposition has no *_created series either
 

@@ -51,6 +51,7 @@ class _Sampling(BaseModel):
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    priority: int = Field(0, strict=True)  # lower runs sooner under `--policy priority`; strict: "1" is refused
     # defined by OpenAI, refused unless off (see UNSUPPORTED_*)
     logit_bias: dict[str, float] | None = None
 

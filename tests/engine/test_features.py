@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ember import SamplingParams
-from ember.engine.request import RequestStatus
+from ember.request import RequestStatus
 from tests.engine.conftest import assert_no_leak
 
 
@@ -185,3 +185,18 @@ def test_bad_values_are_clear_errors(llm):
     # The policy's name is checked where the engine builds it: it names the option and the choices.
     with pytest.raises(ValueError, match=r"unknown scheduling policy 'nope'; choose one of: .*fcfs"):
         LLM(loaded=llm.engine.loaded, policy="nope", kv_cache_tokens=64)
+    with pytest.raises(ValueError, match="priority must be an integer, got 'high'"):
+        llm.generate("Hi", priority="high")
+    with pytest.raises(ValueError, match="2 prompts but 3 priorities"):
+        llm.generate(["Hi", "Ho"], priority=[0, 1, 2])
+
+
+def test_priority_policy_starts_lower_values_first(make_llm):
+    llm = make_llm(policy="priority", max_num_seqs=1)
+    prompts = ["One,", "Two,", "Three,"]
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    outs = llm.generate(prompts, params, priority=[2, 0, 1])
+    starts = [o.metrics.first_scheduled_time for o in outs]
+    assert starts[1] < starts[2] < starts[0]  # the order they ran in, not a duration
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert_no_leak(llm)

@@ -1,6 +1,6 @@
-"""Scheduling policies, registered by name. The scheduler asks; the policy decides order and victims."""
+"""Scheduling policies, registered by name. The scheduler asks; the policy decides order, admission and victims."""
 
-from ember.engine.policies.base import POLICIES, Policy
-from ember.engine.policies import fcfs  # noqa: F401  (registers "fcfs")
+from ember.engine.policies.base import POLICIES, Admission, Policy, PreemptReason, SchedulerView
+from ember.engine.policies import fcfs, priority  # noqa: F401  (register "fcfs", "priority")
 
-__all__ = ["POLICIES", "Policy"]
+__all__ = ["POLICIES", "Admission", "Policy", "PreemptReason", "SchedulerView"]

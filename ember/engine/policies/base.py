@@ -1,9 +1,43 @@
-"""The Policy seam: which waiting request goes next, and which running request gives way."""
+"""The Policy seam: which waiting request goes next, whether it may start, and who gives way.
+
+The scheduler keeps the mechanics (token budget, KV blocks, queues) and asks the policy at
+each decision; a policy sees requests and a read-only view of the scheduler, never the
+mutable state, so the same policy runs under the engine and under a simulator.
+"""
 
 from __future__ import annotations
 
-from ember.engine.request import Request
+import enum
+from dataclasses import dataclass, field
+from typing import Callable
+
 from ember.registry import Registry
+from ember.request import Request
+
+
+class Admission(enum.Enum):
+    ADMIT = "admit"  # try to start it now (the scheduler still checks it fits)
+    SKIP = "skip"  # leave it waiting; try the next one
+    STOP = "stop"  # admit nothing more this step
+
+
+class PreemptReason(enum.Enum):
+    KV_PRESSURE = "kv_pressure"  # a running request needs a block and none is free
+    PRIORITY = "priority"  # a waiting request could not be admitted; preempting may make room
+
+
+@dataclass(frozen=True)
+class SchedulerView:
+    """What an admission decision may look at. Reading it changes nothing."""
+    free_blocks: int  # blocks an allocation could take now (free or cached-evictable)
+    block_size: int
+    token_budget: int  # tokens left in this step
+    max_num_seqs: int
+    running: tuple[Request, ...]
+    peek_prefix: Callable[[Request], int] = field(repr=False)  # tokens of the request already cached
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
 
 
 class Policy:
@@ -16,8 +50,16 @@ class Policy:
         """Waiting requests in the order they should be admitted."""
         return waiting
 
-    def victim(self, running: list[Request]) -> Request:
-        """The running request to preempt when KV blocks run out."""
+    def admit(self, request: Request, view: SchedulerView) -> Admission:
+        """Whether the next waiting request (in `order`) may start now."""
+        return Admission.ADMIT
+
+    def victim(self, running: list[Request], reason: PreemptReason, waiting: Request | None = None) -> Request | None:
+        """The running request to preempt, or None to preempt nothing.
+
+        KV_PRESSURE: a running request needs a block (it is among `running`); a victim must be named.
+        PRIORITY: `waiting` could not be admitted; None leaves it waiting.
+        """
         raise NotImplementedError
 
     def on_step(self, scheduled: list[tuple[Request, int]]) -> None:

@@ -1,13 +1,13 @@
 """`fcfs`: first come, first served; the newest running request is preempted first.
 
 Preempted requests go back to the front of the waiting queue (ahead of new arrivals),
-since they arrived earlier and may hold generated tokens already.
+since they arrived earlier and may hold generated tokens already. Priorities are ignored.
 """
 
 from __future__ import annotations
 
-from ember.engine.policies.base import POLICIES, Policy
-from ember.engine.request import Request
+from ember.engine.policies.base import POLICIES, Policy, PreemptReason
+from ember.request import Request
 
 
 @POLICIES.register("fcfs")
@@ -17,5 +17,7 @@ class FCFSPolicy(Policy):
     def order(self, waiting: list[Request]) -> list[Request]:
         return sorted(waiting, key=lambda r: (r.num_preemptions == 0, r.arrival_order))
 
-    def victim(self, running: list[Request]) -> Request:
+    def victim(self, running: list[Request], reason: PreemptReason, waiting: Request | None = None) -> Request | None:
+        if reason is PreemptReason.PRIORITY:
+            return None  # a newcomer waits its turn
         return max(running, key=lambda r: r.arrival_order)

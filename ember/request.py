@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine.sampling_params import SamplingParams
+from ember.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.Enum):
@@ -47,6 +47,7 @@ class Request:
     prompt: str | None = None
     index: int = 0  # which of the n sequences of one prompt this is
     user: str | None = None
+    priority: int = 0  # lower runs sooner under the `priority` policy (vLLM's convention)
     group_id: str = ""  # the user-facing request id shared by the n sequences of one prompt
     arrival_order: int = 0  # set by the engine: ties in arrival time break by this
     status: RequestStatus = RequestStatus.WAITING
