@@ -189,6 +189,10 @@ class AsyncEngine:
         except ValueError as exc:
             stream.push(RequestUpdate([], error=RequestRejectedError(str(exc))))
             return
+        except Exception as exc:  # a bug must fail this request, not end the engine thread
+            log.exception("adding request %s failed", request_id)
+            stream.push(RequestUpdate([], error=exc))
+            return
         for seq in self.engine.groups[request_id]:
             seq.metrics.arrival_time = arrival_time  # queue time counts from the HTTP request
         self._streams[request_id] = stream

@@ -201,9 +201,9 @@ def test_user_is_kept_on_the_request(server):
     engine = server.engine
     original = engine.add_request
 
-    def spy(prompt, params=None, request_id=None, user=None):
+    def spy(prompt, params=None, request_id=None, user=None, **kwargs):
         seen.append(user)
-        return original(prompt, params, request_id=request_id, user=user)
+        return original(prompt, params, request_id=request_id, user=user, **kwargs)
 
     engine.add_request = spy
     try:

@@ -206,3 +206,22 @@ def test_engine_failure_fails_its_requests_not_the_server(make_server):
         assert s.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
         assert s.async_engine.is_alive()
         assert_no_leak(s)
+
+
+def test_failure_while_adding_fails_that_request_not_the_engine_thread(server):
+    """A fault while the engine thread takes a request in (not a bad value: a bug) answers 500
+    at once instead of leaving the request waiting forever on a dead thread."""
+    engine = server.engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected add fault")
+
+    engine.add_request = broken
+    try:
+        error = assert_error(server.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3}), 500)
+        assert "injected add fault" in error["message"]
+    finally:
+        del engine.add_request
+    assert server.post(COMPLETIONS, json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
+    assert server.async_engine.is_alive()
+    assert_no_leak(server)
