@@ -44,6 +44,7 @@ class LLMEngine:
         """`loaded` reuses a model already in memory (tests, benchmarks); it must match the config."""
         self.config = config = config or EngineConfig()
         config.apply_threads()
+        policy = POLICIES.create(config.policy)  # a bad name fails before seconds of loading
         if loaded is None:
             loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
         elif loaded.model.dtype != config.torch_dtype:
@@ -55,7 +56,7 @@ class LLMEngine:
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
         self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks)
         self.kv = KVCacheManager(spec.num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, POLICIES.create(config.policy), config.max_num_seqs,
+        self.scheduler = Scheduler(self.kv, policy, config.max_num_seqs,
                                    config.max_num_batched_tokens, preemptor=self._make_preemptor(),
                                    eos_token_ids=self.tokenizer.stop_token_ids)
         attention = get_attention_backend(config.attention)
