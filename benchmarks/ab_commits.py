@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", help="JSON with every run")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the worktrees
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     report = {"base": args.base, "head": args.head, "runs": {}, "summary": {}}
     with tempfile.TemporaryDirectory(prefix="ember-ab-") as tmp:
