@@ -43,6 +43,7 @@ class EngineConfig:
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
     kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head)"})
+    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming; empty: none"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
@@ -69,6 +70,14 @@ class EngineConfig:
 
         if self.kv_cache_dtype not in KV_CODECS:
             raise ValueError(f"kv_cache_dtype {self.kv_cache_dtype!r} is not one of: {', '.join(KV_CODECS.names())}")
+        if self.kv_press:
+            from ember.kv.press import KV_PRESSES, parse_press
+
+            name, ratio = parse_press(self.kv_press)
+            if name not in KV_PRESSES:
+                raise ValueError(f"kv_press {name!r} is not one of: {', '.join(KV_PRESSES.names())}")
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"kv_press {self.kv_press!r}: the ratio is the share of entries removed, in [0, 1)")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

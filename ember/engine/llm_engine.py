@@ -25,6 +25,8 @@ from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
+from ember.kv.press import KV_PRESSES, parse_press
+from ember.kv.press.compact import compact
 from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
 from ember.request import Request, RequestStatus
@@ -62,6 +64,7 @@ class LLMEngine:
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
+        self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
@@ -172,6 +175,8 @@ class LLMEngine:
         add_text = self._add_text if clock is NO_CLOCK else self._timed_add_text(clock)
         for request in self.scheduler.update(batch, sampled, add_text):
             self._forget(request)
+        if self.press is not None:
+            self._press(requests)
         clock.mark("update")
         self.last_step = StepStats(batch.num_tokens, len(batch.scheduled), len(batch.preempted), time.perf_counter() - t0)
         self.profiler.record(clock)
@@ -195,6 +200,14 @@ class LLMEngine:
     def _add_text(self, request: Request, token: int) -> str | None:
         """Detokenize a new token; the stop string it completed, if any (the scheduler's stop_string)."""
         return self._text[request.request_id].add(token)
+
+    def _press(self, requests: list[Request]) -> None:
+        """Compress each sequence whose prompt just went into the cache (its first token was
+        sampled this step), before anything attends to its cache again. A sequence recomputed
+        after preemption comes back unpressed; one swapped out keeps its compacted blocks."""
+        for request in requests:
+            if len(request.output_token_ids) == 1 and not request.is_finished and not request.num_dropped_tokens:
+                compact(self.press, self.kv_cache, self.kv, request)
 
     def _timed_add_text(self, clock):
         """_add_text that charges detokenization to its own phase of the step profile."""

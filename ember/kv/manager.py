@@ -149,6 +149,22 @@ class KVCacheManager:
         request.num_dropped_tokens += len(indexes) * self.block_size
         self._hashes.pop(request.request_id, None)
 
+    def can_reallocate(self, request: Request, num_entries: int) -> bool:
+        """Would `reallocate` find room (counting the blocks only this request holds)?"""
+        own = sum(1 for b in request.block_ids if self.pool.ref_counts[b] == 1)
+        return self.blocks_needed(num_entries) <= self.pool.num_free_blocks + own
+
+    def reallocate(self, request: Request, num_entries: int) -> list[int]:
+        """Give the request fresh private blocks for `num_entries` entries in place of its own (a
+        press compacting it; the caller writes them); its positions stay, and nothing of it is
+        indexed in the prefix cache again. Its old blocks go back first, so this fits whenever
+        `can_reallocate` says so; blocks the prefix cache holds stay cached for others."""
+        self.pool.free(list(reversed(request.block_ids)))
+        request.block_ids = self.pool.allocate(self.blocks_needed(num_entries))
+        request.num_dropped_tokens = request.num_computed_tokens - num_entries
+        self._hashes.pop(request.request_id, None)
+        return request.block_ids
+
     def free(self, request: Request) -> None:
         if self.pending_copies:  # a copy-on-write into a block given back now has no reader
             own = set(request.block_ids)

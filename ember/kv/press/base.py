@@ -1,0 +1,45 @@
+"""The KVPress seam: which of a sequence's cache entries stay once its prompt is in the cache.
+
+A press looks at one layer's keys and values (decoded, [T, Hkv, D]) and names the entries
+to keep, in cache order. One selection serves every KV head of a layer (kvpress keeps a
+ragged set per head; a shared set keeps the paged layout: one block table per sequence).
+Every layer keeps the same number of entries, so one table and one count cover them all.
+`compact` applies a press to a running sequence: the kept entries are copied into fresh
+private blocks and the old ones are released (prefix-cache blocks stay cached for others).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.registry import Registry
+
+
+class KVPress:
+    name = ""
+
+    def __init__(self, ratio: float):
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"a press ratio is the share of entries removed, in [0, 1); got {ratio}")
+        self.ratio = ratio
+
+    def num_kept(self, num_entries: int) -> int:
+        """kvpress's rule: keep int(T * (1 - ratio)) entries."""
+        return int(num_entries * (1.0 - self.ratio))
+
+    def select(self, layer: int, keys: torch.Tensor, values: torch.Tensor, num_kept: int) -> torch.Tensor:
+        """Cache indexes to keep (sorted, `num_kept` of them) of one layer's keys/values [T, Hkv, D]."""
+        raise NotImplementedError
+
+
+KV_PRESSES: Registry[KVPress] = Registry("KV press")
+
+
+def parse_press(spec: str) -> tuple[str, float]:
+    """'name[:ratio]' (ratio: the share of entries removed, default 0.5) -> (name, ratio)."""
+    name, _, ratio = spec.partition(":")
+    try:
+        value = float(ratio) if ratio else 0.5
+    except ValueError:
+        raise ValueError(f"kv_press {spec!r}: the ratio after ':' must be a number in [0, 1)") from None
+    return name, value

@@ -1,0 +1,34 @@
+"""Apply a press to a running sequence: its kept entries move into fresh private blocks."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.kv.cache import PagedKVCache
+from ember.kv.manager import KVCacheManager
+from ember.kv.press.base import KVPress
+from ember.request import Request
+
+
+def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Request) -> bool:
+    """Keep what `press` selects of the request's cache entries, layer by layer; the request keeps
+    its positions. False (nothing changed) when nothing would go or there is no room.
+
+    The kept entries are read out first (decoded: a quantizing codec encodes them again in
+    their new blocks), then the old blocks are released, so a full pool still has room."""
+    total = request.num_cached_tokens
+    keep = press.num_kept(total)
+    if keep >= total or not kv.can_reallocate(request, keep):
+        return False
+    table = torch.tensor(request.block_ids, dtype=torch.long)
+    kept = []
+    for layer in range(cache.num_layers):
+        keys, values = cache.gather(layer, table, total)
+        index = press.select(layer, keys, values, keep)
+        kept.append((keys[index], values[index]))
+    blocks = kv.reallocate(request, keep)
+    bs = cache.block_size
+    slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).flatten()[:keep]
+    for layer, (keys, values) in enumerate(kept):
+        cache.write(layer, slots, keys, values)
+    return True

@@ -1,0 +1,101 @@
+"""KV presses in the serving path: a press compacts each sequence's cache once its prompt is in,
+and generation goes on at the sequence's own positions over what was kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ember import EngineConfig, SamplingParams
+from ember.kv.press import KV_PRESSES
+from ember.kv.press.compact import compact
+from tests.engine.conftest import assert_no_leak, count_near_ties
+from tests.engine.test_positions import close_logprobs
+
+PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=5)
+
+
+def long_prompts(mixed_prompts, n=4, min_len=100):
+    return [p for p in mixed_prompts if len(p["prompt_token_ids"]) >= min_len][:n]
+
+
+def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
+    """After `compact`, the sequence's cache holds the selected entries of every layer, bit for
+    bit, in fresh private blocks; its position is unchanged and the old blocks are released."""
+    llm = make_llm()
+    engine = llm.engine
+    prompt = long_prompts(mixed_prompts, 1)[0]
+    rid = engine.add_request(prompt, SamplingParams(max_tokens=4, ignore_eos=True))
+    seq = engine.groups[rid][0]
+    while not seq.output_token_ids:
+        engine.step()
+    total, table = seq.num_cached_tokens, torch.tensor(seq.block_ids)
+    before = [engine.kv_cache.gather(layer, table, total) for layer in range(engine.kv_cache.num_layers)]
+    used = engine.kv.pool.num_used_blocks
+    press = KV_PRESSES.create("streaming", 0.5)
+    assert compact(press, engine.kv_cache, engine.kv, seq)
+    keep = int(total * 0.5)
+    assert seq.num_cached_tokens == keep and seq.num_computed_tokens == total
+    assert len(seq.block_ids) == -(-keep // 16) and engine.kv.pool.num_used_blocks == used - len(table) + len(seq.block_ids)
+    kept = torch.cat([torch.arange(4), torch.arange(total - keep + 4, total)])
+    for layer, (k, v) in enumerate(before):
+        k2, v2 = engine.kv_cache.gather(layer, torch.tensor(seq.block_ids), keep)
+        assert torch.equal(k2, k[kept]) and torch.equal(v2, v[kept])
+    while engine.has_unfinished():
+        engine.step()
+    engine.release(rid)
+    assert_no_leak(llm)
+
+
+def test_press_in_the_serving_path(make_llm, mixed_prompts):
+    """streaming:0.5 on a mixed batch: the fused step and the batched backend agree with the
+    torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the
+    output of long prompts; the prompt's own blocks stay in the prefix cache for the next
+    request; n > 1 siblings are pressed each; nothing leaks."""
+    prompts = long_prompts(mixed_prompts)
+    runs = {}
+    for name, config in {"default": {}, "batched": {"fused_decode": "off"},
+                         "torch": {"attention": "torch", "fused_decode": "off"}}.items():
+        llm = make_llm(kv_press="streaming:0.5", **config)
+        runs[name] = [o.outputs[0] for o in llm.generate(prompts, PARAMS)]
+        assert_no_leak(llm)
+    for name in ("default", "batched"):
+        assert count_near_ties(runs["torch"], runs[name]) <= 1
+        close_logprobs(runs["torch"], runs[name], tol=2e-3)
+    plain = [o.outputs[0] for o in make_llm().generate(prompts, PARAMS)]
+    assert [o.token_ids for o in plain] != [o.token_ids for o in runs["torch"]]
+    zero = [o.outputs[0] for o in make_llm(kv_press="streaming:0").generate(prompts, PARAMS)]
+    assert [o.token_ids for o in zero] == [o.token_ids for o in plain]
+
+    llm = make_llm(kv_press="streaming:0.5")
+    first = llm.generate(prompts[0], PARAMS)[0].outputs[0]
+    hits = llm.engine.kv.stats.hits
+    again = llm.generate(prompts[0], PARAMS)[0].outputs[0]
+    assert llm.engine.kv.stats.hits - hits >= 16 * ((len(prompts[0]["prompt_token_ids"]) - 1) // 16)
+    assert again.token_ids == first.token_ids  # a prefix hit, then the same press
+    forked = llm.generate(prompts[0], SamplingParams(n=3, temperature=0, max_tokens=8, ignore_eos=True))[0]
+    assert all(o.token_ids == first.token_ids for o in forked.outputs)
+    assert_no_leak(llm)
+
+
+def test_press_survives_swap_preemption(make_llm, mixed_prompts):
+    """A pool too small for every sequence at once: pressed sequences swap out and back with
+    their compacted blocks and counts, and end as they do alone."""
+    prompts = long_prompts(mixed_prompts, 6)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=5)
+    alone = make_llm(kv_press="streaming:0.5", max_num_seqs=1)
+    reference = [alone.generate(p, params)[0].outputs[0] for p in prompts]
+    llm = make_llm(kv_press="streaming:0.5", kv_cache_tokens=16 * 24, max_num_seqs=6, preemption="swap",
+                   swap_space="16MiB", enable_prefix_caching=False)
+    outs = [o.outputs[0] for o in llm.generate(prompts, params)]
+    assert llm.engine.scheduler.preemptor.num_swapped_in > 0
+    assert count_near_ties(reference, outs) <= 1
+    assert_no_leak(llm)
+
+
+@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: streaming"),
+                                           ("streaming:1.5", r"share of entries removed, in \[0, 1\)"),
+                                           ("streaming:x", "must be a number")])
+def test_bad_press_is_a_clear_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(kv_press=spec)
