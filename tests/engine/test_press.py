@@ -47,8 +47,9 @@ def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-def test_press_in_the_serving_path(make_llm, mixed_prompts):
-    """streaming:0.5 on a mixed batch: the fused step and the batched backend agree with the
+@pytest.mark.parametrize("press", ["streaming", "knorm"])
+def test_press_in_the_serving_path(make_llm, mixed_prompts, press):
+    """press:0.5 on a mixed batch: the fused step and the batched backend agree with the
     torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the
     output of long prompts; the prompt's own blocks stay in the prefix cache for the next
     request; n > 1 siblings are pressed each; nothing leaks."""
@@ -56,7 +57,7 @@ def test_press_in_the_serving_path(make_llm, mixed_prompts):
     runs = {}
     for name, config in {"default": {}, "batched": {"fused_decode": "off"},
                          "torch": {"attention": "torch", "fused_decode": "off"}}.items():
-        llm = make_llm(kv_press="streaming:0.5", **config)
+        llm = make_llm(kv_press=f"{press}:0.5", **config)
         runs[name] = [o.outputs[0] for o in llm.generate(prompts, PARAMS)]
         assert_no_leak(llm)
     for name in ("default", "batched"):
@@ -64,10 +65,10 @@ def test_press_in_the_serving_path(make_llm, mixed_prompts):
         close_logprobs(runs["torch"], runs[name], tol=2e-3)
     plain = [o.outputs[0] for o in make_llm().generate(prompts, PARAMS)]
     assert [o.token_ids for o in plain] != [o.token_ids for o in runs["torch"]]
-    zero = [o.outputs[0] for o in make_llm(kv_press="streaming:0").generate(prompts, PARAMS)]
+    zero = [o.outputs[0] for o in make_llm(kv_press=f"{press}:0").generate(prompts, PARAMS)]
     assert [o.token_ids for o in zero] == [o.token_ids for o in plain]
 
-    llm = make_llm(kv_press="streaming:0.5")
+    llm = make_llm(kv_press=f"{press}:0.5")
     first = llm.generate(prompts[0], PARAMS)[0].outputs[0]
     hits = llm.engine.kv.stats.hits
     again = llm.generate(prompts[0], PARAMS)[0].outputs[0]
@@ -93,9 +94,19 @@ def test_press_survives_swap_preemption(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: streaming"),
+@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: knorm, streaming"),
                                            ("streaming:1.5", r"share of entries removed, in \[0, 1\)"),
                                            ("streaming:x", "must be a number")])
 def test_bad_press_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
         EngineConfig(kv_press=spec)
+
+
+def test_knorm_keeps_the_smallest_key_norms():
+    """The kept entries are the num_kept smallest mean key norms over the KV heads, in cache order."""
+    torch.manual_seed(0)
+    keys = torch.randn(40, 3, 64) * torch.rand(40, 1, 1) * 4
+    kept = KV_PRESSES.create("knorm", 0.5).select(0, keys, keys, 20)
+    norms = keys.norm(dim=-1).mean(dim=-1)
+    assert kept.tolist() == sorted(kept.tolist()) and len(kept) == 20
+    assert norms[kept].max() <= norms[[i for i in range(40) if i not in kept.tolist()]].min()
