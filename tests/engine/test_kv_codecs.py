@@ -8,11 +8,16 @@ import pytest
 
 from ember import SamplingParams
 from ember.kernels import native
-from tests.engine.conftest import assert_no_leak, count_near_ties
+from tests.engine.conftest import NEAR_TIE_NATS, assert_no_leak, count_near_ties
 
 # bf16 and fp8-e5m2 share their code paths with auto and fp8-e4m3: slow, to keep `make test` short.
 CODECS = [pytest.param("bf16", marks=pytest.mark.slow), "fp8-e4m3", pytest.param("fp8-e5m2", marks=pytest.mark.slow),
           "int8"]
+# e5m2 keeps 2 mantissa bits: a float-noise difference between batched and alone GEMMs (1e-6)
+# that moves a K/V element across a rounding step changes it by up to 12.5%, so greedy paths can
+# part beyond near-ties. For it the check is looser: a few sequences may part, each only onto one
+# of the reference's top alternatives.
+NEAR_TIES = {"fp8-e5m2": (float("inf"), 3)}  # codec -> (logprob gap allowed, sequences that may part)
 PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=5)
 
 
@@ -32,7 +37,8 @@ def test_codec_in_the_serving_path(make_llm, mixed_prompts, codec):
     assert engine.scheduler.num_preemptions > 0 and engine.scheduler.preemptor.num_swapped_in > 0
     outs += [o.outputs[0] for o in llm.generate(prompts[-2:], PARAMS)]
     assert engine.kv.stats.hits > 0
-    assert count_near_ties(reference + reference[-2:], outs) <= 1
+    nats, allowed = NEAR_TIES.get(codec, (NEAR_TIE_NATS, 1))
+    assert count_near_ties(reference + reference[-2:], outs, nats) <= allowed
     assert_no_leak(llm)
     # n > 1: the siblings fork from the parent's prompt blocks, copy-on-write on the partial one;
     # greedy siblings agree with each other and with the request alone.
