@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -60,6 +61,9 @@ class Request:
     output_logprobs: list = field(default_factory=list)
     prompt_logprobs: list = field(default_factory=list)
     generator: torch.Generator | None = None
+    # structured outputs: this sequence's GrammarMatcher (ember/structured/backend.py), which
+    # follows output_token_ids (so recompute after preemption leaves it right)
+    matcher: Any = None
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.monotonic()))
 
     def __post_init__(self) -> None:

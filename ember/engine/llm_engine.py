@@ -31,6 +31,7 @@ from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
 from ember.request import Request, RequestStatus
 from ember.sampling_params import SamplingParams
+from ember.structured.backend import GrammarBackend
 
 
 @dataclass
@@ -64,6 +65,7 @@ class LLMEngine:
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
+        self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
         self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
@@ -132,11 +134,14 @@ class LLMEngine:
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
+        # a cache hit when the server compiled it already (off this thread); GrammarError is a ValueError
+        grammar = self.structured.compile(params.structured_outputs) if params.structured_outputs else None
         seqs = []
         for index in range(params.n):
             seq = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids, params, max_tokens,
                           eos_token_id=self.tokenizer.eos_token_id, prompt=text, index=index, user=user,
-                          priority=priority, group_id=request_id, arrival_order=next(self._order))
+                          priority=priority, group_id=request_id, arrival_order=next(self._order),
+                          matcher=grammar.matcher() if grammar is not None else None)
             self._text[seq.request_id] = TextState(self.tokenizer, params.stop, params.skip_special_tokens)
             self.requests[seq.request_id] = seq
             seqs.append(seq)

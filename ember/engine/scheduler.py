@@ -214,6 +214,8 @@ class Scheduler:
         if request.metrics.first_token_time is None:
             request.metrics.first_token_time = now
         request.metrics.last_token_time = now
+        if request.matcher is not None:
+            request.matcher.advance(token)
         p = request.params
         if not p.ignore_eos and token in self.eos_token_ids:
             return RequestStatus.FINISHED_STOPPED
@@ -224,6 +226,8 @@ class Scheduler:
         if stop is not None:
             request.stop_reason = stop
             return RequestStatus.FINISHED_STOPPED
+        if request.matcher is not None and request.matcher.is_terminated:
+            return RequestStatus.FINISHED_STOPPED  # the grammar is complete: only EOS could follow
         if len(request.output_token_ids) >= request.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None
