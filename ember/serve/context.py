@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class Served:
         e = engine.engine
         self.tokenizer, self.max_model_len, self.vocab_size = e.tokenizer, e.max_model_len, e.model_config.vocab_size
         self.names = out.TokenText(self.tokenizer)
+        # structured outputs compile here, never on the engine thread (serve/structured.py)
+        self.grammar_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ember-grammar")
         self.created = int(time.time())
 
     def model_name(self, requested: str | None) -> str:

@@ -67,11 +67,11 @@ def test_invalid_values_are_400(server, path, body, param):
 
 
 UNSUPPORTED = [
-    (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    (CHAT, {"messages": USER, "tool_choice": "auto"}, "tool_choice"),
-    (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"messages": USER, "logit_bias": {"1": 5}}, "logit_bias"),
-    (CHAT, {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}, "messages[0].role"),
+    (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, "functions"),
+    (CHAT, {"messages": [{"role": "function", "content": "42", "name": "f"}]}, "messages[0].role"),
+    (CHAT, {"messages": USER, "tools": [{"type": "web_search", "function": {"name": "f"}}]}, "tools[0].type"),
+    (COMPLETIONS, {"prompt": "x", "guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),
     (COMPLETIONS, {"prompt": "x", "suffix": "end"}, "suffix"),
