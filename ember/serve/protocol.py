@@ -9,9 +9,26 @@ defines is refused as unknown. The extra fields vLLM users know (top_k, min_p, i
 
 from __future__ import annotations
 
+import re
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Models are strict, as OpenAI is: "16" is not an integer and "true" not a boolean (400 naming the field).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(value):
+    """JSON may carry a lone UTF-16 surrogate ("\\udcff"), which no tokenizer can encode: it
+    becomes U+FFFD, as OpenAI does, in every string of the body."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value
+
 
 # Fields the OpenAI API defines that Ember refuses unless they carry their "off" value.
 UNSUPPORTED_COMPLETION = {"suffix": (None, ""), "logit_bias": (None, {}), "best_of": (None, 1)}
@@ -23,7 +40,7 @@ UNSUPPORTED_CHAT = {
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
@@ -31,14 +48,19 @@ class StreamOptions(BaseModel):
 class ResponseFormat(BaseModel):
     """{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict", ...}}
     (the json_schema object is checked in serve/structured.py, which names the field at fault)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: str
     json_schema: dict[str, Any] | None = None
 
 
 class _Sampling(BaseModel):
     """Fields shared by both endpoints."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _surrogates(cls, data):
+        return _replace_lone_surrogates(data)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -82,7 +104,7 @@ class CompletionRequest(_Sampling):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: str
     text: str | None = None
     image_url: Any = None
@@ -91,20 +113,20 @@ class TextPart(BaseModel):
 
 
 class FunctionCall(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     arguments: str  # JSON text, as OpenAI sends it back
 
 
 class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str
     type: str = "function"
     function: FunctionCall
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: str
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -114,7 +136,7 @@ class ChatMessage(BaseModel):
 
 
 class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -122,7 +144,7 @@ class FunctionDefinition(BaseModel):
 
 
 class Tool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: str
     function: FunctionDefinition
 

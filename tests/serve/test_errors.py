@@ -58,6 +58,15 @@ BAD_VALUES = [
     (COMPLETIONS, {"prompt": "x", "stream": "yes please"}, "stream"),
     (COMPLETIONS, {"prompt": "x", "no_such_field": 1}, "no_such_field"),
     (CHAT, {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    # strict types, as OpenAI: a string is not a number, nor a boolean
+    (COMPLETIONS, {"prompt": "x", "max_tokens": "16"}, "max_tokens"),
+    (CHAT, {"messages": USER, "max_completion_tokens": "16"}, "max_completion_tokens"),
+    (CHAT, {"messages": USER, "temperature": "0.5"}, "temperature"),
+    (CHAT, {"messages": USER, "n": 1.5}, "n"),
+    (CHAT, {"messages": USER, "stream": "true"}, "stream"),
+    (CHAT, {"messages": USER, "logprobs": 1}, "logprobs"),
+    (COMPLETIONS, {"prompt": "x", "seed": "7"}, "seed"),
+    (COMPLETIONS, {"prompt": "x", "echo": "false"}, "echo"),
 ]
 
 
@@ -89,6 +98,17 @@ def test_allowed_off_values_pass(server):
     r = server.post(CHAT, json={"messages": USER, "max_tokens": 2, "tools": None, "response_format": {"type": "text"},
                                 "logit_bias": {}, "tool_choice": "none"})
     assert r.status_code == 200, r.text
+
+
+def test_lone_surrogate_is_replaced(server):
+    """A lone UTF-16 surrogate is valid JSON but no UTF-8: it becomes U+FFFD (OpenAI's way), never a 500."""
+    body = b'{"messages": [{"role": "user", "content": "hi \\udcff there"}], "max_tokens": 2, "stop": ["\\ud800"]}'
+    r = server.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    body = b'{"prompt": ["a\\udcff", "\\ud83d\\ude00 b"], "max_tokens": 2}'  # a valid pair stays one emoji
+    r = server.post(COMPLETIONS, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert_no_leak(server)
 
 
 def test_malformed_json(server):
