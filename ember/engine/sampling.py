@@ -98,7 +98,7 @@ class Sampler:
             sub = sub / torch.tensor([p.temperature for p in params])[:, None]
             sub = top_k_top_p_min_p(
                 sub,
-                torch.tensor([p.top_k for p in params]),
+                torch.tensor([min(p.top_k, sub.shape[-1]) for p in params]),  # beyond the vocabulary: off
                 torch.tensor([p.top_p for p in params]),
                 torch.tensor([p.min_p for p in params]),
             )

@@ -86,7 +86,7 @@ class _Sampling(BaseModel):
     # structured outputs (serve/structured.py): OpenAI's response_format, and vLLM's extras
     response_format: ResponseFormat | None = None
     structured_outputs: dict[str, Any] | None = None
-    guided_json: str | dict[str, Any] | None = None
+    guided_json: Any = None  # a schema, or its JSON text (checked in serve/structured.py)
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None

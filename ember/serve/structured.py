@@ -39,6 +39,9 @@ def _response_format(rf) -> StructuredOutputsParams | None:
     if unknown:
         raise bad_request(f"response_format.json_schema: unknown field {sorted(unknown)[0]!r}",
                           param="response_format")
+    for name, kind in (("name", str), ("description", str), ("strict", bool)):
+        if js.get(name) is not None and not isinstance(js[name], kind):
+            raise bad_request(f"response_format.json_schema.{name} must be a {kind.__name__}", param="response_format")
     schema = js.get("schema", {})  # OpenAI: no schema means any JSON object... of any shape
     if not isinstance(schema, dict):
         raise bad_request("response_format.json_schema.schema must be a JSON schema object", param="response_format")

@@ -82,7 +82,12 @@ def grammar_text(params: StructuredOutputsParams) -> str:
     kind = params.kind
     try:
         if kind == "json":
-            return llg.LLMatcher.grammar_from_json_schema(params.json, defaults=JSON_FORMAT)
+            schema = json.loads(params.json)
+            if schema is True:
+                schema = {}
+            elif not isinstance(schema, dict):
+                raise GrammarError(f"a JSON schema is an object (or true), got {params.json[:40]}")
+            return llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_FORMAT)
         if kind == "json_object":
             return llg.LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=JSON_FORMAT)
         if kind == "regex":

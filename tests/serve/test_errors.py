@@ -70,6 +70,16 @@ BAD_VALUES = [
 ]
 
 
+def test_huge_top_k_is_off_not_a_failed_step(server):
+    """top_k beyond the vocabulary (even beyond int64) samples from all tokens; it must not fail
+    the engine step, which would fail every request in the batch."""
+    r = server.post(COMPLETIONS, content=b'{"prompt": "x", "max_tokens": 2, "top_k": 1180591620717411303424}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert server.async_engine.last_error is None
+    assert_no_leak(server)
+
+
 @pytest.mark.parametrize("path,body,param", BAD_VALUES, ids=[f"{p[-16:]}-{b}" for p, b, _ in BAD_VALUES])
 def test_invalid_values_are_400(server, path, body, param):
     assert_error(server.post(path, json=body), 400, param=param)

@@ -108,6 +108,11 @@ BAD_STRUCTURED = [
      "response_format"),
     (CHAT, {"messages": USER, "response_format": {"type": "json_schema"}}, "response_format"),
     (CHAT, {"messages": USER, "response_format": {"type": "xml"}}, "response_format"),
+    (CHAT, {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object"}, "strict": "yes"}}}, "response_format"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": 42}, "guided_json"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": "[]"}, "guided_json"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": {"$ref": "http://127.0.0.1:9/schema.json"}}, "guided_json"),  # never fetched
     (COMPLETIONS, {"prompt": "x", "guided_regex": "a(b"}, "guided_regex"),
     (COMPLETIONS, {"prompt": "x", "guided_grammar": "start: nowhere"}, "guided_grammar"),
     (COMPLETIONS, {"prompt": "x", "guided_json": "{not json"}, "guided_json"),
