@@ -157,6 +157,23 @@ def _first_line(message: str) -> str:
 
 
 _BITS = None
+_EXECUTOR = None
+
+
+def fill_masks(bitmask: torch.Tensor, matchers: list[GrammarMatcher]) -> None:
+    """Row i of `bitmask` (int32 words, contiguous) <- what matchers[i] allows next. Several
+    matchers compute in parallel on llguidance's own threads (as many as torch uses), without the GIL."""
+    global _EXECUTOR
+    if len(matchers) == 1:
+        matchers[0].fill_mask(bitmask, 0)
+        return
+    if _EXECUTOR is None:
+        import llguidance as llg
+
+        _EXECUTOR = llg.LLExecutor(num_threads=max(1, torch.get_num_threads()))
+    assert bitmask.is_contiguous() and bitmask.dtype == torch.int32
+    _EXECUTOR.unsafe_compute_mask_ptr([(m._m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(),
+                                      bitmask.shape[1] * 4, bitmask.shape[0])
 
 
 def apply_masks(logits: torch.Tensor, rows: list[int], matchers: list[GrammarMatcher]) -> None:
@@ -167,8 +184,7 @@ def apply_masks(logits: torch.Tensor, rows: list[int], matchers: list[GrammarMat
     vocab = logits.shape[-1]
     words = (vocab + 31) // 32
     bitmask = torch.empty((len(rows), words), dtype=torch.int32)
-    for i, m in enumerate(matchers):
-        m.fill_mask(bitmask, i)
+    fill_masks(bitmask, matchers)
     if _BITS is None:
         _BITS = torch.tensor([1 << b for b in range(32)], dtype=torch.int64).to(torch.int32)  # bit 31: sign bit
     allowed = (bitmask.unsqueeze(-1) & _BITS) != 0  # [rows, words, 32]

@@ -136,3 +136,32 @@ def test_apply_masks_matches_bits(ember_lm):
     assert torch.equal(torch.isfinite(logits[1]), torch.from_numpy(bits))
     assert torch.isfinite(logits[0]).all()
     assert 0 < bits.sum() < vocab
+    eos = sorted(ember_lm.tokenizer.stop_token_ids)
+    assert not bits[eos].any()  # inside the object: no EOS
+    for t in ember_lm.tokenizer.encode('"a": 1}'):
+        assert m.advance(t)
+    m.fill_mask(bitmask, 0)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[:vocab].astype(bool)
+    assert m.is_terminated and bits[eos].all() and bits.sum() == len(eos)  # complete: EOS only
+
+
+def test_parallel_masks_equal_serial(ember_lm):
+    """The executor's batch of masks is each matcher's own mask."""
+    from ember.structured.backend import fill_masks
+
+    backend = GrammarBackend(ember_lm.tokenizer, ember_lm.config.vocab_size)
+    words = (ember_lm.config.vocab_size + 31) // 32
+    texts = ['{"name": "A', '{"name": "Al", "age": 4', '{"name": "Bo", "age": 41, "tags": ["a"', "{"]
+    matchers = []
+    for text in texts:
+        m = backend.compile(StructuredOutputsParams(json=PERSON)).matcher()
+        for t in ember_lm.tokenizer.encode(text):
+            assert m.advance(t)
+        matchers.append(m)
+    together = torch.zeros((len(matchers), words), dtype=torch.int32)
+    fill_masks(together, matchers)
+    for i, m in enumerate(matchers):
+        alone = torch.zeros((1, words), dtype=torch.int32)
+        m.fill_mask(alone, 0)
+        assert torch.equal(together[i], alone[0])
+    assert len({tuple(r.tolist()) for r in together}) == len(texts)
