@@ -46,7 +46,7 @@ class LLMEngine:
         """`loaded` reuses a model already in memory (tests, benchmarks); it must match the config."""
         self.config = config = config or EngineConfig()
         config.apply_threads()
-        policy = POLICIES.create(config.policy)  # a bad name fails before seconds of loading
+        policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         if loaded is None:
             loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
         elif loaded.model.dtype != config.torch_dtype:

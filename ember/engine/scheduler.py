@@ -78,8 +78,8 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     def view(self, token_budget: int) -> SchedulerView:
-        return SchedulerView(self.kv.pool.num_free_blocks, self.kv.block_size, token_budget, self.max_num_seqs,
-                             tuple(self.running), self.kv.peek_prefix)
+        return SchedulerView(self.kv.pool.num_free_blocks, self.kv.pool.num_blocks, self.kv.block_size, token_budget,
+                             self.max_num_seqs, tuple(self.running), self.kv.peek_prefix, self.clock)
 
     # --- schedule -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -108,7 +108,7 @@ class Scheduler:
         return out
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        for request in self.policy.order(self.waiting):
+        for request in self.policy.order(list(self.waiting), self.view(budget)):
             if budget <= 0:
                 break
             decision = self.policy.admit(request, self.view(budget))
@@ -183,7 +183,6 @@ class Scheduler:
         for request, n in out.scheduled:
             request.num_computed_tokens += n
             self.kv.cache_full_blocks(request)
-        self.policy.on_step(out.scheduled)
         for parent, child in out.forks:
             self._fork(parent, child)
         by_id = {r.request_id: r for r, _ in out.scheduled}
@@ -196,6 +195,7 @@ class Scheduler:
             if status is not None:
                 self.finish(request, status)
                 finished.append(request)
+        self.policy.on_step(out.scheduled)
         return finished
 
     def _fork(self, parent: Request, child: Request) -> None:
