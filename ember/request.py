@@ -48,6 +48,8 @@ class Request:
     index: int = 0  # which of the n sequences of one prompt this is
     user: str | None = None
     priority: int = 0  # lower runs sooner under the `priority` policy (vLLM's convention)
+    slo_ttft_ms: float = 0.0  # latency targets for the `slo` policy; 0: the engine's default
+    slo_tpot_ms: float = 0.0
     group_id: str = ""  # the user-facing request id shared by the n sequences of one prompt
     arrival_order: int = 0  # set by the engine: ties in arrival time break by this
     status: RequestStatus = RequestStatus.WAITING

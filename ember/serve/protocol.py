@@ -52,8 +52,16 @@ class _Sampling(BaseModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     priority: int = Field(0, strict=True)  # lower runs sooner under `--policy priority`; strict: "1" is refused
+    # latency targets for `--policy slo` (Ember's extras)
+    slo_ttft_ms: float | None = Field(None, gt=0.0)
+    slo_tpot_ms: float | None = Field(None, gt=0.0)
     # defined by OpenAI, refused unless off (see UNSUPPORTED_*)
     logit_bias: dict[str, float] | None = None
+
+
+    def scheduling_hints(self) -> dict:
+        """LLMEngine.add_request's scheduling keywords from this body."""
+        return {"priority": self.priority, "slo_ttft_ms": self.slo_ttft_ms or 0.0, "slo_tpot_ms": self.slo_tpot_ms or 0.0}
 
 
 class CompletionRequest(_Sampling):
