@@ -55,6 +55,7 @@ class VTCPolicy(Policy):
         self.input_weight = input_weight if input_weight is not None else getattr(config, "vtc_input_weight", 1.0)
         self.output_weight = output_weight if output_weight is not None else getattr(config, "vtc_output_weight", 2.0)
         self.counters: dict[str, float] = defaultdict(float)
+        self.lifted: dict[str, float] = defaultdict(float)  # what lifts added to each counter (not service)
         self._waiting: dict[str, set[str]] = defaultdict(set)  # client -> ids not yet admitted
         self._charged_out: dict[str, int] = {}  # admitted request id -> output tokens charged
 
@@ -69,8 +70,9 @@ class VTCPolicy(Policy):
         client = client_of(request)
         if not self._waiting[client]:
             backlogged = [self.counters[c] for c, ids in self._waiting.items() if ids and c != client]
-            if backlogged:
-                self.counters[client] = max(self.counters[client], min(backlogged))
+            if backlogged and min(backlogged) > self.counters[client]:
+                self.lifted[client] += min(backlogged) - self.counters[client]
+                self.counters[client] = min(backlogged)
         self._waiting[client].add(request.request_id)
 
     def order(self, waiting: list[Request], view: SchedulerView | None = None) -> list[Request]:
