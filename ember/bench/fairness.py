@@ -6,9 +6,9 @@ chunk arrives, divided by the client's weight. A client is backlogged while it h
 sent whose first token has not come yet (it is queued or in prefill).
 
 - `max_gap`: over every interval in which two clients are both backlogged, the largest
-  difference in the service they received in it (VTC's Theorem: at most
-  2 x max(w_in x L_in, w_out x M), with L_in the longest prompt and M the most tokens a step
-  can produce for one client: the server's max_num_seqs).
+  difference in the service they received in it (VTC's theorem: at most
+  2 x max(w_in x L_in, w_out x M), with L_in the longest prompt and M the most tokens the
+  running batch can hold: requests admitted before a client's counter grew keep producing).
 - `jain`: Jain's index, (sum x)^2 / (n sum x^2), over the clients' service while all of them
   were backlogged (1: equal; 1/n: one client got everything).
 """
@@ -84,7 +84,9 @@ class _Curve:
 
 
 def fairness(results: list[RequestResult], w_in: float = 1.0, w_out: float = 2.0,
-             weights: dict[str, float] | None = None, max_num_seqs: int | None = None) -> dict:
+             weights: dict[str, float] | None = None, batch_tokens: int | None = None) -> dict:
+    """`batch_tokens`: M of VTC's bound (the most tokens the server's running batch holds);
+    without it the bound is not reported."""
     events = service_events(results, w_in, w_out, weights)
     backlog = backlog_intervals(results)
     users = sorted(events)
@@ -99,9 +101,9 @@ def fairness(results: list[RequestResult], w_in: float = 1.0, w_out: float = 2.0
                 diff = [curves[f].at(t) - curves[g].at(t) for t in times]
                 gap = max(gap, max(diff) - min(diff))
     out["max_gap"] = gap
-    if max_num_seqs is not None:
+    if batch_tokens is not None:
         longest = max((r.prompt_tokens for r in results if r.success), default=0)
-        out["vtc_bound"] = 2 * max(w_in * longest, w_out * max_num_seqs)
+        out["vtc_bound"] = 2 * max(w_in * longest, w_out * batch_tokens)
     common = backlog.get(users[0], []) if users else []
     for u in users[1:]:
         common = _intersect(common, backlog.get(u, []))

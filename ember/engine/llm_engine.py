@@ -117,15 +117,20 @@ class LLMEngine:
 
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
                     user: str | None = None, priority: int = 0, slo_ttft_ms: float = 0.0,
-                    slo_tpot_ms: float = 0.0) -> str:
+                    slo_tpot_ms: float = 0.0, program_id: str | None = None, tool_call: str | None = None) -> str:
         """Queue a prompt's n sequences; `priority`: lower runs sooner under the `priority` policy;
-        `slo_ttft_ms`, `slo_tpot_ms`: latency targets for the `slo` policy (0: the engine's default)."""
+        `slo_ttft_ms`, `slo_tpot_ms`: latency targets for the `slo` policy (0: the engine's default);
+        `program_id`, `tool_call`: the agent program this turn belongs to and the tool it calls
+        next, for the `continuum` policy."""
         params = params or SamplingParams()
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an integer, got {priority!r}")
         for name, value in (("slo_ttft_ms", slo_ttft_ms), ("slo_tpot_ms", slo_tpot_ms)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a non-negative number of milliseconds, got {value!r}")
+        for name, value in (("program_id", program_id), ("tool_call", tool_call)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
         text, ids = self.encode_prompt(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -141,7 +146,8 @@ class LLMEngine:
         for index in range(params.n):
             seq = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids, params, max_tokens,
                           eos_token_id=self.tokenizer.eos_token_id, prompt=text, index=index, user=user,
-                          priority=priority, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, group_id=request_id,
+                          priority=priority, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
+                          program_id=program_id, tool_call=tool_call, group_id=request_id,
                           arrival_order=next(self._order))
             self._text[seq.request_id] = TextState(self.tokenizer, params.stop, params.skip_special_tokens)
             self.requests[seq.request_id] = seq

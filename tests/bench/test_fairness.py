@@ -29,7 +29,7 @@ def test_gap_and_jain_while_both_clients_are_backlogged():
     # both backlogged over [0, 10]: a is served 10 + 2 at t=1, 3, 5; b once at t=9
     rs = [rec("a", 0.0, [1.0]), rec("a", 0.0, [3.0]), rec("a", 0.0, [5.0]), rec("a", 0.0, [10.0]),
           rec("b", 0.0, [9.0]), rec("b", 0.0, [10.0])]
-    f = fairness(rs, max_num_seqs=4)
+    f = fairness(rs, batch_tokens=4)
     assert f["service"] == {"a": 48.0, "b": 24.0}
     assert f["max_gap"] == pytest.approx(36.0)  # a leads by 36 at t=5..9
     assert f["vtc_bound"] == 2 * max(10, 2 * 4)

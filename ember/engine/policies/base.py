@@ -37,6 +37,7 @@ class SchedulerView:
     running: tuple[Request, ...]
     peek_prefix: Callable[[Request], int] = field(repr=False)  # tokens of the request already cached
     clock: Callable[[], float] = field(repr=False, default=lambda: 0.0)  # the scheduler's clock
+    pinned_programs: frozenset = frozenset()  # programs whose last turn's KV is pinned (Policy.keep_kv_for)
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -75,6 +76,11 @@ class Policy:
 
     def on_finish(self, request: Request) -> None:
         """Called once when a request finishes or is aborted."""
+
+    def keep_kv_for(self, request: Request, view: SchedulerView) -> float:
+        """Seconds the cached KV of a request that just finished stays pinned (not evictable)
+        for its program's next turn; 0 lets it go to the prefix cache's LRU as usual."""
+        return 0.0
 
 
 POLICIES: Registry[Policy] = Registry("scheduling policy")

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 
 from ember.engine.policies.base import POLICIES, Policy, PreemptReason, SchedulerView
+from ember.engine.policies.step_speed import StepSpeed
 from ember.request import Request
-
-EMA = 0.2  # weight of the newest step in the measured seconds per token
 
 
 @POLICIES.register("slo")
@@ -29,9 +28,7 @@ class SLOPolicy(Policy):
         super().__init__(config)
         self.default_ttft = getattr(config, "slo_ttft_ms", 0.0) / 1e3
         self.default_tpot = getattr(config, "slo_tpot_ms", 0.0) / 1e3
-        self.seconds_per_token = 0.0  # prefill speed, measured between steps
-        self._clock = None
-        self._step_start: float | None = None
+        self.speed = StepSpeed()
 
     def targets(self, request: Request) -> tuple[float, float]:
         """(TTFT, TPOT) in seconds; 0: none."""
@@ -45,14 +42,11 @@ class SLOPolicy(Policy):
         return (m.last_token_time or m.first_token_time) + tpot if tpot else math.inf
 
     def can_meet(self, request: Request, now: float) -> bool:
-        need = (request.num_tokens - request.num_computed_tokens) * self.seconds_per_token
+        need = (request.num_tokens - request.num_computed_tokens) * self.speed.seconds_per_token
         return now + need <= self.deadline(request)
 
     def order(self, waiting: list[Request], view: SchedulerView | None = None) -> list[Request]:
-        if view is not None:
-            self._clock = view.clock
-        now = self._clock() if self._clock is not None else 0.0
-        self._step_start = now
+        now = self.speed.start(view.clock) if view is not None else self.speed.now()
         def key(r: Request):
             d = self.deadline(r)
             meetable = d == math.inf or self.can_meet(r, now)
@@ -60,14 +54,7 @@ class SLOPolicy(Policy):
         return sorted(waiting, key=key)
 
     def on_step(self, scheduled: list[tuple[Request, int]]) -> None:
-        """The step's time (from its admission to now) over the tokens it computed."""
-        start, self._step_start = self._step_start, None
-        tokens = sum(n for _, n in scheduled)
-        if start is None or not tokens:
-            return
-        sample = (self._clock() - start) / tokens
-        self.seconds_per_token = sample if not self.seconds_per_token else (
-            (1 - EMA) * self.seconds_per_token + EMA * sample)
+        self.speed.observe(scheduled)
 
     def victim(self, running: list[Request], reason: PreemptReason, waiting: Request | None = None) -> Request | None:
         if reason is PreemptReason.PRIORITY:
