@@ -22,7 +22,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                help=f"{help_text} (default: {f.default})")
         else:
-            kind = int if f.type in ("int", int) else str
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
             group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                                metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
 

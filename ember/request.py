@@ -49,6 +49,10 @@ class Request:
     index: int = 0  # which of the n sequences of one prompt this is
     user: str | None = None
     priority: int = 0  # lower runs sooner under the `priority` policy (vLLM's convention)
+    slo_ttft_ms: float = 0.0  # latency targets for the `slo` policy; 0: the engine's default
+    slo_tpot_ms: float = 0.0
+    program_id: str | None = None  # the agent program (conversation) this turn belongs to
+    tool_call: str | None = None  # the tool the program calls after this turn (it comes back later)
     group_id: str = ""  # the user-facing request id shared by the n sequences of one prompt
     arrival_order: int = 0  # set by the engine: ties in arrival time break by this
     status: RequestStatus = RequestStatus.WAITING

@@ -8,6 +8,7 @@ import math
 import sys
 
 from ember.bench.energy import EnergyMeter
+from ember.bench.fairness import fairness
 from ember.bench.metrics import compute_metrics
 from ember.bench.online import ClientConfig, run_sessions
 from ember.bench.report import new_report
@@ -47,6 +48,7 @@ def run_serve_benchmark(cfg: ClientConfig, spec: WorkloadSpec, sessions: list[Se
             if users:  # multi-tenant: each tenant's share, for fairness comparisons
                 metrics["per_user"] = {u: _brief(compute_metrics([r for r in results if r.user == u], duration, slos))
                                        for u in users}
+                metrics["fairness"] = fairness(results)
             report["model"] = point.model  # as the server named it
             report["runs"].append({"request_rate": rate, "max_concurrency": conc, "metrics": metrics,
                                    "requests": [r.to_json(keep_text) for r in results]})

@@ -173,6 +173,16 @@ class KVCacheManager:
         request.block_ids = []
         self._hashes.pop(request.request_id, None)
 
+    def pin(self, request: Request) -> list[int]:
+        """Hold a reference to the request's blocks indexed in the prefix cache, so they stay
+        cached after it is freed (until `unpin`); returns the blocks held."""
+        blocks = request.block_ids[:len(self._hashes.get(request.request_id, ()))]
+        self.pool.share(blocks)
+        return list(blocks)
+
+    def unpin(self, blocks: list[int]) -> None:
+        self.pool.free(list(reversed(blocks)))
+
     def fork(self, parent: Request, child: Request) -> None:
         """Let `child` share every block of `parent` (n > 1 sequences from one prompt)."""
         self.pool.share(parent.block_ids)

@@ -49,7 +49,7 @@ class _Chat(Job):
 
     def _updates(self):
         return aclosing(updates(self.served, [self.prompt], [self.params], self.request_id, self.body.user,
-                                self.body.priority))
+                                self.body.scheduling_hints()))
 
     def _usage(self) -> dict:
         return out.usage(len(self.prompt.token_ids), self.completion_tokens)

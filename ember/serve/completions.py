@@ -50,7 +50,7 @@ class _Completion(Job):
 
     def _updates(self):
         return aclosing(updates(self.served, self.prompts, self.params, self.request_id, self.body.user,
-                                self.body.priority))
+                                self.body.scheduling_hints()))
 
     def _usage(self) -> dict:
         return out.usage(self.prompt_tokens, sum(self.completion_tokens))

@@ -56,7 +56,7 @@ class Served:
 
 
 async def updates(served: Served, prompts: list[Prompt], params_list, request_id: str, user: str | None,
-                  priority: int = 0):
+                  hints: dict | None = None):
     """(prompt index, update) from every prompt's request, as they come; closing aborts them all."""
     queue: asyncio.Queue = asyncio.Queue()
     arrival = time.monotonic()
@@ -65,7 +65,7 @@ async def updates(served: Served, prompts: list[Prompt], params_list, request_id
         try:
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             async with aclosing(served.engine.generate(prompt.token_ids, params, rid, user, arrival,
-                                                       priority)) as updates:
+                                                       hints)) as updates:
                 async for update in updates:
                     await queue.put((i, update, None))
         except asyncio.CancelledError:

@@ -91,8 +91,21 @@ class _Sampling(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None
+    # latency targets for `--policy slo` (Ember's extras)
+    slo_ttft_ms: float | None = Field(None, gt=0.0)
+    slo_tpot_ms: float | None = Field(None, gt=0.0)
+    # agent programs for `--policy continuum` (Ember's extras): the program (conversation) this
+    # turn belongs to, and the tool it calls before its next turn
+    program_id: str | None = Field(None, min_length=1, max_length=256)
+    tool_call: str | None = Field(None, min_length=1, max_length=256)
     # defined by OpenAI, refused unless off (see UNSUPPORTED_*)
     logit_bias: dict[str, float] | None = None
+
+
+    def scheduling_hints(self) -> dict:
+        """LLMEngine.add_request's scheduling keywords from this body."""
+        return {"priority": self.priority, "slo_ttft_ms": self.slo_ttft_ms or 0.0, "slo_tpot_ms": self.slo_tpot_ms or 0.0,
+                "program_id": self.program_id, "tool_call": self.tool_call}
 
 
 class CompletionRequest(_Sampling):
