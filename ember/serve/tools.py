@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 from ember.serve.errors import bad_request
 from ember.structured import StructuredOutputsParams
+from ember.structured.backend import JSON_FORMAT  # the same JSON layout as response_format
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ANY_OBJECT = {"type": "object"}
-JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 SYSTEM_TOOLS = """# Tools
 

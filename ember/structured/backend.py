@@ -28,7 +28,9 @@ from ember.structured.params import StructuredOutputsParams
 
 # JSON is generated on one line with the separators models read most (`{"a": 1, "b": 2}`):
 # free whitespace lets a small model loop on newlines until max_tokens.
-JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# `oneOf` is read as `anyOf` (pydantic writes discriminated unions as oneOf; their branches are
+# disjoint, so the two agree).
+JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "coerce_one_of": True}
 
 
 class GrammarError(ValueError):
@@ -95,8 +97,10 @@ def grammar_text(params: StructuredOutputsParams) -> str:
         if kind == "choice":
             return llg.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in params.choice))
         return llg.grammar_from("grammar", params.grammar)  # Lark, or GBNF converted to Lark
-    except ValueError as exc:
-        raise GrammarError(str(exc)) from None
+    except GrammarError:
+        raise
+    except Exception as exc:  # whatever the converters raise, it is the grammar's fault
+        raise GrammarError(str(exc) or type(exc).__name__) from None
 
 
 class GrammarBackend:

@@ -83,9 +83,11 @@ def test_batched_with_free_requests(llm):
     assert_no_leak(llm)
 
 
-def test_preemption_keeps_matcher_in_step(make_llm):
-    """Recompute preemption: output tokens stay, and the matcher that follows them stays valid."""
-    small = make_llm(kv_cache_tokens=256, block_size=16, max_num_seqs=8)
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_preemption_keeps_matcher_in_step(make_llm, preemption):
+    """Preempted sequences keep their output tokens (recomputed or swapped back), and the
+    matcher that follows those tokens stays valid."""
+    small = make_llm(kv_cache_tokens=256, block_size=16, max_num_seqs=8, preemption=preemption, swap_space="64MiB")
     outs = small.chat([MESSAGES] * 6, params(json=PERSON, max_tokens=48, temperature=1.0))
     assert small.engine.scheduler.num_preemptions > 0
     for o in outs:
@@ -111,6 +113,32 @@ def test_exactly_one_kind():
         StructuredOutputsParams(regex="a", choice=["b"])
     with pytest.raises(ValueError, match="exactly one"):
         StructuredOutputsParams()
+
+
+def test_pydantic_union_schema_compiles(ember_lm):
+    """pydantic writes a discriminated union as oneOf; it compiles (read as anyOf) and holds."""
+    from typing import Literal, Union
+
+    import pydantic
+
+    class Cat(pydantic.BaseModel):
+        kind: Literal["cat"]
+        lives: int
+
+    class Dog(pydantic.BaseModel):
+        kind: Literal["dog"]
+        good: bool
+
+    class Pet(pydantic.BaseModel):
+        pet: Union[Cat, Dog] = pydantic.Field(discriminator="kind")
+
+    schema = Pet.model_json_schema()
+    assert "oneOf" in json.dumps(schema)
+    backend = GrammarBackend(ember_lm.tokenizer, ember_lm.config.vocab_size)
+    m = backend.compile(StructuredOutputsParams(json=schema)).matcher()
+    for t in ember_lm.tokenizer.encode('{"pet": {"kind": "dog", "good": true}}'):
+        assert m.advance(t)
+    assert m.is_terminated
 
 
 def test_compile_cache(ember_lm):
