@@ -223,8 +223,8 @@ class ToolCallParser:
 
     def feed(self, text: str) -> tuple[str, list[CallEvent]]:
         self.buf += text
-        if self.state == "start":
-            head = self.buf.lstrip()
+        if self.state == "start":  # as the grammar: calls begin at once, anything else is text
+            head = self.buf
             if not head or OPEN.startswith(head):
                 return "", []
             if not head.startswith(OPEN):

@@ -53,7 +53,7 @@ def test_parser_pieces_equal_whole(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_parser_auto_content(seed):
-    for text in ("Hello there, <b>friend</b>", "<tool", "  no calls", "<div>"):
+    for text in ("Hello there, <b>friend</b>", "<tool", "  no calls", "<div>", " " + TWO_CALLS):
         p, content, events = feed_in_pieces(text, "auto", seed)
         assert content == text and not events and not p.calls
         assert parse_tool_calls(text, "auto") == (text, [])
