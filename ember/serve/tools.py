@@ -13,7 +13,9 @@ it whatever its template, so the parser below always reads it:
 - an assistant turn with `tool_calls`: its content, then one such block per call;
 - `tool` turns: a user turn holding each result between <tool_response> and </tool_response>.
 
-A template that mentions `tools` gets them (and the tool turns, arguments as objects) itself.
+A template that renders `tools` in this same format (it mentions `tools` and `<tool_call>`, as
+Qwen2.5's does) gets them, and the tool turns with arguments as objects, itself; a template
+with another tool syntax gets the generic rendering, so prompt and grammar agree.
 
 tool_choice `required`: the output is one call (several with parallel_tool_calls, the default)
 and nothing else; a named function: exactly one call of it; each call's arguments constrained by the function's
@@ -98,7 +100,10 @@ def tool_setup(body) -> ToolSetup:
 
 # --- the prompt -----------------------------------------------------------------------------------
 def template_has_tools(template: str | None) -> bool:
-    return bool(template) and re.search(r"\btools\b", template) is not None
+    """The template renders tools itself, in the format the grammar holds output to (Hermes',
+    as Qwen2.5's does). A template with another tool syntax gets the generic rendering, so
+    that what the prompt asks for and what the grammar allows agree."""
+    return bool(template) and re.search(r"\btools\b", template) is not None and OPEN in template
 
 
 def _arguments(text: str, where: str):

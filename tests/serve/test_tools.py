@@ -78,7 +78,7 @@ def test_render_generic_history():
 
 def test_native_template_gets_tools(ember_lm):
     """A template with its own tool syntax renders the tools and the calls (arguments as objects)."""
-    template = ("{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}{% for m in messages %}{{ m.role }}: "
+    template = ("{% if tools %}TOOLS {{ tools | tojson }} <tool_call>\n{% endif %}{% for m in messages %}{{ m.role }}: "
                 "{% if m.tool_calls %}{% for c in m.tool_calls %}CALL {{ c.function.name }} "
                 "{{ c.function.arguments | tojson }}{% endfor %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}")
     tok = dataclasses.replace(ember_lm.tokenizer, chat_template=template)
@@ -90,6 +90,10 @@ def test_native_template_gets_tools(ember_lm):
     text = tok.decode(chat_prompt(body, tok, tool_setup(body)).token_ids, skip_special_tokens=False)
     assert text.startswith("TOOLS [{")
     assert 'assistant: CALL add {"a": 1, "b": 2}' in text and "tool: 3" in text
+    # another tool syntax (no <tool_call> in the template): the generic rendering instead
+    other = dataclasses.replace(ember_lm.tokenizer, chat_template=template.replace(" <tool_call>", ""))
+    text = other.decode(chat_prompt(body, other, tool_setup(body)).token_ids, skip_special_tokens=False)
+    assert "TOOLS" not in text and "# Tools" in text and "<tool_response>\n3\n</tool_response>" in text
 
 
 def test_tool_grammars_compile(ember_lm):
