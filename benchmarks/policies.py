@@ -12,8 +12,11 @@ flags and threads), one after the other, so the figures compare policies, not ma
 - lpm: the shared-prefix workload with a KV cache too small for every prefix at once:
   FCFS against longest-prefix-match. TTFT and the prefix-cache hit rate.
 - slo: goodput at rising request rates for FCFS and earliest-deadline-first with deferral.
+- continuum: agent programs whose turns end in tool calls (pauses of 0.3-5 s), with more
+  programs in flight than the KV cache holds: FCFS with the prefix cache's LRU against
+  continuum's pinning. Job completion time and the prefix-cache hit rate.
 
-  .venv/bin/python benchmarks/policies.py --scenarios fairness,admission,lpm,slo \\
+  .venv/bin/python benchmarks/policies.py --scenarios fairness,admission,lpm,slo,continuum \\
       --out benchmarks/results/policies.json --plot benchmarks/results/policies.png
 """
 
@@ -61,6 +64,10 @@ SCENARIOS = {
             "--max-num-seqs 16",
             "--workload random --input-len 128 --range-ratio 0.5 --output-len 32 --num-prompts 80 --ignore-eos "
             "--sweep-rate 2,4,8", "ttft:2000 tpot:200"),
+    "continuum": ([("fcfs", "--policy fcfs"), ("continuum", "--policy continuum")],
+                  "--max-num-seqs 16 --kv-cache-tokens 3072",
+                  "--workload agent --turns 4 --num-prompts 96 --input-len 64 --output-len 24 --ignore-eos "
+                  "--request-rate 2 --endpoint chat", ""),
 }
 WEIGHTS = {"a": 1.0, "b": 3.0}
 
@@ -113,6 +120,10 @@ def run_policy(args, scenario: str, label: str, policy_flags: str, tmp: str) -> 
                  "duration_s": m["duration_s"], "output_throughput": m["output_throughput"],
                  "ttft_ms_mean": m["ttft_ms"]["mean"], "ttft_ms_p99": m["ttft_ms"]["p99"],
                  "tpot_ms_mean": m["tpot_ms"]["mean"]}
+        if "jobs" in m:
+            point["jct_s_mean"] = m["jobs"]["jct_s"]["mean"]
+            point["jct_s_p99"] = m["jobs"]["jct_s"]["p99"]
+            point["jobs_completed"] = m["jobs"]["completed"]
         if "goodput" in m:
             point["goodput"] = m["goodput"]["request_goodput"]
             point["good_requests"] = m["goodput"]["good_requests"]
@@ -165,7 +176,8 @@ def plot(results: dict, path: str) -> None:
             ax.set_xlabel("request rate (req/s)")
             ax.set_ylabel("goodput (req/s)")
         else:
-            key = {"admission": ("goodput", "goodput (req/s)"), "lpm": ("ttft_ms_mean", "TTFT mean (ms)")}[scenario]
+            key = {"admission": ("goodput", "goodput (req/s)"), "lpm": ("ttft_ms_mean", "TTFT mean (ms)"),
+                   "continuum": ("jct_s_mean", "job completion time mean (s)")}[scenario]
             ax.bar([r["label"] for r in runs], [r["points"][0].get(key[0], 0) for r in runs])
             ax.set_ylabel(key[1])
         ax.set_title(scenario, fontsize=9)
@@ -176,7 +188,7 @@ def plot(results: dict, path: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default="fairness,admission,lpm,slo")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--server-args", default="--linear int4", help="more `ember serve` flags for every run")
     p.add_argument("--seed", type=int, default=0)
