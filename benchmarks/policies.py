@@ -6,6 +6,8 @@ flags and threads), one after the other, so the figures compare policies, not ma
 - fairness: two clients, `a` sending 3x as many requests as `b`, all at once (overload); FCFS,
   VTC and weighted VTC (b weighs 3). Service per client over time (plot), the largest service
   gap while both are backlogged against VTC's bound, Jain's index while both are backlogged.
+- fairness-lengths: both clients send as many requests, b's four times as long (256 + 128
+  tokens against 64 + 32): FCFS serves them equal requests, so b gets 4x the service.
 - admission: a memory-bound load (few KV tokens, max_tokens far above the outputs the model
   ends by itself): FCFS (aggressive), conservative and past-future admission. Goodput,
   preemptions, throughput.
@@ -51,6 +53,10 @@ SCENARIOS = {
                  "--max-num-seqs 8",
                  "--workload multi-tenant --tenants a:3:64:32,b:1:64:32 --num-prompts 160 --request-rate inf "
                  "--ignore-eos", ""),
+    "fairness-lengths": ([("fcfs", "--policy fcfs"), ("vtc", "--policy vtc")],
+                         "--max-num-seqs 8",
+                         "--workload multi-tenant --tenants a:1:64:32,b:1:256:128 --num-prompts 80 --request-rate inf "
+                         "--ignore-eos", ""),
     "admission": ([("fcfs", "--policy fcfs"), ("conservative", "--policy conservative"),
                    ("past-future", "--policy past-future")],
                   "--max-num-seqs 32 --kv-cache-tokens 2048",
@@ -127,11 +133,12 @@ def run_policy(args, scenario: str, label: str, policy_flags: str, tmp: str) -> 
         if "goodput" in m:
             point["goodput"] = m["goodput"]["request_goodput"]
             point["good_requests"] = m["goodput"]["good_requests"]
-        if scenario == "fairness":
+        if scenario.startswith("fairness"):
             results = [RequestResult.from_json(r) for r in run["requests"]]
             w = WEIGHTS if label == "vtc-weighted" else None
-            # M of VTC's bound: 8 sequences (--max-num-seqs) of at most 64 + 32 tokens
-            point["fairness"] = fairness(results, weights=w, batch_tokens=8 * (64 + 32))
+            # M of VTC's bound: 8 sequences (--max-num-seqs) of the longest prompt + output of the run
+            longest = max(r.prompt_tokens + r.output_tokens for r in results if r.success)
+            point["fairness"] = fairness(results, weights=w, batch_tokens=8 * longest)
             point["per_user"] = m.get("per_user")
             point["service_curves"] = {u: ev for u, ev in service_events(results, weights=w).items()}
         points.append(point)
@@ -146,11 +153,11 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = [(s, r) for s, r in results.items()]
-    fig, axes = plt.subplots(1, len(panels) + (len(results.get("fairness", [])) - 1 if "fairness" in results else 0),
-                             figsize=(4.2 * (len(panels) + 2), 3.6), squeeze=False)
+    count = sum(len(runs) if s.startswith("fairness") else 1 for s, runs in panels)
+    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.6), squeeze=False)
     axes = list(axes[0])
     for scenario, runs in panels:
-        if scenario == "fairness":
+        if scenario.startswith("fairness"):
             for run in runs:
                 ax = axes.pop(0)
                 curves = run["points"][0]["service_curves"]
@@ -163,7 +170,8 @@ def plot(results: dict, path: str) -> None:
                         ys.append(total)
                     ax.plot(xs, ys, label=f"client {user}")
                 f = run["points"][0]["fairness"]
-                ax.set_title(f"{run['label']}: gap {f['max_gap']:.0f} (bound {f['vtc_bound']:.0f})", fontsize=9)
+                ax.set_title(f"{scenario} {run['label']}: gap {f['max_gap']:.0f} (bound {f['vtc_bound']:.0f})",
+                             fontsize=9)
                 ax.set_xlabel("s")
                 ax.set_ylabel("weighted service (1/in, 2/out token)")
                 ax.legend(fontsize=8)
