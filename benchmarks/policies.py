@@ -6,14 +6,19 @@ flags and threads), one after the other, so the figures compare policies, not ma
 - fairness: two clients, `a` sending 3x as many requests as `b`, all at once (overload); FCFS,
   VTC and weighted VTC (b weighs 3). Service per client over time (plot), the largest service
   gap while both are backlogged against VTC's bound, Jain's index while both are backlogged.
+- fairness-lengths: both clients send as many requests, b's four times as long (256 + 128
+  tokens against 64 + 32): FCFS serves them equal requests, so b gets 4x the service.
 - admission: a memory-bound load (few KV tokens, max_tokens far above the outputs the model
   ends by itself): FCFS (aggressive), conservative and past-future admission. Goodput,
   preemptions, throughput.
 - lpm: the shared-prefix workload with a KV cache too small for every prefix at once:
   FCFS against longest-prefix-match. TTFT and the prefix-cache hit rate.
 - slo: goodput at rising request rates for FCFS and earliest-deadline-first with deferral.
+- continuum: agent programs whose turns end in tool calls (pauses of 0.3-5 s), with more
+  programs in flight than the KV cache holds: FCFS with the prefix cache's LRU against
+  continuum's pinning. Job completion time and the prefix-cache hit rate.
 
-  .venv/bin/python benchmarks/policies.py --scenarios fairness,admission,lpm,slo \\
+  .venv/bin/python benchmarks/policies.py --scenarios fairness,admission,lpm,slo,continuum \\
       --out benchmarks/results/policies.json --plot benchmarks/results/policies.png
 """
 
@@ -48,6 +53,10 @@ SCENARIOS = {
                  "--max-num-seqs 8",
                  "--workload multi-tenant --tenants a:3:64:32,b:1:64:32 --num-prompts 160 --request-rate inf "
                  "--ignore-eos", ""),
+    "fairness-lengths": ([("fcfs", "--policy fcfs"), ("vtc", "--policy vtc")],
+                         "--max-num-seqs 8",
+                         "--workload multi-tenant --tenants a:1:64:32,b:1:256:128 --num-prompts 80 --request-rate inf "
+                         "--ignore-eos", ""),
     "admission": ([("fcfs", "--policy fcfs"), ("conservative", "--policy conservative"),
                    ("past-future", "--policy past-future")],
                   "--max-num-seqs 32 --kv-cache-tokens 2048",
@@ -61,6 +70,10 @@ SCENARIOS = {
             "--max-num-seqs 16",
             "--workload random --input-len 128 --range-ratio 0.5 --output-len 32 --num-prompts 80 --ignore-eos "
             "--sweep-rate 2,4,8", "ttft:2000 tpot:200"),
+    "continuum": ([("fcfs", "--policy fcfs"), ("continuum", "--policy continuum")],
+                  "--max-num-seqs 16 --kv-cache-tokens 3072",
+                  "--workload agent --turns 4 --num-prompts 96 --input-len 64 --output-len 24 --ignore-eos "
+                  "--request-rate 2 --endpoint chat", ""),
 }
 WEIGHTS = {"a": 1.0, "b": 3.0}
 
@@ -113,14 +126,19 @@ def run_policy(args, scenario: str, label: str, policy_flags: str, tmp: str) -> 
                  "duration_s": m["duration_s"], "output_throughput": m["output_throughput"],
                  "ttft_ms_mean": m["ttft_ms"]["mean"], "ttft_ms_p99": m["ttft_ms"]["p99"],
                  "tpot_ms_mean": m["tpot_ms"]["mean"]}
+        if "jobs" in m:
+            point["jct_s_mean"] = m["jobs"]["jct_s"]["mean"]
+            point["jct_s_p99"] = m["jobs"]["jct_s"]["p99"]
+            point["jobs_completed"] = m["jobs"]["completed"]
         if "goodput" in m:
             point["goodput"] = m["goodput"]["request_goodput"]
             point["good_requests"] = m["goodput"]["good_requests"]
-        if scenario == "fairness":
+        if scenario.startswith("fairness"):
             results = [RequestResult.from_json(r) for r in run["requests"]]
             w = WEIGHTS if label == "vtc-weighted" else None
-            # M of VTC's bound: 8 sequences (--max-num-seqs) of at most 64 + 32 tokens
-            point["fairness"] = fairness(results, weights=w, batch_tokens=8 * (64 + 32))
+            # M of VTC's bound: 8 sequences (--max-num-seqs) of the longest prompt + output of the run
+            longest = max(r.prompt_tokens + r.output_tokens for r in results if r.success)
+            point["fairness"] = fairness(results, weights=w, batch_tokens=8 * longest)
             point["per_user"] = m.get("per_user")
             point["service_curves"] = {u: ev for u, ev in service_events(results, weights=w).items()}
         points.append(point)
@@ -135,11 +153,11 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = [(s, r) for s, r in results.items()]
-    fig, axes = plt.subplots(1, len(panels) + (len(results.get("fairness", [])) - 1 if "fairness" in results else 0),
-                             figsize=(4.2 * (len(panels) + 2), 3.6), squeeze=False)
+    count = sum(len(runs) if s.startswith("fairness") else 1 for s, runs in panels)
+    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.6), squeeze=False)
     axes = list(axes[0])
     for scenario, runs in panels:
-        if scenario == "fairness":
+        if scenario.startswith("fairness"):
             for run in runs:
                 ax = axes.pop(0)
                 curves = run["points"][0]["service_curves"]
@@ -152,7 +170,8 @@ def plot(results: dict, path: str) -> None:
                         ys.append(total)
                     ax.plot(xs, ys, label=f"client {user}")
                 f = run["points"][0]["fairness"]
-                ax.set_title(f"{run['label']}: gap {f['max_gap']:.0f} (bound {f['vtc_bound']:.0f})", fontsize=9)
+                ax.set_title(f"{scenario} {run['label']}: gap {f['max_gap']:.0f} (bound {f['vtc_bound']:.0f})",
+                             fontsize=9)
                 ax.set_xlabel("s")
                 ax.set_ylabel("weighted service (1/in, 2/out token)")
                 ax.legend(fontsize=8)
@@ -165,7 +184,8 @@ def plot(results: dict, path: str) -> None:
             ax.set_xlabel("request rate (req/s)")
             ax.set_ylabel("goodput (req/s)")
         else:
-            key = {"admission": ("goodput", "goodput (req/s)"), "lpm": ("ttft_ms_mean", "TTFT mean (ms)")}[scenario]
+            key = {"admission": ("goodput", "goodput (req/s)"), "lpm": ("ttft_ms_mean", "TTFT mean (ms)"),
+                   "continuum": ("jct_s_mean", "job completion time mean (s)")}[scenario]
             ax.bar([r["label"] for r in runs], [r["points"][0].get(key[0], 0) for r in runs])
             ax.set_ylabel(key[1])
         ax.set_title(scenario, fontsize=9)
@@ -176,7 +196,7 @@ def plot(results: dict, path: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default="fairness,admission,lpm,slo")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--server-args", default="--linear int4", help="more `ember serve` flags for every run")
     p.add_argument("--seed", type=int, default=0)

@@ -147,18 +147,20 @@ class Scheduler:
             return 0
         if request.status is RequestStatus.PREEMPTED and not self.preemptor.resume(request, self.kv):
             return 0
-        took_hits = False
+        looked_up, hit = False, 0
         if request.num_computed_tokens == 0 and not request.block_ids:
-            blocks, hit = self.kv.match_prefix(request)
+            looked_up = True
+            blocks, hit = self.kv.find_prefix(request)
             if hit:
                 self.kv.take_cached(request, blocks, hit)
-                took_hits = True
         num_new = min(request.num_tokens - request.num_computed_tokens, budget)
         if not self.kv.allocate_slots(request, num_new):
-            if took_hits:  # give the hits back; the blocks stay cached for the next try
+            if hit:  # give the hits back; the blocks stay cached for the next try
                 self.kv.free(request)
                 request.num_computed_tokens = request.num_dropped_tokens = 0
             return 0
+        if looked_up:  # counted once it is admitted, not at every try
+            self.kv.record_lookup(request, hit)
         self.waiting.remove(request)
         if request.program_id is not None:
             self.release_pin(request.program_id)  # the next turn holds what it found cached

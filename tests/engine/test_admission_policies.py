@@ -126,3 +126,29 @@ def test_past_future_preempts_less_than_fcfs_under_memory_pressure():
     past_future = PastFuturePolicy()
     past_future.history.extend([24] * 20)
     assert preemptions(past_future) == 0 < preemptions("fcfs")
+
+
+def shared_prefix_batch(num_groups=3, per_group=4, prefix_blocks=3, question=2, max_tokens=2):
+    prefixes = [[next(TOKENS) for _ in range(prefix_blocks * BS)] for _ in range(num_groups)]
+    return [req(f"g{g}.{i}", tokens=prefixes[g] + [next(TOKENS) for _ in range(question)], max_tokens=max_tokens)
+            for i in range(per_group) for g in range(num_groups)]  # interleaved: g0, g1, g2, g0, ...
+
+
+def test_batchllm_groups_shared_prefixes_and_puts_decode_heavy_groups_first():
+    batch = shared_prefix_batch()
+    batch[1].max_tokens = batch[4].max_tokens = 50  # group 1 decodes the most
+    order = [r.request_id for r in POLICIES.create("batchllm").order(batch, make().view(64))]
+    groups = [rid.split(".")[0] for rid in order]
+    assert groups == ["g1"] * 4 + ["g0"] * 4 + ["g2"] * 4
+
+
+def test_batchllm_reuses_more_prefix_than_fcfs_when_the_cache_holds_one_prefix():
+    def hits(policy):
+        s = make(policy=policy, num_blocks=8, budget=64, max_num_seqs=2)  # one prefix (3 blocks) + room
+        for r in shared_prefix_batch():
+            s.add(r)
+        run(s, max_steps=1000)
+        assert s.kv.pool.num_used_blocks == 0
+        return s.kv.stats.hits
+
+    assert hits("batchllm") >= 2 * hits("fcfs")

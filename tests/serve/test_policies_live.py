@@ -77,3 +77,27 @@ def test_slo_targets_reach_the_requests(make_server):
 def test_a_bad_slo_target_is_400(server, path, field, value):
     body = {"prompt": "x"} if path == COMPLETIONS else {"messages": USER}
     assert_error(server.post(path, json={**body, field: value, "max_tokens": 1}), 400, param=field)
+
+
+def test_continuum_pins_a_tool_call_turn_for_the_programs_next_turn(make_server):
+    with make_server(policy="continuum", continuum_ttl=60.0) as server:
+        client, scheduler, kv = server.client(), server.engine.scheduler, server.engine.kv
+        history = [{"role": "user", "content": "Find the population of France, then tell me."}]
+        first = client.chat.completions.create(model=server.model, messages=history, max_tokens=8, temperature=0,
+                                               extra_body={"program_id": "job-1", "tool_call": "search"})
+        assert list(scheduler.pins) == ["job-1"] and scheduler.num_pinned_blocks > 0
+        pinned = scheduler.num_pinned_blocks
+        hits = kv.stats.hits
+        history += [{"role": "assistant", "content": first.choices[0].message.content},
+                    {"role": "user", "content": "search result: 68 million."}]
+        client.chat.completions.create(model=server.model, messages=history, max_tokens=4, temperature=0,
+                                       extra_body={"program_id": "job-1"})
+        assert kv.stats.hits - hits >= pinned * kv.block_size  # every pinned block was found again
+        assert not scheduler.pins  # the last turn called no tool: nothing stays pinned
+        assert_no_leak(server)
+
+
+@pytest.mark.parametrize("body", [{"program_id": 5}, {"program_id": ""}, {"tool_call": ["search"]}])
+def test_a_bad_program_field_is_400(server, body):
+    field = next(iter(body))
+    assert_error(server.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 1, **body}), 400, param=field)
