@@ -87,7 +87,7 @@ class Scheduler:
 
     def view(self, token_budget: int) -> SchedulerView:
         return SchedulerView(self.kv.pool.num_free_blocks, self.kv.pool.num_blocks, self.kv.block_size, token_budget,
-                             self.max_num_seqs, tuple(self.running), self.kv.peek_prefix, self.clock,
+                             self.max_num_seqs, self.max_num_batched_tokens, tuple(self.running), self.kv.peek_prefix, self.clock,
                              frozenset(self.pins))
 
     # --- schedule -----------------------------------------------------------------------------

@@ -85,12 +85,12 @@ def test_pins_give_way_before_anything_is_preempted():
 def test_ttl_weighs_recompute_against_the_share_of_cache_held():
     policy = ContinuumPolicy()
     policy.durations["search"] = [1.0, 1.0, 1.0, 1.0, 10.0]
-    policy.speed.seconds_per_token = 0.01  # 400 tokens take 4 s to recompute
+    policy.speed.step_seconds = 0.16  # 400 tokens take 25 steps of 16 tokens: 4 s to recompute
     view = make(num_blocks=1000).view(0)  # block size 4: 400 tokens hold 100 of 1000 blocks
     assert policy.ttl("search", 400, view) == 10.0  # wait for the slow call too: 4 - 2.8 x 0.1 > 3.2 - 0.1
     crowded = make(num_blocks=111).view(0)  # 100 of 111 blocks: holding them costs most of the machine
     assert policy.ttl("search", 400, crowded) == 1.0
-    policy.speed.seconds_per_token = 1e-6  # recomputing is nearly free: never pin
+    policy.speed.step_seconds = 1e-9  # recomputing is nearly free: never pin
     assert policy.ttl("search", 400, view) == 0.0
     assert policy.ttl("rare-tool", 400, view) == policy.default_ttl  # too few samples
 

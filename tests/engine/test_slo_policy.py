@@ -39,7 +39,7 @@ def test_earliest_deadline_first_and_requests_without_targets_last():
 def test_a_request_that_cannot_meet_its_deadline_is_deferred_behind_those_that_can():
     clock = Clock(10.0)
     policy = SLOPolicy()
-    policy.speed.seconds_per_token = 0.1  # a 4-token prompt takes 0.4 s
+    policy.speed.step_seconds = 0.4  # a 4-token prompt takes one step at a budget of 4
     s = make(policy=policy, budget=4, max_num_seqs=1, clock=clock)
     s.add(timed("late", 9.0, ttft_ms=1300))    # due 10.3: cannot make it
     s.add(timed("ontime", 9.0, ttft_ms=2000))  # due 11.0
@@ -49,8 +49,19 @@ def test_a_request_that_cannot_meet_its_deadline_is_deferred_behind_those_that_c
     # a request without a target can always be served in time; the two that cannot make it
     # follow, in arrival order
     assert ordered == ["ontime", "none", "late", "late2"]
-    policy.speed.seconds_per_token = 0.0  # at infinite speed "late" could still make it
+    policy.speed.step_seconds = 0.0  # at infinite speed "late" could still make it
     assert [r.request_id for r in policy.order(list(s.waiting), s.view(4))] == ["late", "ontime", "none", "late2"]
+
+
+def test_a_request_must_make_its_deadline_after_the_prompts_ordered_before_it():
+    clock = Clock(10.0)
+    policy = SLOPolicy()
+    policy.speed.step_seconds = 0.4
+    s = make(policy=policy, budget=4, clock=clock)
+    s.add(timed("first", 9.0, ttft_ms=1500))   # due 10.5: one step, done at 10.4
+    s.add(timed("second", 9.0, ttft_ms=1700))  # due 10.7: after first, two steps: 10.8
+    s.add(timed("third", 9.0, ttft_ms=2300))   # due 11.3: after first (second deferred), 10.8
+    assert [r.request_id for r in policy.order(list(s.waiting), s.view(4))] == ["first", "third", "second"]
 
 
 def test_defaults_come_from_the_config_and_a_preempted_request_is_due_by_its_tpot():
@@ -67,7 +78,7 @@ def test_prefill_speed_is_measured_from_the_steps():
     s = make(policy=policy, budget=8, clock=lambda: next(ticks))
     s.add(timed("a", 0.0, prompt=8))
     run(s)
-    assert policy.speed.seconds_per_token > 0
+    assert policy.speed.step_seconds > 0
 
 
 def test_the_victim_is_the_request_with_the_most_slack():

@@ -55,7 +55,7 @@ def test_policy_serves_two_clients(make_server, fcfs_texts, policy, extra):
         if policy in ("past-future",):
             assert sorted(p.history) == sorted(c.usage.completion_tokens for c in done.values())
         if policy == "slo":
-            assert p.speed.seconds_per_token > 0
+            assert p.speed.step_seconds > 0
         assert_no_leak(server)
 
 

@@ -34,6 +34,7 @@ class SchedulerView:
     block_size: int
     token_budget: int  # tokens left in this step
     max_num_seqs: int
+    max_num_batched_tokens: int  # a step's whole token budget
     running: tuple[Request, ...]
     peek_prefix: Callable[[Request], int] = field(repr=False)  # tokens of the request already cached
     clock: Callable[[], float] = field(repr=False, default=lambda: 0.0)  # the scheduler's clock

@@ -13,7 +13,7 @@ gap between a turn's end and the program's next arrival):
 
     score(T) = P(D <= T) x recompute(context) - E[min(D, T)] x (blocks pinned / all blocks)
 
-recompute = context tokens x the prefill seconds per token measured from the steps; the
+recompute = the steps the context's prefill takes x the step time measured so far; the
 second term is the share of the cache held idle while waiting. T is the observed duration
 that maximizes the score (no pin when no T scores above 0). A tool seen fewer than
 `continuum_min_samples` times gets `continuum_ttl` (the public code's fixed 2 s).
@@ -86,7 +86,8 @@ class ContinuumPolicy(FCFSPolicy):
         samples = sorted(self.durations.get(tool, ()))
         if len(samples) < self.min_samples:
             return self.default_ttl
-        recompute = context_tokens * (self.speed.seconds_per_token or DEFAULT_SECONDS_PER_TOKEN)
+        recompute = self.speed.seconds_for(context_tokens, view.max_num_batched_tokens) if self.speed.step_seconds \
+            else context_tokens * DEFAULT_SECONDS_PER_TOKEN
         share = view.blocks_needed(context_tokens) / view.total_blocks
         n, best, best_score = len(samples), 0.0, 0.0
         for k, t in enumerate(samples, start=1):

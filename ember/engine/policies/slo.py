@@ -4,10 +4,11 @@ A request's targets are its own (`slo_ttft_ms`, `slo_tpot_ms` on the API and in
 `LLM.generate`) or the engine's defaults (`--slo-ttft-ms`, `--slo-tpot-ms`); 0 means none.
 A waiting request's deadline is its arrival plus its TTFT target, or, once it has produced
 tokens (it was preempted), its last token plus its TPOT target. Waiting requests run in
-deadline order; one that can no longer meet its deadline (now, plus its prompt at the
-prefill speed measured so far, is past it) is deferred behind every request that still can,
-in arrival order: serving it first would make others miss too, which lowers goodput.
-Requests without targets come last. Under KV pressure the running request with the most
+deadline order; one that can no longer meet its deadline (now, plus the steps its prompt and
+the prompts ordered before it need at the step time measured so far, is past it) is
+deferred behind every request that still can, in arrival order: serving it first would make
+others miss too, which lowers goodput. Requests without targets come after those that can
+still make their deadlines, before those that cannot. Under KV pressure the running request with the most
 slack gives way.
 """
 
@@ -41,17 +42,23 @@ class SLOPolicy(Policy):
             return m.arrival_time + ttft if ttft else math.inf
         return (m.last_token_time or m.first_token_time) + tpot if tpot else math.inf
 
-    def can_meet(self, request: Request, now: float) -> bool:
-        need = (request.num_tokens - request.num_computed_tokens) * self.speed.seconds_per_token
-        return now + need <= self.deadline(request)
-
     def order(self, waiting: list[Request], view: SchedulerView | None = None) -> list[Request]:
+        """Earliest deadline first, keeping a request only if it still makes its deadline after
+        the prompts ordered before it (the time to compute them at the measured step time);
+        then requests without targets, then those that cannot make it, in arrival order."""
         now = self.speed.start(view.clock) if view is not None else self.speed.now()
-        def key(r: Request):
-            d = self.deadline(r)
-            meetable = d == math.inf or self.can_meet(r, now)
-            return (not meetable, d if meetable and d < math.inf else math.inf, r.arrival_order)
-        return sorted(waiting, key=key)
+        budget = view.max_num_batched_tokens if view is not None else 1
+        timed = sorted((r for r in waiting if self.deadline(r) < math.inf), key=lambda r: (self.deadline(r), r.arrival_order))
+        meetable, late, ahead = [], [], 0
+        for r in timed:
+            need = r.num_tokens - r.num_computed_tokens
+            if now + self.speed.seconds_for(ahead + need, budget) <= self.deadline(r):
+                meetable.append(r)
+                ahead += need
+            else:
+                late.append(r)
+        untimed = [r for r in waiting if self.deadline(r) == math.inf]
+        return meetable + sorted(untimed + late, key=lambda r: (self.deadline(r) < math.inf, r.arrival_order))
 
     def on_step(self, scheduled: list[tuple[Request, int]]) -> None:
         self.speed.observe(scheduled)
