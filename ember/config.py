@@ -87,14 +87,8 @@ class EngineConfig:
                 raise ValueError(f"kv_press {name!r} is not one of: {', '.join(KV_PRESSES.names())}")
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"kv_press {self.kv_press!r}: the ratio is the share of entries removed, in [0, 1)")
-        from ember.engine.policies import POLICIES
-
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy {self.policy!r} is not one of: {', '.join(POLICIES.names())}")
-        if self.client_weights:
-            from ember.engine.policies.vtc import load_client_weights
-
-            load_client_weights(self.client_weights)
+        # the policy's name and its client-weights file are checked where the engine builds the
+        # policy, before the model loads (the config stays below the engine)
         for name in ("vtc_input_weight", "vtc_output_weight", "slo_ttft_ms", "slo_tpot_ms", "continuum_ttl"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -182,8 +182,8 @@ def test_bad_values_are_clear_errors(llm):
         LLM(loaded=None, max_num_seqs=0)
     with pytest.raises(ValueError, match="unknown engine option"):
         LLM(max_num_seq=3)
-    # The policy's name is checked with the config, before the model loads: it names the option and the choices.
-    with pytest.raises(ValueError, match=r"policy 'nope' is not one of: .*fcfs"):
+    # The policy's name is checked where the engine builds it: it names the option and the choices.
+    with pytest.raises(ValueError, match=r"unknown scheduling policy 'nope'; choose one of: .*fcfs"):
         LLM(loaded=llm.engine.loaded, policy="nope", kv_cache_tokens=64)
     with pytest.raises(ValueError, match="priority must be an integer, got 'high'"):
         llm.generate("Hi", priority="high")

@@ -87,9 +87,9 @@ def test_bad_client_weights_name_the_file_and_the_problem(tmp_path, content, mes
     path = tmp_path / "w.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        EngineConfig(policy="vtc", client_weights=str(path))
+        POLICIES.create("vtc", EngineConfig(policy="vtc", client_weights=str(path)))
     with pytest.raises(ValueError, match="client_weights '/nonexistent.json'"):
-        EngineConfig(policy="vtc", client_weights="/nonexistent.json")
+        POLICIES.create("vtc", EngineConfig(policy="vtc", client_weights="/nonexistent.json"))
 
 
 def test_n_siblings_pay_their_outputs_not_the_shared_prompt():
