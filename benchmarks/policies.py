@@ -59,9 +59,9 @@ SCENARIOS = {
                          "--ignore-eos", ""),
     "admission": ([("fcfs", "--policy fcfs"), ("conservative", "--policy conservative"),
                    ("past-future", "--policy past-future")],
-                  "--max-num-seqs 32 --kv-cache-tokens 2048",
-                  "--workload random --input-len 96 --range-ratio 0.5 --output-len 512 --num-prompts 96 "
-                  "--request-rate 3 --endpoint chat", "ttft:5000 tpot:250"),
+                  "--max-num-seqs 32 --kv-cache-tokens 1536",
+                  "--workload random --input-len 64 --range-ratio 0.5 --output-len 192 --num-prompts 40 "
+                  "--request-rate 2 --endpoint chat", "ttft:5000 tpot:250"),
     "lpm": ([("fcfs", "--policy fcfs"), ("lpm", "--policy lpm")],
             "--max-num-seqs 8 --kv-cache-tokens 1024",
             "--workload shared-prefix --num-prefixes 6 --prefix-len 192 --input-len 16 --output-len 8 "
