@@ -36,7 +36,10 @@ def fcfs_texts(make_server):
 
 @pytest.mark.parametrize("policy, extra", [
     ("vtc", {}),
+    ("priority", {"priority": 1}),
     ("lpm", {}),
+    ("batchllm", {}),
+    ("continuum", {"program_id": "p"}),
     ("past-future", {}),
     ("conservative", {}),
     ("slo", {"slo_ttft_ms": 60000, "slo_tpot_ms": 5000}),
