@@ -1,0 +1,153 @@
+"""`kivi4`, `kivi2`: KIVI (Liu et al. 2024; jy-yuan/KIVI): keys quantized per channel over a
+group of tokens, values per token, both asymmetric (a scale and a minimum), 4 or 2 bits.
+
+Fixed choices (not config options; they follow from the paged layout):
+- The key group is one block: a block's keys are quantized together, per KV head and channel,
+  when the write that fills its last slot lands. Until then the block's keys are its
+  residual, kept in full precision (the model's dtype); a partial block reads back its keys
+  exactly. The paper's residual window R becomes "the tokens of the unfilled last block"
+  (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32).
+- Values are quantized per token as they are written (one group of head_dim channels per KV
+  head; the paper's value groups are 32 channels): a value row needs no other row, so no value
+  residual is stored. Partial blocks' values are therefore quantized too.
+- scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
+  [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
+  Scales and minimums are fp32.
+- Codes are packed little-endian along the channels: channel c of a row sits at bit
+  bits * c of the row's bytes (4-bit: low nibble first).
+
+The cost of the residual: every block allocates its full-precision keys (`k_res`), because a
+codec's tensors all lead with the block dimension (so copy-on-write and swap move a partial
+block with its residual) and any block may be a sequence's unfilled last one. That residual is
+larger than the quantized data: `bytes_per_block` counts it, and with it kivi4 takes more
+bytes per token than bf16 for an fp32 model. What would cut it: a residual pool sized by the
+number of running sequences rather than blocks (see benchmarks/README.md, "KIVI").
+
+Per block (Hkv heads, D channels, bs tokens, b bits):
+  k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
+  k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens
+  v_scale, v_min    fp32  [bs, Hkv]         per token
+  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
+  k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
+
+`quantize`/`dequantize` and `encode_keys`/`encode_values` below are the plain PyTorch
+reference; csrc/attention_paged.h's KIVI kinds store bit for bit what `write` stores, and
+dequantize in registers inside the paged attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.kv.codecs.base import KV_CODECS, KVCodec
+
+
+# --- reference ----------------------------------------------------------------------------------
+def quantize(x: torch.Tensor, dim: int, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric quantization of fp32 x over `dim`: (codes int64 in [0, 2^bits-1] shaped like x,
+    scale, minimum) with `dim` reduced."""
+    qmax = (1 << bits) - 1
+    x = x.float()
+    mn, mx = x.amin(dim), x.amax(dim)
+    scale = (mx - mn) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((x - mn.unsqueeze(dim)) / safe.unsqueeze(dim)).clamp_(0, qmax)
+    return codes.to(torch.int64), scale, mn
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, dim: int) -> torch.Tensor:
+    return codes.float() * scale.unsqueeze(dim) + mn.unsqueeze(dim)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes [..., D] (values < 2^bits) -> uint8 [..., D*bits/8], channel c at bit bits*c."""
+    per = 8 // bits
+    c = codes.to(torch.int32).reshape(*codes.shape[:-1], -1, per)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (c << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 [..., n] -> int32 codes [..., n*8/bits] (pack's inverse)."""
+    per, mask = 8 // bits, (1 << bits) - 1
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return ((packed.to(torch.int32)[..., None] >> shifts) & mask).reshape(*packed.shape[:-1], -1)
+
+
+def encode_keys(k: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blocks of keys [..., bs, Hkv, D] -> (packed codes [..., bs, Hkv, D*bits/8], scale [..., Hkv, D],
+    min [Hkv, D]): per channel over the block's tokens."""
+    codes, scale, mn = quantize(k, -3, bits)
+    return pack(codes, bits), scale, mn
+
+
+def encode_values(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [...], min [...]): per token."""
+    codes, scale, mn = quantize(v, -1, bits)
+    return pack(codes, bits), scale, mn
+
+
+def decode_keys(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
+    """packed [..., bs, Hkv, D*bits/8], scale/min [..., Hkv, D] -> [..., bs, Hkv, D] fp32."""
+    return unpack(packed, bits).float() * scale.unsqueeze(-3) + mn.unsqueeze(-3)
+
+
+def decode_values(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
+    return dequantize(unpack(packed, bits), scale, mn, -1)
+
+
+# --- codec --------------------------------------------------------------------------------------
+class KiviCodec(KVCodec):
+    bits: int
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (self.head_dim * self.bits) % 8:
+            raise ValueError(f"{self.name}: head_dim {self.head_dim} does not pack into whole bytes")
+
+    @property
+    def native_kind(self) -> str | None:
+        return None  # the fused C step can't read this layout yet
+
+    def tensor_specs(self):
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        codes = (bs, h, d * self.bits // 8)
+        return {"k": (codes, torch.uint8), "v": (codes, torch.uint8),
+                "k_scale": ((h, d), torch.float32), "k_min": ((h, d), torch.float32),
+                "v_scale": ((bs, h), torch.float32), "v_min": ((bs, h), torch.float32),
+                "k_res": ((bs, h, d), self.model_dtype), "k_full": ((1,), torch.uint8)}
+
+    def write(self, tensors, slots, k, v):
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        codes, scale, mn = encode_values(v, self.bits)
+        tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
+        tensors["v_scale"].view(-1, h).index_copy_(0, slots, scale)
+        tensors["v_min"].view(-1, h).index_copy_(0, slots, mn)
+        tensors["k_res"].view(-1, h, d).index_copy_(0, slots, k.to(self.model_dtype))
+        # A block is quantized by the write that reaches its last slot; any other write into a
+        # block leaves it (or makes it again) a residual block.
+        blocks = slots // bs
+        touched = torch.unique(blocks)
+        filled = torch.unique(blocks[slots % bs == bs - 1])
+        tensors["k_full"][touched] = 0
+        if len(filled):
+            kc, ks, km = encode_keys(tensors["k_res"][filled].float(), self.bits)
+            tensors["k"][filled], tensors["k_scale"][filled], tensors["k_min"][filled] = kc, ks, km
+            tensors["k_full"][filled] = 1
+
+    def read(self, tensors, blocks):
+        full = tensors["k_full"][blocks][..., None, None]  # [..., 1, 1, 1]
+        quantized = decode_keys(tensors["k"][blocks], tensors["k_scale"][blocks], tensors["k_min"][blocks], self.bits)
+        k = torch.where(full.bool(), quantized, tensors["k_res"][blocks].float())
+        v = decode_values(tensors["v"][blocks], tensors["v_scale"][blocks], tensors["v_min"][blocks], self.bits)
+        return k.to(self.model_dtype), v.to(self.model_dtype)
+
+
+@KV_CODECS.register("kivi4")
+class Kivi4Codec(KiviCodec):
+    name, bits = "kivi4", 4
+
+
+@KV_CODECS.register("kivi2")
+class Kivi2Codec(KiviCodec):
+    name, bits = "kivi2", 2

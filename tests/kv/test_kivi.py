@@ -1,0 +1,139 @@
+"""KIVI codecs (`kivi4`, `kivi2`) without a model: the cache reads back what the plain PyTorch
+reference quantizer gives, partial blocks keep their keys exactly, error bounds per bit width and
+contents independent of how writes were split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ember.kv.cache import PagedKVCache
+from ember.kv.codecs import get_kv_codec
+from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode_values, pack, quantize, unpack
+
+BS, HKV, D = 4, 2, 32
+KIVI = ["kivi4", "kivi2"]
+BITS = {"kivi4": 4, "kivi2": 2}
+
+
+def _rows(n: int, seed: int, spread: float = 3.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # a per-channel offset and scale, like real keys (outlier channels are what KIVI is for)
+    chan = torch.randn(HKV, D, generator=g) * spread
+    return torch.randn(n, HKV, D, generator=g) * (1 + chan.abs()) + chan
+
+
+def test_pack_unpack_and_quantize_by_hand():
+    for bits in (2, 4):
+        codes = torch.randint(0, 1 << bits, (3, 5, 16))
+        assert torch.equal(unpack(pack(codes, bits), bits).long(), codes)
+    assert pack(torch.tensor([[1, 2, 3, 15, 0, 7, 8, 9]]), 4).tolist() == [[0x21, 0xF3, 0x70, 0x98]]
+    assert pack(torch.tensor([[1, 2, 3, 0, 3, 3, 3, 3]]), 2).tolist() == [[0b00111001, 0xFF]]
+    x = torch.tensor([[-1.0, 0.0, 0.5, 2.0], [3.0, 3.0, 3.0, 3.0]])
+    codes, scale, mn = quantize(x, -1, 2)  # scale (2 - -1) / 3 = 1: codes -1 -> 0, 0 -> 1, .5 -> 2 (tie to even), 2 -> 3
+    assert codes.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0]] and scale.tolist() == [1.0, 0.0] and mn.tolist() == [-1.0, 3.0]
+
+
+def test_sizes():
+    for name, bits in BITS.items():
+        codec = get_kv_codec(name, BS, HKV, D, torch.float32)
+        codes = BS * HKV * D * bits // 8
+        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * 4 + BS * HKV * D * 4 + 1
+        assert codec.bytes_per_block() == want
+        assert get_kv_codec(name, BS, HKV, D, torch.bfloat16).bytes_per_block() == want - BS * HKV * D * 2
+
+
+@pytest.mark.parametrize("name", KIVI)
+def test_read_equals_the_reference(name):
+    """Three full blocks (in a scattered block table) and a partial fourth: full blocks read as
+    the reference's dequantization (keys per channel over the block, values per token); the
+    partial block's keys are exactly what was written."""
+    bits = BITS[name]
+    cache = PagedKVCache.create(1, 8, BS, HKV, D, kv_cache_dtype=name)
+    n = 3 * BS + 2
+    k, v = _rows(n, 1), _rows(n, 2)
+    table = torch.tensor([5, 1, 6, 3])
+    slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n]
+    cache.write(0, slots, k, v)
+    got_k, got_v = cache.gather(0, table, n)
+    full = 3 * BS
+    want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits), bits) for b in range(3)] + [k[full:]])
+    want_v = decode_values(*encode_values(v, bits), bits)
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert torch.equal(got_k[full:], k[full:])  # the residual: exact
+    assert not torch.equal(got_k[:full], k[:full])  # it really is quantized
+    assert cache.layers[0]["k_full"][table].flatten().tolist() == [1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("name", KIVI)
+def test_error_bounds(name):
+    """Every value within half a step of its group's grid, step = range / (2^bits - 1): keys'
+    groups are (block, head, channel), values' are (token, head). Each group's min and max
+    come back (near) exactly."""
+    bits, qmax = BITS[name], (1 << BITS[name]) - 1
+    cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
+    k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
+    cache.write(0, torch.arange(4 * BS), k, v)
+    got_k, got_v = cache.gather(0, torch.arange(4), 4 * BS)
+    kb, gb = k.view(4, BS, HKV, D), got_k.view(4, BS, HKV, D)
+    k_step = (kb.amax(1) - kb.amin(1)) / qmax  # [4, Hkv, D]
+    assert bool(((gb - kb).abs() <= k_step[:, None] / 2 * (1 + 1e-5) + 1e-6).all())
+    v_step = (v.amax(-1) - v.amin(-1)) / qmax  # [T, Hkv]
+    assert bool(((got_v - v).abs() <= v_step[..., None] / 2 * (1 + 1e-5) + 1e-6).all())
+    for got, want, dim in ((gb, kb, 1), (got_v, v, -1)):
+        assert torch.allclose(got.amax(dim), want.amax(dim), atol=1e-5, rtol=1e-6)
+        assert torch.allclose(got.amin(dim), want.amin(dim), atol=1e-5, rtol=1e-6)
+    # the mean key error in steps: a uniform rounding error averages 1/4 step, and each
+    # group's min and max (2 of its BS tokens) are exact
+    rel = float(((gb - kb).abs() / k_step[:, None].clamp_min(1e-12)).mean())
+    expected = 0.25 * (BS - 2) / BS
+    assert 0.6 * expected < rel < 1.5 * expected, rel
+
+
+@pytest.mark.parametrize("name", KIVI)
+def test_contents_do_not_depend_on_how_writes_were_split(name):
+    """Token by token, whole blocks at once, and uneven runs across block boundaries leave the
+    same bytes in every tensor; a block reused from offset 0 starts again as a residual."""
+    n = 3 * BS - 1
+    k, v = _rows(n, 5), _rows(n, 6)
+    splits = {"one by one": [1] * n, "at once": [n], "uneven": [3, 5, 1, n - 9]}
+    caches = {}
+    for label, sizes in splits.items():
+        cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
+        start = 0
+        for size in sizes:
+            s = torch.arange(start, start + size)
+            cache.write(0, s + BS, k[s], v[s])  # blocks 1..3
+            start += size
+        caches[label] = cache
+    ref = caches.pop("at once").layers[0]
+    for label, cache in caches.items():
+        for key, t in ref.items():
+            assert torch.equal(cache.layers[0][key], t), (label, key)
+    cache = caches["one by one"]
+    assert cache.layers[0]["k_full"].flatten().tolist() == [0, 1, 1, 0]
+    cache.write(0, torch.tensor([BS]), k[:1], v[:1])  # block 1 reused
+    assert cache.layers[0]["k_full"][1].item() == 0
+    assert torch.equal(cache.gather(0, torch.tensor([1]), 1)[0], k[:1])
+
+
+@pytest.mark.parametrize("name", KIVI)
+def test_copy_blocks_moves_the_residual(name):
+    """Copy-on-write of a partial block (n > 1 forks) and of a full one carries every tensor."""
+    cache = PagedKVCache.create(1, 6, BS, HKV, D, kv_cache_dtype=name)
+    k, v = _rows(BS + 2, 7), _rows(BS + 2, 8)
+    cache.write(0, torch.arange(BS + 2), k, v)
+    cache.copy_blocks([(0, 4), (1, 5)])
+    for src, dst in ((0, 4), (1, 5)):
+        a, b = cache.read_blocks(0, torch.tensor([src])), cache.read_blocks(0, torch.tensor([dst]))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(cache.gather(0, torch.tensor([4, 5]), BS + 2)[0][BS:], k[BS:])
+
+
+def test_bf16_model_keeps_a_bf16_residual():
+    cache = PagedKVCache.create(1, 2, BS, HKV, D, dtype=torch.bfloat16, kv_cache_dtype="kivi4")
+    k = _rows(2, 9).bfloat16()
+    cache.write(0, torch.arange(2), k, k)
+    assert cache.layers[0]["k_res"].dtype == torch.bfloat16
+    got_k, got_v = cache.gather(0, torch.tensor([0]), 2)
+    assert got_k.dtype == torch.bfloat16 and torch.equal(got_k, k)
