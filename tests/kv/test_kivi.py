@@ -1,12 +1,17 @@
 """KIVI codecs (`kivi4`, `kivi2`) without a model: the cache reads back what the plain PyTorch
-reference quantizer gives, partial blocks keep their keys exactly, error bounds per bit width and
-contents independent of how writes were split."""
+reference quantizer gives, partial blocks keep their keys exactly, error bounds per bit width,
+contents independent of how writes were split, and the fused step's C store and in-register
+attention held to the codec (every CPU variant this machine runs)."""
 
 from __future__ import annotations
+
+import ctypes
+import math
 
 import pytest
 import torch
 
+from ember.kernels import native
 from ember.kv.cache import PagedKVCache
 from ember.kv.codecs import get_kv_codec
 from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode_values, pack, quantize, unpack
@@ -14,6 +19,7 @@ from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode
 BS, HKV, D = 4, 2, 32
 KIVI = ["kivi4", "kivi2"]
 BITS = {"kivi4": 4, "kivi2": 2}
+needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
 
 def _rows(n: int, seed: int, spread: float = 3.0) -> torch.Tensor:
@@ -137,3 +143,126 @@ def test_bf16_model_keeps_a_bf16_residual():
     assert cache.layers[0]["k_res"].dtype == torch.bfloat16
     got_k, got_v = cache.gather(0, torch.tensor([0]), 2)
     assert got_k.dtype == torch.bfloat16 and torch.equal(got_k, k)
+
+
+@pytest.mark.parametrize("backend", ["torch", "batched"])
+@pytest.mark.parametrize("name", KIVI)
+def test_a_chunk_attends_as_decoding_would(name, backend):
+    """A prefill chunk's queries see each block as decoding would have left it at their own
+    entry (exact keys until the block's last entry is written), so attention outputs and cache
+    contents are the same token by token, in one chunk, or in chunks that split blocks."""
+    from ember.kernels.attention import AttentionMetadata, get_attention_backend
+
+    att = get_attention_backend(backend)
+    n = 3 * BS + 2
+    g = torch.Generator().manual_seed(50)
+    q, k, v = torch.randn(n, 2 * HKV, D, generator=g), _rows(n, 51), _rows(n, 52)
+    table = torch.tensor([[3, 0, 5, 1]])
+    slots = (table[0, :, None] * BS + torch.arange(BS)).flatten()[:n]
+    results = {}
+    for label, chunks in {"decode": [1] * n, "one chunk": [n], "split": [BS - 1, 2, BS + 3, n - 2 * BS - 4]}.items():
+        cache = PagedKVCache.create(1, 6, BS, HKV, D, kv_cache_dtype=name)
+        outs, start = [], 0
+        for c in chunks:
+            meta = AttentionMetadata([c], [start + c], slots[start:start + c], table)
+            outs.append(att.forward(0, q[start:start + c], k[start:start + c], v[start:start + c], meta, cache, D ** -0.5))
+            start += c
+        results[label] = (torch.cat(outs), cache)
+    want, ref_cache = results.pop("decode")
+    for label, (got, cache) in results.items():
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=label)
+        for key, t in ref_cache.layers[0].items():
+            assert torch.equal(cache.layers[0][key], t), (label, key)
+    # and it differs from attending to the stored (quantized) blocks alone
+    keys, values = ref_cache.gather(0, table[0], n)
+    plain = att.attend_one(q, keys, values, D ** -0.5) if backend == "torch" else None
+    if plain is not None:
+        assert not torch.allclose(plain[:BS - 1], want[:BS - 1], atol=1e-4)
+
+
+# --- the fused step's C side ------------------------------------------------------------------------
+def _lib_and_layout(codec):
+    from ember.models.llama_native import _STRUCTS
+
+    lib = native.load("llama_decode")
+    abi = native.check_abi(lib, "ember_llama_decode_abi", _STRUCTS)
+    layout, table = native.kv_layout(codec, abi["kv_kinds"])
+    return lib, layout, table
+
+
+def _c_store(lib, layout, cache, slots, k, v):
+    layer = native.kv_layer(cache.layers[0])
+    s = torch.tensor(slots, dtype=torch.int64)
+    k, v = k.float().contiguous(), v.float().contiguous()
+    p = ctypes.c_void_p
+    lib.ember_kv_store(ctypes.byref(layout), ctypes.byref(layer), p(s.data_ptr()), ctypes.c_long(len(slots)),
+                       p(k.data_ptr()), p(v.data_ptr()), ctypes.c_long(HKV * D))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", KIVI)
+def test_c_store_equals_the_codec_write(name, dtype, cpu_variant):
+    """The fused step's store leaves the same bytes as the codec's PyTorch write: runs that
+    fill a block, stop short of its end, cross into the next, and a block reused from offset 0."""
+    codec = get_kv_codec(name, BS, HKV, D, dtype)
+    lib, layout, _ = _lib_and_layout(codec)
+    py, c = PagedKVCache(codec, 1, 6), PagedKVCache(codec, 1, 6)
+    writes = [([8, 9, 10], 1.0), ([11, 12], 40.0), ([13], 0.01), ([20, 21, 22, 23], 5.0), ([8, 9], 2.0),
+              ([14, 15, 16], 3.0)]
+    for i, (slots, spread) in enumerate(writes):
+        k, v = _rows(len(slots), 10 + i, spread).to(dtype), _rows(len(slots), 20 + i, spread).to(dtype)
+        py.write(0, torch.tensor(slots), k, v)
+        _c_store(lib, layout, c, slots, k, v)
+        for key in py.layers[0]:
+            assert torch.equal(py.layers[0][key], c.layers[0][key]), (name, i, key)
+
+
+def _attend_reference(cache, table, n, q, scale):
+    keys, values = (x.reshape(-1, HKV, D)[:n] for x in cache.codec.read_fp32(cache.layers[0], table))
+    group = q.shape[0] // HKV
+    kr, vr = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)  # [n, H, D]
+    p = torch.softmax(torch.einsum("hd,thd->ht", q, kr) * scale, -1)
+    return torch.einsum("ht,thd->hd", p, vr)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", KIVI)
+def test_c_attention_equals_the_reference(name, dtype, cpu_variant):
+    """Paged attention of the fused step over a KIVI cache (codes dequantized in registers, the
+    partial block's keys read from the residual) equals softmax attention over the codec's
+    `read`, for 1..3 query heads per KV head and contexts that end mid-block and on a block's end."""
+    codec = get_kv_codec(name, BS, HKV, D, dtype)
+    lib, layout, _ = _lib_and_layout(codec)
+    cache = PagedKVCache(codec, 1, 8)
+    n_max = 5 * BS - 1
+    table = torch.tensor([6, 2, 7, 0, 4], dtype=torch.int64)
+    slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n_max]
+    k, v = _rows(n_max, 31).to(dtype), _rows(n_max, 32).to(dtype)
+    p = ctypes.c_void_p
+    layer = native.kv_layer(cache.layers[0])
+    for n in (1, 3, BS, 2 * BS + 1, 4 * BS, n_max):
+        cache.write(0, slots[:n], k[:n], v[:n])  # from offset 0: each block starts afresh
+        for group in (1, 2, 3):
+            q = torch.randn(group * HKV, D, generator=torch.Generator().manual_seed(n + group))  # [H, D]
+            scale = D ** -0.5
+            want = _attend_reference(cache, table, n, q, scale)
+            out = torch.empty_like(q)
+            tab = table.contiguous()
+            lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(group * HKV),
+                                p(tab.data_ptr()), ctypes.c_long(n), ctypes.c_float(scale), p(out.data_ptr()))
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * math.sqrt(D))
+    # The whole cache written, then queries over its first L entries: each sees the blocks as
+    # decoding would have left them at entry L - 1 (KiviCodec.views), whole blocks filled after
+    # it included. (fp32: the views are in the model's dtype.)
+    for L in range(2, n_max + 1) if dtype == torch.float32 else ():
+        *_, (a, b, keys, values) = cache.views(0, table, L - 2, L)
+        assert b == L
+        q = torch.randn(2 * HKV, D, generator=torch.Generator().manual_seed(L))
+        scores = torch.einsum("hd,thd->ht", q, keys.float().repeat_interleave(2, 1)) * D ** -0.5
+        want = torch.einsum("ht,thd->hd", torch.softmax(scores, -1), values.float().repeat_interleave(2, 1))
+        out = torch.empty_like(q)
+        lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(2 * HKV),
+                            p(table.data_ptr()), ctypes.c_long(L), ctypes.c_float(D ** -0.5), p(out.data_ptr()))
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * math.sqrt(D))

@@ -107,7 +107,14 @@ class KiviCodec(KVCodec):
 
     @property
     def native_kind(self) -> str | None:
-        return None  # the fused C step can't read this layout yet
+        # csrc/attention_paged.h: fp32 or bf16 residual, head_dim a multiple of 32, <= 1024 codes a group
+        fits = self.model_dtype in (torch.float32, torch.bfloat16) and self.head_dim % 32 == 0 \
+            and self.head_dim <= 1024 and self.block_size <= 1024
+        return self.name if fits else None
+
+    @property
+    def residual_dtype(self) -> torch.dtype:
+        return self.model_dtype
 
     def tensor_specs(self):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
@@ -135,12 +142,40 @@ class KiviCodec(KVCodec):
             tensors["k"][filled], tensors["k_scale"][filled], tensors["k_min"][filled] = kc, ks, km
             tensors["k_full"][filled] = 1
 
-    def read(self, tensors, blocks):
+    def read_fp32(self, tensors, blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """`read` before rounding to the model's dtype (what the C kernel computes with)."""
         full = tensors["k_full"][blocks][..., None, None]  # [..., 1, 1, 1]
         quantized = decode_keys(tensors["k"][blocks], tensors["k_scale"][blocks], tensors["k_min"][blocks], self.bits)
         k = torch.where(full.bool(), quantized, tensors["k_res"][blocks].float())
         v = decode_values(tensors["v"][blocks], tensors["v_scale"][blocks], tensors["v_min"][blocks], self.bits)
+        return k, v
+
+    def read(self, tensors, blocks):
+        k, v = self.read_fp32(tensors, blocks)
         return k.to(self.model_dtype), v.to(self.model_dtype)
+
+    def views(self, tensors, table, first, ctx):
+        """The query at entry p sees each block as decoding would have left it when p was
+        written: blocks that end at or before p quantized, its own block's keys exact unless p is
+        that block's last entry. So a prefill chunk computes what decoding its tokens one by one
+        would (up to float rounding), whatever the chunking. Pieces start at first and at every
+        block's last entry; within one, keys before block e = (q_first + 1) // bs are quantized
+        and block e's rows are the residual."""
+        bs = self.block_size
+        n = -(-ctx // bs)
+        shape = (-1, self.num_kv_heads, self.head_dim)
+        k, v = (x.reshape(shape) for x in self.read(tensors, table[:n]))
+        if ctx - first == 1:
+            return [(first, ctx, k[:ctx], v[:ctx])]
+        res = tensors["k_res"][table[:n]].reshape(shape).to(self.model_dtype)
+        pieces, p = [], first
+        while p < ctx:
+            e = (p + 1) // bs
+            end = min(ctx, (e + 1) * bs - 1)
+            keys = k[:end] if e * bs >= end else torch.cat([k[:e * bs], res[e * bs:end]])
+            pieces.append((p, end, keys, v[:end]))
+            p = end
+        return pieces
 
 
 @KV_CODECS.register("kivi4")
