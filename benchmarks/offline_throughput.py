@@ -37,7 +37,7 @@ from common import (PromptMaker, base_parser, environment, hf_generate, load_emb
 
 from ember.engine.profile import FUSED_PHASES
 
-LLAMA_CPP_BATCH32_DECODE = 362.0  # tok/s, /work/shared/anchors/baseline-cpu.md (batched-bench, 32 parallel)
+LLAMA_CPP_BATCH32_DECODE = 362.0  # tok/s, ../shared/anchors/baseline-cpu.md (batched-bench, 32 parallel)
 LLAMA_CPP_BATCH32_OVERALL = 306.0  # generated tokens / total time, same run
 
 

@@ -48,7 +48,16 @@ class EngineConfig:
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "share KV blocks between requests with equal prefixes"})
-    policy: str = field(default="fcfs", metadata={"help": "scheduling policy"})
+    policy: str = field(default="fcfs", metadata={"help": "scheduling policy: fcfs, priority, vtc (fair share per `user`), lpm (longest cached prefix first), past-future or conservative (admission by predicted KV peak), slo (earliest deadline first), continuum (agent programs: KV pinned across tool calls)"})
+    client_weights: str = field(default="", metadata={"help": "vtc: JSON file of client (`user`) -> weight; a client with weight 2 gets twice the service"})
+    vtc_input_weight: float = field(default=1.0, metadata={"help": "vtc: counter charge per prompt token"})
+    vtc_output_weight: float = field(default=2.0, metadata={"help": "vtc: counter charge per output token"})
+    lpm_max_waiting: int = field(default=128, metadata={"help": "lpm: above this many waiting requests, order by arrival (sorting by prefix costs too much)"})
+    past_future_history: int = field(default=200, metadata={"help": "past-future: how many finished output lengths predict the running requests' futures"})
+    continuum_ttl: float = field(default=2.0, metadata={"help": "continuum: seconds a tool-call turn's KV stays pinned while its tool has too few observed durations"})
+    continuum_min_samples: int = field(default=5, metadata={"help": "continuum: observed durations of a tool before its TTL comes from them"})
+    slo_ttft_ms: float = field(default=0.0, metadata={"help": "slo: time-to-first-token target for requests that carry none (0: none)"})
+    slo_tpot_ms: float = field(default=0.0, metadata={"help": "slo: time-per-output-token target for requests that carry none (0: none)"})
     preemption: str = field(default="recompute", metadata={"help": "how a preempted request gives back its KV: recompute or swap"})
     swap_space: str = field(default="1GiB", metadata={"help": "host memory for swapped-out KV blocks"})
     seed: int = field(default=0, metadata={"help": "global random seed"})
@@ -78,7 +87,13 @@ class EngineConfig:
                 raise ValueError(f"kv_press {name!r} is not one of: {', '.join(KV_PRESSES.names())}")
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"kv_press {self.kv_press!r}: the ratio is the share of entries removed, in [0, 1)")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        # the policy's name and its client-weights file are checked where the engine builds the
+        # policy, before the model loads (the config stays below the engine)
+        for name in ("vtc_input_weight", "vtc_output_weight", "slo_ttft_ms", "slo_tpot_ms", "continuum_ttl"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "lpm_max_waiting", "past_future_history",
+                     "continuum_min_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("threads", "kv_cache_tokens", "max_model_len"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -48,6 +49,10 @@ class Request:
     index: int = 0  # which of the n sequences of one prompt this is
     user: str | None = None
     priority: int = 0  # lower runs sooner under the `priority` policy (vLLM's convention)
+    slo_ttft_ms: float = 0.0  # latency targets for the `slo` policy; 0: the engine's default
+    slo_tpot_ms: float = 0.0
+    program_id: str | None = None  # the agent program (conversation) this turn belongs to
+    tool_call: str | None = None  # the tool the program calls after this turn (it comes back later)
     group_id: str = ""  # the user-facing request id shared by the n sequences of one prompt
     arrival_order: int = 0  # set by the engine: ties in arrival time break by this
     status: RequestStatus = RequestStatus.WAITING
@@ -60,6 +65,9 @@ class Request:
     output_logprobs: list = field(default_factory=list)
     prompt_logprobs: list = field(default_factory=list)
     generator: torch.Generator | None = None
+    # structured outputs: this sequence's GrammarMatcher (ember/structured/backend.py), which
+    # follows output_token_ids (so recompute after preemption leaves it right)
+    matcher: Any = None
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.monotonic()))
 
     def __post_init__(self) -> None:

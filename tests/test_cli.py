@@ -18,3 +18,25 @@ def test_an_unknown_policy_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     assert "error: unknown scheduling policy 'nope'; choose one of: " in err and "fcfs" in err
     assert "Traceback" not in err
+
+
+def test_structured_output_flags(ember_lm, tmp_path, capsys, monkeypatch):
+    """`ember generate --regex/--choice/--json-schema`: constrained output; a bad one is one line."""
+    import ember.llm
+
+    real = ember.llm.LLM
+    monkeypatch.setattr(ember.llm, "LLM", lambda progress=True, **cfg: real(loaded=ember_lm, **cfg))
+    base = ["--kv-cache-tokens", "1024", "--threads", "1", "--temperature", "0.8", "--seed", "1"]
+    assert main(["generate", "Pick one", "--choice", "red", "--choice", "blue", "--max-tokens", "8"] + base) == 0
+    assert capsys.readouterr().out.strip() in ("red", "blue")
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], '
+                      '"additionalProperties": false}')
+    assert main(["generate", "A number as JSON", "--json-schema", str(schema), "--max-tokens", "16"] + base) == 0
+    import json
+    assert set(json.loads(capsys.readouterr().out)) == {"n"}
+    assert main(["generate", "x", "--regex", "a(b", "--max-tokens", "4"] + base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unclosed group" in err and "Traceback" not in err
+    assert main(["generate", "x", "--regex", "a", "--choice", "b"] + base) == 2
+    assert "exactly one" in capsys.readouterr().err

@@ -36,8 +36,11 @@ def files(*parts: str) -> list[Path]:
     (("kv",), "ember.engine"),  # Request lives in ember/request.py, the Preemptor in kv/preemption.py
     (("request.py",), "ember.engine"),
     (("sampling_params.py",), "ember.engine"),
+    (("structured",), "ember.engine"),  # the grammar backend sits below the engine and the server
+    (("structured",), "ember.serve"),
 ], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies", "models-not-loader", "kv-not-engine",
-        "request-not-engine", "sampling_params-not-engine"])
+        "request-not-engine", "sampling_params-not-engine",
+        "structured-not-engine", "structured-not-serve"])
 def test_no_import_runs_upward(importers, forbidden):
     for path in files(*importers):
         bad = {m for m in imported_modules(path) if m == forbidden or m.startswith(forbidden + ".")}

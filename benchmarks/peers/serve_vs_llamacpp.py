@@ -19,18 +19,16 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
-
-import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PEERS = os.path.join(ROOT, "benchmarks", "peers")
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from ember.bench.report import load_report, print_table, run_name  # noqa: E402
+from servers import free_port, stop, wait_ready  # noqa: E402
 
 RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda m: m["output_throughput"]),
               ("total tok/s", lambda m: m["total_token_throughput"]), ("requests/s", lambda m: m["request_throughput"]),
@@ -38,37 +36,6 @@ RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda
               ("TPOT mean ms", lambda m: m["tpot_ms"]["mean"]), ("ITL p99 ms", lambda m: m["itl_ms"]["p99"]),
               ("E2EL mean ms", lambda m: m["e2el_ms"]["mean"]), ("completed", lambda m: m["completed"]),
               ("failed", lambda m: m["failed"]), ("output tokens", lambda m: m["total_output_tokens"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log: str, limit_s: float = 300.0) -> None:
-    """Poll `url` until it answers 200; bounded, and fails early if the server exits."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"server not ready after {limit_s:.0f} s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def llamacpp_python(given: str | None) -> str:

@@ -63,8 +63,8 @@ def _add_workload_args(p, serve: bool) -> None:
     g.add_argument("--num-prefixes", type=int, default=4, help="shared-prefix: groups")
     g.add_argument("--prefix-len", type=int, default=256, help="shared-prefix: system prompt tokens")
     if serve:
-        g.add_argument("--turns", type=int, default=3, help="multi-turn: turns per conversation")
-        g.add_argument("--think-time", type=float, default=1.0, help="multi-turn: mean seconds between turns")
+        g.add_argument("--turns", type=int, default=3, help="multi-turn, agent: turns per conversation")
+        g.add_argument("--think-time", type=float, default=1.0, help="multi-turn: mean seconds between turns; agent: scales the tool durations")
     g.add_argument("--tenants", default="a:3:64:32,b:1:256:128",
                    help="multi-tenant: NAME:WEIGHT:INPUT:OUTPUT,... (share of requests, lengths)")
 

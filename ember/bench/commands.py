@@ -100,8 +100,8 @@ def cmd_throughput(args) -> int:
     from ember.engine.profile import check_profile_path
 
     spec = _spec(args)
-    if spec.name == "multi-turn":
-        raise ValueError("multi-turn needs the server's replies between turns; run it with `ember bench serve`")
+    if spec.name in ("multi-turn", "agent"):
+        raise ValueError(f"{spec.name} needs the server's replies between turns; run it with `ember bench serve`")
     _check_output(args)
     if args.profile:
         check_profile_path(args.profile)

@@ -19,7 +19,7 @@ def prompts_of(sessions: list[Session]) -> list[tuple[str, int]]:
     out = []
     for s in sessions:
         if len(s.turns) != 1:
-            raise ValueError("multi-turn needs the server's replies between turns; run it with `ember bench serve`")
+            raise ValueError("multi-turn and agent need the server's replies between turns; run them with `ember bench serve`")
         t = s.turns[0]
         out.append(("\n\n".join(p for p in (t.system, t.text) if p), t.output_len))
     return out

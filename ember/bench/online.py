@@ -88,6 +88,7 @@ def build_payload(cfg: ClientConfig, turn: Turn, history: list[dict], user: str 
     else:  # a raw prompt: history and system prompt are plain text before the new message
         parts = ([turn.system] if turn.system else []) + [m["content"] for m in history] + [turn.text]
         body["prompt"] = "\n\n".join(parts)
+    body.update(turn.extra)
     body.update(cfg.extra_body)
     return body
 

@@ -89,6 +89,15 @@ def serve_rows(metrics: dict) -> list[tuple[str, float]]:
             continue
         for stat in STATS:
             rows.append((f"{name} {stat} (ms)", metrics[key][stat]))
+    if "jobs" in metrics:
+        rows += [("jobs completed", metrics["jobs"]["completed"]),
+                 ("job completion time mean (s)", metrics["jobs"]["jct_s"]["mean"]),
+                 ("job completion time p99 (s)", metrics["jobs"]["jct_s"]["p99"])]
+    if "fairness" in metrics:
+        f = metrics["fairness"]
+        rows.append(("max service gap, both backlogged", f["max_gap"]))
+        if f.get("jain") is not None:
+            rows.append(("Jain's index, all backlogged", f["jain"]))
     if (metrics.get("energy") or {}).get("joules_per_output_token") is not None:
         rows.append(("energy (J / output token)", metrics["energy"]["joules_per_output_token"]))
     return rows

@@ -8,6 +8,7 @@ import math
 import sys
 
 from ember.bench.energy import EnergyMeter
+from ember.bench.fairness import fairness
 from ember.bench.metrics import compute_metrics
 from ember.bench.online import ClientConfig, run_sessions
 from ember.bench.report import new_report
@@ -47,6 +48,9 @@ def run_serve_benchmark(cfg: ClientConfig, spec: WorkloadSpec, sessions: list[Se
             if users:  # multi-tenant: each tenant's share, for fairness comparisons
                 metrics["per_user"] = {u: _brief(compute_metrics([r for r in results if r.user == u], duration, slos))
                                        for u in users}
+                metrics["fairness"] = fairness(results)
+            if any(r.turn for r in results):  # conversations / agent programs: job completion time
+                metrics["jobs"] = job_metrics(results)
             report["model"] = point.model  # as the server named it
             report["runs"].append({"request_rate": rate, "max_concurrency": conc, "metrics": metrics,
                                    "requests": [r.to_json(keep_text) for r in results]})
@@ -60,3 +64,16 @@ def _brief(m: dict) -> dict:
     if "goodput" in m:
         out["request_goodput"] = m["goodput"]["request_goodput"]
     return out
+
+
+def job_metrics(results) -> dict:
+    """A session's job completion time: its first turn sent to its last turn's end (tool and
+    think pauses included); only sessions whose every turn succeeded."""
+    from ember.bench.metrics import summarize
+
+    by_session: dict[int, list] = {}
+    for r in results:
+        by_session.setdefault(r.session, []).append(r)
+    done = [rs for rs in by_session.values() if all(r.success for r in rs)]
+    jct = [max(r.end for r in rs) - min(r.start for r in rs) for rs in done]
+    return {"completed": len(done), "failed": len(by_session) - len(done), "jct_s": summarize(jct)}

@@ -18,6 +18,11 @@ Arrival times are not part of the workload: the runner draws them (Poisson at --
   message after the whole history (earlier messages and the server's real replies); before each
   turn after the first the user thinks for an exponential time of mean --think-time seconds.
   --num-prompts counts turns, so conversations = ceil(num_prompts / turns).
+- `agent`: agent programs of --turns turns, each turn but the last ending in a tool call: the
+  program waits for the tool (a lognormal duration, sigma 0.5, median 0.3 s for `lookup`,
+  1.5 s for `search`, 5 s for `code`, each x --think-time; the tool drawn uniformly), then sends
+  the tool's result (an --input-len-token message) after the whole history. Every request
+  carries `program_id` and, but the last, `tool_call` (for `--policy continuum`).
 - `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT,... Each request belongs to a tenant drawn
   with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson arrivals at
   rate R this is exactly each tenant sending its own Poisson stream at R*WEIGHT/sum(WEIGHTS).
@@ -32,7 +37,9 @@ import numpy as np
 
 from ember.bench.corpus import PromptMaker
 
-WORKLOADS = ("random", "chat-like", "shared-prefix", "multi-turn", "multi-tenant")
+WORKLOADS = ("random", "chat-like", "shared-prefix", "multi-turn", "agent", "multi-tenant")
+TOOLS = (("lookup", 0.3), ("search", 1.5), ("code", 5.0))  # (name, median seconds) of the agent workload
+TOOL_SIGMA = 0.5
 CHAT_INPUT = (math.log(42.0), 1.0)    # (mu, sigma) of the lognormal input length
 CHAT_OUTPUT = (math.log(156.0), 0.8)  # (mu, sigma) of the lognormal output length
 
@@ -46,6 +53,7 @@ class Turn:
     system: str = ""               # shared-prefix: the group's system prompt
     system_len: int = 0
     think_time: float = 0.0        # seconds to wait after the previous turn's reply
+    extra: dict = field(default_factory=dict)  # body fields of this turn (agent: program_id, tool_call)
 
 
 @dataclass
@@ -146,6 +154,23 @@ def build_workload(spec: WorkloadSpec, tokenizer) -> list[Session]:
                 text, real = maker.text(_uniform_len(rng, spec.input_len, spec.range_ratio))
                 think = float(rng.exponential(spec.think_time)) if t and spec.think_time > 0 else 0.0
                 turns.append(Turn(text, real, _uniform_len(rng, spec.output_len, spec.range_ratio), think_time=think))
+            sessions.append(Session(turns, group=len(sessions)))
+            left -= k
+        return sessions
+    if spec.name == "agent":
+        sessions, left = [], n
+        while left > 0:
+            k, program = min(spec.turns, left), f"job-{spec.seed}-{len(sessions)}"
+            turns, pause = [], 0.0
+            for t in range(k):
+                text, real = maker.text(_uniform_len(rng, spec.input_len, spec.range_ratio))
+                turn = Turn(text, real, _uniform_len(rng, spec.output_len, spec.range_ratio), think_time=pause,
+                            extra={"program_id": program})
+                if t < k - 1:
+                    tool, median = TOOLS[int(rng.integers(len(TOOLS)))]
+                    turn.extra["tool_call"] = tool
+                    pause = float(rng.lognormal(math.log(median * spec.think_time), TOOL_SIGMA)) if spec.think_time else 0.0
+                turns.append(turn)
             sessions.append(Session(turns, group=len(sessions)))
             left -= k
         return sessions

@@ -122,8 +122,9 @@ class AsyncEngine:
     # --- the handlers' side -------------------------------------------------------------------
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str,
                        user: str | None = None, arrival_time: float | None = None,
-                       priority: int = 0) -> AsyncIterator[RequestUpdate]:
-        """Updates for one request until it finishes; leaving early (close, cancel) aborts it."""
+                       hints: dict | None = None) -> AsyncIterator[RequestUpdate]:
+        """Updates for one request until it finishes; leaving early (close, cancel) aborts it.
+        `hints`: LLMEngine.add_request's scheduling keywords (priority, slo_ttft_ms, ...)."""
         if not self._accepting:
             raise EngineStoppedError("the server is shutting down")
         waiting = self.num_waiting
@@ -132,8 +133,8 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._count_lock:
             self._num_posted += 1
-        self._post(("add", request_id, prompt_token_ids, params, user, arrival_time or time.monotonic(), priority,
-                    stream))
+        self._post(("add", request_id, prompt_token_ids, params, user, arrival_time or time.monotonic(),
+                    hints or {}, stream))
         finished = False
         try:
             while True:
@@ -180,12 +181,11 @@ class AsyncEngine:
             else:
                 self._abort(command[1])
 
-    def _add(self, request_id, ids, params, user, arrival_time, priority, stream: _Stream) -> None:
+    def _add(self, request_id, ids, params, user, arrival_time, hints: dict, stream: _Stream) -> None:
         with self._count_lock:
             self._num_posted -= 1
         try:
-            self.engine.add_request({"prompt_token_ids": ids}, params, request_id=request_id, user=user,
-                                    priority=priority)
+            self.engine.add_request({"prompt_token_ids": ids}, params, request_id=request_id, user=user, **hints)
         except ValueError as exc:
             stream.push(RequestUpdate([], error=RequestRejectedError(str(exc))))
             return

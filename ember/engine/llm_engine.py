@@ -31,6 +31,7 @@ from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, load_model
 from ember.request import Request, RequestStatus
 from ember.sampling_params import SamplingParams
+from ember.structured.backend import GrammarBackend
 
 
 @dataclass
@@ -46,7 +47,7 @@ class LLMEngine:
         """`loaded` reuses a model already in memory (tests, benchmarks); it must match the config."""
         self.config = config = config or EngineConfig()
         config.apply_threads()
-        policy = POLICIES.create(config.policy)  # a bad name fails before seconds of loading
+        policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         if loaded is None:
             loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
         elif loaded.model.dtype != config.torch_dtype:
@@ -64,6 +65,7 @@ class LLMEngine:
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
+        self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
         self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
@@ -116,11 +118,21 @@ class LLMEngine:
         raise ValueError(f"a prompt is a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
 
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
-                    user: str | None = None, priority: int = 0) -> str:
-        """Queue a prompt's n sequences; `priority`: lower runs sooner under the `priority` policy."""
+                    user: str | None = None, priority: int = 0, slo_ttft_ms: float = 0.0,
+                    slo_tpot_ms: float = 0.0, program_id: str | None = None, tool_call: str | None = None) -> str:
+        """Queue a prompt's n sequences; `priority`: lower runs sooner under the `priority` policy;
+        `slo_ttft_ms`, `slo_tpot_ms`: latency targets for the `slo` policy (0: the engine's default);
+        `program_id`, `tool_call`: the agent program this turn belongs to and the tool it calls
+        next, for the `continuum` policy."""
         params = params or SamplingParams()
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an integer, got {priority!r}")
+        for name, value in (("slo_ttft_ms", slo_ttft_ms), ("slo_tpot_ms", slo_tpot_ms)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a non-negative number of milliseconds, got {value!r}")
+        for name, value in (("program_id", program_id), ("tool_call", tool_call)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
         text, ids = self.encode_prompt(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -132,11 +144,15 @@ class LLMEngine:
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
+        # a cache hit when the server compiled it already (off this thread); GrammarError is a ValueError
+        grammar = self.structured.compile(params.structured_outputs) if params.structured_outputs else None
         seqs = []
         for index in range(params.n):
             seq = Request(f"{request_id}#{index}" if params.n > 1 else request_id, ids, params, max_tokens,
                           eos_token_id=self.tokenizer.eos_token_id, prompt=text, index=index, user=user,
-                          priority=priority, group_id=request_id, arrival_order=next(self._order))
+                          priority=priority, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
+                          program_id=program_id, tool_call=tool_call, group_id=request_id,
+                          arrival_order=next(self._order), matcher=grammar.matcher() if grammar is not None else None)
             self._text[seq.request_id] = TextState(self.tokenizer, params.stop, params.skip_special_tokens)
             self.requests[seq.request_id] = seq
             seqs.append(seq)

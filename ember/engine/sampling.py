@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ember.request import Request
+from ember.structured.backend import apply_masks
 
 
 @dataclass
@@ -42,6 +43,8 @@ def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> None:
 def mask_stop_tokens(logits: torch.Tensor, requests: list[Request]) -> None:
     """Until min_tokens are out, EOS and stop tokens cannot be sampled."""
     for row, req in enumerate(requests):
+        if req.matcher is not None and req.matcher.is_terminated:
+            continue  # the grammar is complete: EOS is all it allows
         if len(req.output_token_ids) < req.params.min_tokens:
             ids = list(req.params.stop_token_ids) + ([req.eos_token_id] if req.eos_token_id is not None else [])
             if ids:
@@ -75,12 +78,17 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> SampleResult:
         logits = logits.float()
+        raw_data = logits.data_ptr()
         want_logprobs = [r.params.logprobs is not None for r in requests]
         raw_logprobs = logits.log_softmax(dim=-1) if any(want_logprobs) else None
         if any(r.params.uses_penalties for r in requests) or any(r.params.min_tokens for r in requests):
             logits = logits.clone()
             apply_penalties(logits, requests)
             mask_stop_tokens(logits, requests)
+        constrained = [i for i, r in enumerate(requests) if r.matcher is not None]
+        if constrained:  # structured outputs: only the tokens each grammar allows next
+            logits = logits.clone() if logits.data_ptr() == raw_data else logits
+            apply_masks(logits, constrained, [requests[i].matcher for i in constrained])
         tokens = logits.argmax(dim=-1)
         sample_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if sample_rows:
@@ -90,7 +98,7 @@ class Sampler:
             sub = sub / torch.tensor([p.temperature for p in params])[:, None]
             sub = top_k_top_p_min_p(
                 sub,
-                torch.tensor([p.top_k for p in params]),
+                torch.tensor([min(p.top_k, sub.shape[-1]) for p in params]),  # beyond the vocabulary: off
                 torch.tensor([p.top_p for p in params]),
                 torch.tensor([p.min_p for p in params]),
             )

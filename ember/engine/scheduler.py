@@ -47,6 +47,13 @@ class SchedulerOutput:
         return [r for r, n in self.scheduled if r.num_computed_tokens + n == r.num_tokens]
 
 
+@dataclass
+class Pin:
+    """KV blocks of a finished turn kept for its program's next turn, until `expires`."""
+    blocks: list[int]
+    expires: float
+
+
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
                  preemptor: Preemptor | None = None, eos_token_ids: Iterable[int] = (),
@@ -62,6 +69,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
         self._forks: dict[str, list[Request]] = {}  # parent id -> siblings waiting for its prompt
+        self.pins: dict[str, Pin] = {}  # program id -> the KV its last turn left pinned (Policy.keep_kv_for)
 
     def add(self, request: Request, forks: Iterable[Request] = ()) -> None:
         """Queue a request; `forks` (the other sequences of an n > 1 prompt) start from its
@@ -78,13 +86,15 @@ class Scheduler:
         return len(self.waiting) + len(self.running)
 
     def view(self, token_budget: int) -> SchedulerView:
-        return SchedulerView(self.kv.pool.num_free_blocks, self.kv.block_size, token_budget, self.max_num_seqs,
-                             tuple(self.running), self.kv.peek_prefix)
+        return SchedulerView(self.kv.pool.num_free_blocks, self.kv.pool.num_blocks, self.kv.block_size, token_budget,
+                             self.max_num_seqs, self.max_num_batched_tokens, tuple(self.running), self.kv.peek_prefix, self.clock,
+                             frozenset(self.pins))
 
     # --- schedule -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        self._expire_pins()
         # 1. running requests, oldest first: decodes and continuing prefill chunks
         for request in sorted(self.running, key=lambda r: r.arrival_order):
             if budget <= 0:
@@ -93,6 +103,8 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             while not self.kv.allocate_slots(request, num_new):
+                if self._release_oldest_pin():  # pinned KV is a bet on a return; a running request comes first
+                    continue
                 victim = self.policy.victim(list(self.running), PreemptReason.KV_PRESSURE)
                 budget += self._preempt(victim, out)
                 if victim is request:
@@ -108,7 +120,7 @@ class Scheduler:
         return out
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        for request in self.policy.order(self.waiting):
+        for request in self.policy.order(list(self.waiting), self.view(budget)):
             if budget <= 0:
                 break
             decision = self.policy.admit(request, self.view(budget))
@@ -117,6 +129,8 @@ class Scheduler:
             if decision is Admission.STOP:
                 break
             num_new = self._admit(request, budget, out)
+            while not num_new and len(self.running) < self.max_num_seqs and self._release_oldest_pin():
+                num_new = self._admit(request, budget, out)
             while not num_new:  # it does not fit: the policy may make room
                 victim = self.policy.victim(list(self.running), PreemptReason.PRIORITY, waiting=request)
                 if victim is None:
@@ -133,19 +147,23 @@ class Scheduler:
             return 0
         if request.status is RequestStatus.PREEMPTED and not self.preemptor.resume(request, self.kv):
             return 0
-        took_hits = False
+        looked_up, hit = False, 0
         if request.num_computed_tokens == 0 and not request.block_ids:
-            blocks, hit = self.kv.match_prefix(request)
+            looked_up = True
+            blocks, hit = self.kv.find_prefix(request)
             if hit:
                 self.kv.take_cached(request, blocks, hit)
-                took_hits = True
         num_new = min(request.num_tokens - request.num_computed_tokens, budget)
         if not self.kv.allocate_slots(request, num_new):
-            if took_hits:  # give the hits back; the blocks stay cached for the next try
+            if hit:  # give the hits back; the blocks stay cached for the next try
                 self.kv.free(request)
                 request.num_computed_tokens = request.num_dropped_tokens = 0
             return 0
+        if looked_up:  # counted once it is admitted, not at every try
+            self.kv.record_lookup(request, hit)
         self.waiting.remove(request)
+        if request.program_id is not None:
+            self.release_pin(request.program_id)  # the next turn holds what it found cached
         request.status = RequestStatus.RUNNING
         if request.metrics.first_scheduled_time is None:
             request.metrics.first_scheduled_time = self.clock()
@@ -183,7 +201,6 @@ class Scheduler:
         for request, n in out.scheduled:
             request.num_computed_tokens += n
             self.kv.cache_full_blocks(request)
-        self.policy.on_step(out.scheduled)
         for parent, child in out.forks:
             self._fork(parent, child)
         by_id = {r.request_id: r for r, _ in out.scheduled}
@@ -196,6 +213,7 @@ class Scheduler:
             if status is not None:
                 self.finish(request, status)
                 finished.append(request)
+        self.policy.on_step(out.scheduled)
         return finished
 
     def _fork(self, parent: Request, child: Request) -> None:
@@ -214,6 +232,8 @@ class Scheduler:
         if request.metrics.first_token_time is None:
             request.metrics.first_token_time = now
         request.metrics.last_token_time = now
+        if request.matcher is not None:
+            request.matcher.advance(token)
         p = request.params
         if not p.ignore_eos and token in self.eos_token_ids:
             return RequestStatus.FINISHED_STOPPED
@@ -224,6 +244,8 @@ class Scheduler:
         if stop is not None:
             request.stop_reason = stop
             return RequestStatus.FINISHED_STOPPED
+        if request.matcher is not None and request.matcher.is_terminated:
+            return RequestStatus.FINISHED_STOPPED  # the grammar is complete: only EOS could follow
         if len(request.output_token_ids) >= request.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None
@@ -239,6 +261,35 @@ class Scheduler:
         request.status = status
         request.metrics.finished_time = self.clock()
         self._forks.pop(request.request_id, None)
+        if request.program_id is not None and status is not RequestStatus.FINISHED_ABORTED:
+            ttl = self.policy.keep_kv_for(request, self.view(0))
+            if ttl > 0:
+                self.release_pin(request.program_id)
+                self.pins[request.program_id] = Pin(self.kv.pin(request), self.clock() + ttl)
         self.kv.free(request)
         self.preemptor.release(request)
         self.policy.on_finish(request)
+
+    # --- pinned KV ------------------------------------------------------------------------------
+    @property
+    def num_pinned_blocks(self) -> int:
+        return sum(len(p.blocks) for p in self.pins.values())
+
+    def release_pin(self, program_id: str) -> bool:
+        pin = self.pins.pop(program_id, None)
+        if pin is not None:
+            self.kv.unpin(pin.blocks)
+        return pin is not None
+
+    def _release_oldest_pin(self) -> bool:
+        """Give back the pin closest to expiry; False when nothing is pinned."""
+        if not self.pins:
+            return False
+        return self.release_pin(min(self.pins, key=lambda p: self.pins[p].expires))
+
+    def _expire_pins(self) -> None:
+        if not self.pins:
+            return
+        now = self.clock()
+        for program_id in [p for p, pin in self.pins.items() if pin.expires <= now]:
+            self.release_pin(program_id)

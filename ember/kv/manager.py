@@ -67,17 +67,27 @@ class KVCacheManager:
             return 0
         return len(self._cached_prefix(request)) * self.block_size
 
-    def match_prefix(self, request: Request) -> tuple[list[int], int]:
+    def find_prefix(self, request: Request) -> tuple[list[int], int]:
         """Cached blocks that hold a prefix of the request's tokens, and how many tokens they
-        cover; counted in `stats` (the admission path; `take_cached` then takes them)."""
+        cover (`take_cached` then takes them); not counted in `stats`, so an admission that
+        fails and is retried next step counts once, when it succeeds (`record_lookup`)."""
         if not self._uses_prefix_cache(request):
             return [], 0
         blocks = self._cached_prefix(request)
+        return blocks, len(blocks) * self.block_size
+
+    def record_lookup(self, request: Request, hit: int) -> None:
+        if not self._uses_prefix_cache(request):
+            return
         self.stats.requests += 1
         self.stats.queries += request.num_tokens
-        hit = len(blocks) * self.block_size
         self.stats.hits += hit
         self.stats.requests_hit += hit > 0
+
+    def match_prefix(self, request: Request) -> tuple[list[int], int]:
+        """`find_prefix`, counted in `stats`."""
+        blocks, hit = self.find_prefix(request)
+        self.record_lookup(request, hit)
         return blocks, hit
 
     def take_cached(self, request: Request, blocks: list[int], num_tokens: int) -> None:
@@ -172,6 +182,16 @@ class KVCacheManager:
         self.pool.free(list(reversed(request.block_ids)))
         request.block_ids = []
         self._hashes.pop(request.request_id, None)
+
+    def pin(self, request: Request) -> list[int]:
+        """Hold a reference to the request's blocks indexed in the prefix cache, so they stay
+        cached after it is freed (until `unpin`); returns the blocks held."""
+        blocks = request.block_ids[:len(self._hashes.get(request.request_id, ()))]
+        self.pool.share(blocks)
+        return list(blocks)
+
+    def unpin(self, blocks: list[int]) -> None:
+        self.pool.free(list(reversed(blocks)))
 
     def fork(self, parent: Request, child: Request) -> None:
         """Let `child` share every block of `parent` (n > 1 sequences from one prompt)."""

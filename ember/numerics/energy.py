@@ -6,7 +6,7 @@ energies of a 45 nm process.
 
 Energy per operation, 45 nm, 0.9 V: M. Horowitz, "Computing's energy problem
 (and what we can do about it)", ISSCC 2014, keynote, table of arithmetic
-energies (as quoted in /work/shared/papers/NOTES.md, L-Mul section):
+energies (as quoted in ../shared/papers/NOTES.md, L-Mul section):
 
     fp32 mul 3.7 pJ, fp32 add 0.9 pJ, fp16 mul 1.1 pJ, fp16 add 0.4 pJ,
     int32 mul 3.1 pJ, int32 add 0.1 pJ, int8 mul 0.2 pJ, int8 add 0.03 pJ.

@@ -8,37 +8,48 @@ from fastapi import Request
 
 from ember.serve import outputs as out
 from ember.serve.context import Job, Served, finish_summary, log_state, respond, updates
-from ember.serve.errors import OpenAIError
+from ember.serve.errors import OpenAIError, bad_request
 from ember.serve.inputs import chat_prompt, check_chat, resolve_max_tokens, sampling_params
 from ember.serve.protocol import ChatCompletionRequest
+from ember.serve.structured import compile_grammar, structured_outputs
+from ember.serve.tools import ToolCallParser, ToolSetup, openai_tool_calls, parse_tool_calls, tool_grammar, tool_setup
 
 
 async def handle_chat(served: Served, body: ChatCompletionRequest, request: Request):
     check_chat(body)
     model = served.model_name(body.model)
-    prompt = chat_prompt(body, served.tokenizer)
+    setup = tool_setup(body)
+    so, so_param = structured_outputs(body)
+    if setup.active:
+        if so is not None:
+            raise bad_request(f'{so_param} cannot be combined with tools unless tool_choice is "none"', param=so_param)
+        so, so_param = tool_grammar(setup), "tools"
+    prompt = chat_prompt(body, served.tokenizer, setup)
     requested, param = body.max_tokens, "max_tokens"
     if body.max_completion_tokens is not None:
         requested, param = body.max_completion_tokens, "max_completion_tokens"
     max_tokens = resolve_max_tokens(len(prompt.token_ids), requested, None, served.max_model_len, param)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = sampling_params(body, max_tokens, served.vocab_size, logprobs=logprobs)
+    params = sampling_params(body, max_tokens, served.vocab_size, logprobs=logprobs, structured_outputs=so)
     served.admit()
-    job = _Chat(served, body, request, model, prompt, params)
+    if so is not None:
+        await compile_grammar(served, so, so_param)  # off the event loop and the engine thread
+    job = _Chat(served, body, request, model, prompt, params, setup)
     return await respond(request, job, body.stream)
 
 
 class _Chat(Job):
     id_prefix = "chatcmpl"
 
-    def __init__(self, served: Served, body: ChatCompletionRequest, request: Request, model, prompt, params):
+    def __init__(self, served: Served, body: ChatCompletionRequest, request: Request, model, prompt, params,
+                 setup: ToolSetup):
         super().__init__(served, body, request, model)
-        self.prompt, self.params = prompt, params
+        self.prompt, self.params, self.setup = prompt, params, setup
         self.completion_tokens = 0
 
     def _updates(self):
         return aclosing(updates(self.served, [self.prompt], [self.params], self.request_id, self.body.user,
-                                self.body.priority))
+                                self.body.scheduling_hints()))
 
     def _usage(self) -> dict:
         return out.usage(len(self.prompt.token_ids), self.completion_tokens)
@@ -56,7 +67,15 @@ class _Chat(Job):
                     finish[d.index] = d.finish_reason or finish[d.index]
                     entries[d.index].extend(d.logprobs)
                 self.completion_tokens = update.num_output_tokens
-        choices = [out.chat_choice(j, texts[j], self._logprobs(entries[j]), finish[j]) for j in range(n)]
+        choices = []
+        for j in range(n):
+            content, calls = texts[j], []
+            if self.setup.active:
+                content, calls = parse_tool_calls(texts[j], self.setup.mode)
+                if calls and finish[j] == "stop":
+                    finish[j] = "tool_calls"
+            choices.append(out.chat_choice(j, content, self._logprobs(entries[j]), finish[j],
+                                           openai_tool_calls(calls) if calls else None))
         log_state(self.request, self.request_id, len(self.prompt.token_ids), self.completion_tokens,
                   finish_summary(finish))
         return out.chat_body(self.request_id, self.created, self.model, choices, self._usage())
@@ -68,6 +87,13 @@ class _Chat(Job):
         def chunk(choices):
             return out.sse(out.chat_chunk(self.request_id, self.created, self.model, choices, None, with_usage))
 
+        parsers = [ToolCallParser(self.setup.mode) if self.setup.active else None for _ in range(self.body.n)]
+
+        def delta_chunk(index, delta, lp):
+            return chunk([{"index": index, "delta": delta,
+                           "logprobs": None if lp is None else {"content": lp, "refusal": None},
+                           "finish_reason": None}])
+
         for j in range(self.body.n):
             yield chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                           "finish_reason": None}])
@@ -77,13 +103,25 @@ class _Chat(Job):
                     for d in update.deltas:
                         finish[d.index] = d.finish_reason
                         lp = self._logprobs(d.logprobs)
-                        if d.text or d.token_ids:
-                            yield chunk([{"index": d.index, "delta": {"content": d.text},
-                                          "logprobs": None if lp is None else {"content": lp, "refusal": None},
-                                          "finish_reason": None}])
+                        parser = parsers[d.index]
+                        if parser is None:
+                            if d.text or d.token_ids:
+                                yield delta_chunk(d.index, {"content": d.text}, lp)
+                        else:
+                            content, events = parser.feed(d.text)
+                            if d.finish_reason:
+                                content += parser.finish()
+                            if content or (lp and not events):
+                                yield delta_chunk(d.index, {"content": content}, lp)
+                                lp = None
+                            for e in events:
+                                yield delta_chunk(d.index, {"tool_calls": [_call_delta(e)]}, lp)
+                                lp = None
+                            if parser.calls and d.finish_reason == "stop":
+                                finish[d.index] = "tool_calls"
                         if d.finish_reason:
                             yield chunk([{"index": d.index, "delta": {}, "logprobs": None,
-                                          "finish_reason": d.finish_reason}])
+                                          "finish_reason": finish[d.index]}])
                     self.completion_tokens = update.num_output_tokens
         except OpenAIError as exc:
             yield out.sse(exc.body())
@@ -92,3 +130,11 @@ class _Chat(Job):
         log_state(self.request, self.request_id, len(self.prompt.token_ids), self.completion_tokens,
                   finish_summary(finish.values()))
         yield out.sse("[DONE]")
+
+
+def _call_delta(event) -> dict:
+    """OpenAI's streamed tool call: id, type and name first (arguments ""), then argument text."""
+    if event.name is not None:
+        return {"index": event.index, "id": event.id, "type": "function",
+                "function": {"name": event.name, "arguments": event.arguments}}
+    return {"index": event.index, "function": {"arguments": event.arguments}}

@@ -11,6 +11,7 @@ from ember.serve.context import Job, Served, finish_summary, log_state, respond,
 from ember.serve.errors import OpenAIError
 from ember.serve.inputs import check_completion, completion_prompts, resolve_max_tokens, sampling_params
 from ember.serve.protocol import CompletionRequest
+from ember.serve.structured import compile_grammar, structured_outputs
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
@@ -20,11 +21,15 @@ async def handle_completions(served: Served, body: CompletionRequest, request: R
     model = served.model_name(body.model)
     prompts = completion_prompts(body, served.tokenizer, served.vocab_size)
     echo_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
+    so, so_param = structured_outputs(body)
     params = [sampling_params(body, resolve_max_tokens(len(p.token_ids), body.max_tokens, DEFAULT_MAX_TOKENS,
                                                        served.max_model_len),
-                              served.vocab_size, logprobs=body.logprobs, prompt_logprobs=echo_logprobs)
+                              served.vocab_size, logprobs=body.logprobs, prompt_logprobs=echo_logprobs,
+                              structured_outputs=so)
               for p in prompts]
     served.admit()
+    if so is not None:
+        await compile_grammar(served, so, so_param)  # off the event loop and the engine thread
     job = _Completion(served, body, request, model, prompts, params)
     return await respond(request, job, body.stream)
 
@@ -45,7 +50,7 @@ class _Completion(Job):
 
     def _updates(self):
         return aclosing(updates(self.served, self.prompts, self.params, self.request_id, self.body.user,
-                                self.body.priority))
+                                self.body.scheduling_hints()))
 
     def _usage(self) -> dict:
         return out.usage(self.prompt_tokens, sum(self.completion_tokens))

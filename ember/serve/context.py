@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class Served:
         e = engine.engine
         self.tokenizer, self.max_model_len, self.vocab_size = e.tokenizer, e.max_model_len, e.model_config.vocab_size
         self.names = out.TokenText(self.tokenizer)
+        # structured outputs compile here, never on the engine thread (serve/structured.py)
+        self.grammar_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ember-grammar")
         self.created = int(time.time())
 
     def model_name(self, requested: str | None) -> str:
@@ -53,7 +56,7 @@ class Served:
 
 
 async def updates(served: Served, prompts: list[Prompt], params_list, request_id: str, user: str | None,
-                  priority: int = 0):
+                  hints: dict | None = None):
     """(prompt index, update) from every prompt's request, as they come; closing aborts them all."""
     queue: asyncio.Queue = asyncio.Queue()
     arrival = time.monotonic()
@@ -62,7 +65,7 @@ async def updates(served: Served, prompts: list[Prompt], params_list, request_id
         try:
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             async with aclosing(served.engine.generate(prompt.token_ids, params, rid, user, arrival,
-                                                       priority)) as updates:
+                                                       hints)) as updates:
                 async for update in updates:
                     await queue.put((i, update, None))
         except asyncio.CancelledError:

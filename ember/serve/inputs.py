@@ -14,10 +14,11 @@ from ember.loader.chat_template import ChatTemplateError, encode_chat
 from ember.loader.tokenizer import EmberTokenizer
 from ember.sampling_params import SamplingParams
 from ember.serve.errors import bad_request
+from ember.serve.tools import ToolSetup, render_generic, render_native, template_has_tools
 from ember.serve.protocol import (UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION, ChatCompletionRequest,
                                   CompletionRequest)
 
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 @dataclass
@@ -66,15 +67,26 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict]:
         where = f"messages[{i}]"
         role = CHAT_ROLES.get(m.role)
         if role is None:
-            if m.role in ("tool", "function"):
-                raise bad_request(f"{where}.role {m.role!r} is not supported (this server has no tool calling)",
+            if m.role == "function":
+                raise bad_request(f"{where}.role 'function' is not supported (use tool)",
                                   param=f"{where}.role", code="unsupported_parameter")
-            raise bad_request(f"{where}.role {m.role!r} is not one of: system, developer, user, assistant",
+            raise bad_request(f"{where}.role {m.role!r} is not one of: system, developer, user, assistant, tool",
                               param=f"{where}.role")
+        if m.tool_calls and role != "assistant":
+            raise bad_request(f"{where}.tool_calls is only allowed on assistant messages", param=f"{where}.tool_calls")
+        message = {"role": role}
         if m.tool_calls:
-            raise bad_request(f"{where}.tool_calls is not supported", param=f"{where}.tool_calls",
-                              code="unsupported_parameter")
-        out.append({"role": role, "content": _content_text(m.content, where)})
+            message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            message["content"] = None if m.content is None else _content_text(m.content, where)
+        else:
+            message["content"] = _content_text(m.content, where)
+        if role == "tool":
+            if m.tool_call_id is None:
+                raise bad_request(f"{where}.tool_call_id is required on tool messages", param=f"{where}.tool_call_id")
+            message["tool_call_id"] = m.tool_call_id
+        if m.name is not None and role in ("tool", "user"):
+            message["name"] = m.name
+        out.append(message)
     return out
 
 
@@ -92,15 +104,19 @@ def _content_text(content, where: str) -> str:
     return "\n".join(texts)
 
 
-def chat_prompt(body: ChatCompletionRequest, tokenizer: EmberTokenizer) -> Prompt:
-    if body.response_format is not None and body.response_format.type != "text":
-        raise bad_request(f"response_format {body.response_format.type!r} is not supported (text only)",
-                          param="response_format", code="unsupported_parameter")
+def chat_prompt(body: ChatCompletionRequest, tokenizer: EmberTokenizer, setup: ToolSetup | None = None) -> Prompt:
+    """The conversation through the model's template; tools and tool turns as serve/tools.py says."""
+    setup = setup or ToolSetup("none")
     messages = chat_messages(body)
     if not tokenizer.chat_template:
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
     try:
-        return Prompt(None, encode_chat(tokenizer, messages, body.add_generation_prompt))
+        if template_has_tools(tokenizer.chat_template):
+            ids = encode_chat(tokenizer, render_native(messages), body.add_generation_prompt,
+                              tools=setup.tools if setup.active else None)
+        else:
+            ids = encode_chat(tokenizer, render_generic(messages, setup), body.add_generation_prompt)
+        return Prompt(None, ids)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), param="messages")
 
@@ -123,7 +139,7 @@ def resolve_max_tokens(num_prompt: int, requested: int | None, default: int | No
 
 
 def sampling_params(body, max_tokens: int, vocab_size: int, logprobs: int | None = None,
-                    prompt_logprobs: int | None = None) -> SamplingParams:
+                    prompt_logprobs: int | None = None, structured_outputs=None) -> SamplingParams:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     for t in body.stop_token_ids or []:
         if not 0 <= t < vocab_size:
@@ -136,7 +152,8 @@ def sampling_params(body, max_tokens: int, vocab_size: int, logprobs: int | None
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty, seed=body.seed, stop=stop,
             stop_token_ids=list(body.stop_token_ids or []), ignore_eos=body.ignore_eos, min_tokens=body.min_tokens,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens)
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, skip_special_tokens=body.skip_special_tokens,
+            structured_outputs=structured_outputs)
     except ValueError as exc:  # SamplingParams names the field first
         raise bad_request(str(exc), param=str(exc).split(" ", 1)[0])
 

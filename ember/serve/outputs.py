@@ -94,8 +94,12 @@ def chat_body(request_id: str, created: int, model: str, choices: list[dict], us
             "choices": choices, "usage": usage_}
 
 
-def chat_choice(index: int, text: str, logprobs: list | None, finish_reason: str | None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text},
+def chat_choice(index: int, text: str | None, logprobs: list | None, finish_reason: str | None,
+                tool_calls: list[dict] | None = None) -> dict:
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message,
             "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
             "finish_reason": finish_reason}
 

@@ -87,3 +87,19 @@ def test_multi_tenant_run_reports_each_user(ember_server, bench_tokenizer):
         want = 3 if u == "alice" else 5
         assert m["per_user"][u]["completed"] == n and m["per_user"][u]["total_output_tokens"] == n * want
     assert report["runs"][0]["max_concurrency"] == 2 and report["model"]
+
+
+def test_agent_run_reports_job_completion_times(ember_server, bench_tokenizer):
+    from ember.bench.serve_bench import run_serve_benchmark
+
+    spec = WorkloadSpec(name="agent", num_prompts=4, turns=2, think_time=0.05, input_len=8, output_len=3, seed=3)
+    sessions = build_workload(spec, bench_tokenizer)
+    cfg = ClientConfig(ember_server, endpoint="chat", ignore_eos=True)
+    report = run_serve_benchmark(cfg, spec, sessions, bench_tokenizer, [50.0], [None], {}, "ember", progress=False)
+    runs = report["runs"][0]
+    jobs = runs["metrics"]["jobs"]
+    assert (jobs["completed"], jobs["failed"]) == (2, 0)
+    for k in range(2):  # a job spans its turns and the tool pause between them
+        turns = sorted((r for r in runs["requests"] if r["session"] == k), key=lambda r: r["turn"])
+        assert turns[1]["start"] >= turns[0]["end"] + sessions[k].turns[1].think_time - 1e-3
+    assert jobs["jct_s"]["max"] >= max(s.turns[1].think_time for s in sessions)

@@ -71,6 +71,27 @@ def test_multi_turn_conversations(bench_tokenizer):
     assert all(t.think_time > 0 for s in sessions for t in s.turns[1:])
 
 
+def test_agent_programs_call_tools_between_turns(bench_tokenizer):
+    from ember.bench.online import ClientConfig, build_payload
+    from ember.bench.workloads import TOOLS
+
+    sessions = build(bench_tokenizer, name="agent", num_prompts=300, turns=3, think_time=1.0, input_len=8)
+    assert len(sessions) == 100 and all(len(s.turns) == 3 for s in sessions)
+    programs = {s.turns[0].extra["program_id"] for s in sessions}
+    assert len(programs) == 100
+    for s in sessions:
+        assert {t.extra["program_id"] for t in s.turns} == {s.turns[0].extra["program_id"]}
+        assert s.turns[0].think_time == 0.0 and "tool_call" not in s.turns[-1].extra
+    pauses = {name: [] for name, _ in TOOLS}
+    for s in sessions:
+        for before, after in zip(s.turns, s.turns[1:]):
+            pauses[before.extra["tool_call"]].append(after.think_time)
+    for name, median in TOOLS:  # 200 pauses over 3 tools: each median within 30% of its own
+        assert abs(np.median(pauses[name]) / median - 1) < 0.3, (name, np.median(pauses[name]))
+    body = build_payload(ClientConfig("http://x", endpoint="chat", model="m"), sessions[0].turns[0], [], None)
+    assert body["program_id"] == sessions[0].turns[0].extra["program_id"] and body["tool_call"] in dict(TOOLS)
+
+
 def test_multi_tenant_users_rates_and_lengths(bench_tokenizer):
     tenants = parse_tenants("big:3:24:6,small:1:80:12")
     sessions = build(bench_tokenizer, name="multi-tenant", num_prompts=200, tenants=tenants)

@@ -20,11 +20,12 @@ def make(num_blocks: int = 64, max_num_seqs: int = 8, budget: int = 16, policy="
     return Scheduler(KVCacheManager(num_blocks, BS), policy, max_num_seqs, budget, **kw)
 
 
-def req(rid: str, prompt_len: int = 0, max_tokens: int = 4, tokens=None, priority: int = 0, **params) -> Request:
+def req(rid: str, prompt_len: int = 0, max_tokens: int = 4, tokens=None, priority: int = 0, user: str | None = None,
+        **params) -> Request:
     """A request arriving now (arrival order = creation order)."""
     tokens = list(tokens) if tokens is not None else [next(TOKENS) for _ in range(prompt_len)]
     return Request(rid, tokens, SamplingParams(max_tokens=max_tokens, **params), max_tokens,
-                   priority=priority, arrival_order=next(_arrivals))
+                   priority=priority, user=user, arrival_order=next(_arrivals))
 
 
 def step(s: Scheduler, token: int = 7) -> tuple[SchedulerOutput, list[Request]]:

@@ -166,5 +166,5 @@ def test_on_step_sees_what_each_request_computed():
 
 
 def test_an_unknown_policy_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown scheduling policy 'nope'; choose one of: fcfs, priority"):
+    with pytest.raises(ValueError, match="unknown scheduling policy .nope.; choose one of: batchllm, conservative, continuum, fcfs"):
         POLICIES.create("nope")

@@ -58,7 +58,26 @@ BAD_VALUES = [
     (COMPLETIONS, {"prompt": "x", "stream": "yes please"}, "stream"),
     (COMPLETIONS, {"prompt": "x", "no_such_field": 1}, "no_such_field"),
     (CHAT, {"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    # strict types, as OpenAI: a string is not a number, nor a boolean
+    (COMPLETIONS, {"prompt": "x", "max_tokens": "16"}, "max_tokens"),
+    (CHAT, {"messages": USER, "max_completion_tokens": "16"}, "max_completion_tokens"),
+    (CHAT, {"messages": USER, "temperature": "0.5"}, "temperature"),
+    (CHAT, {"messages": USER, "n": 1.5}, "n"),
+    (CHAT, {"messages": USER, "stream": "true"}, "stream"),
+    (CHAT, {"messages": USER, "logprobs": 1}, "logprobs"),
+    (COMPLETIONS, {"prompt": "x", "seed": "7"}, "seed"),
+    (COMPLETIONS, {"prompt": "x", "echo": "false"}, "echo"),
 ]
+
+
+def test_huge_top_k_is_off_not_a_failed_step(server):
+    """top_k beyond the vocabulary (even beyond int64) samples from all tokens; it must not fail
+    the engine step, which would fail every request in the batch."""
+    r = server.post(COMPLETIONS, content=b'{"prompt": "x", "max_tokens": 2, "top_k": 1180591620717411303424}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert server.async_engine.last_error is None
+    assert_no_leak(server)
 
 
 @pytest.mark.parametrize("path,body,param", BAD_VALUES, ids=[f"{p[-16:]}-{b}" for p, b, _ in BAD_VALUES])
@@ -67,11 +86,11 @@ def test_invalid_values_are_400(server, path, body, param):
 
 
 UNSUPPORTED = [
-    (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    (CHAT, {"messages": USER, "tool_choice": "auto"}, "tool_choice"),
-    (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     (CHAT, {"messages": USER, "logit_bias": {"1": 5}}, "logit_bias"),
-    (CHAT, {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}, "messages[0].role"),
+    (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, "functions"),
+    (CHAT, {"messages": [{"role": "function", "content": "42", "name": "f"}]}, "messages[0].role"),
+    (CHAT, {"messages": USER, "tools": [{"type": "web_search", "function": {"name": "f"}}]}, "tools[0].type"),
+    (COMPLETIONS, {"prompt": "x", "guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),
     (COMPLETIONS, {"prompt": "x", "suffix": "end"}, "suffix"),
@@ -89,6 +108,17 @@ def test_allowed_off_values_pass(server):
     r = server.post(CHAT, json={"messages": USER, "max_tokens": 2, "tools": None, "response_format": {"type": "text"},
                                 "logit_bias": {}, "tool_choice": "none"})
     assert r.status_code == 200, r.text
+
+
+def test_lone_surrogate_is_replaced(server):
+    """A lone UTF-16 surrogate is valid JSON but no UTF-8: it becomes U+FFFD (OpenAI's way), never a 500."""
+    body = b'{"messages": [{"role": "user", "content": "hi \\udcff there"}], "max_tokens": 2, "stop": ["\\ud800"]}'
+    r = server.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    body = b'{"prompt": ["a\\udcff", "\\ud83d\\ude00 b"], "max_tokens": 2}'  # a valid pair stays one emoji
+    r = server.post(COMPLETIONS, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert_no_leak(server)
 
 
 def test_malformed_json(server):

@@ -6,7 +6,7 @@ since they arrived earlier and may hold generated tokens already. Priorities are
 
 from __future__ import annotations
 
-from ember.engine.policies.base import POLICIES, Policy, PreemptReason
+from ember.engine.policies.base import POLICIES, Policy, PreemptReason, SchedulerView
 from ember.request import Request
 
 
@@ -14,7 +14,7 @@ from ember.request import Request
 class FCFSPolicy(Policy):
     name = "fcfs"
 
-    def order(self, waiting: list[Request]) -> list[Request]:
+    def order(self, waiting: list[Request], view: SchedulerView | None = None) -> list[Request]:
         return sorted(waiting, key=lambda r: (r.num_preemptions == 0, r.arrival_order))
 
     def victim(self, running: list[Request], reason: PreemptReason, waiting: Request | None = None) -> Request | None:

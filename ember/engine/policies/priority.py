@@ -7,7 +7,7 @@ is strictly better, so equal priorities never preempt each other.
 
 from __future__ import annotations
 
-from ember.engine.policies.base import POLICIES, Policy, PreemptReason
+from ember.engine.policies.base import POLICIES, Policy, PreemptReason, SchedulerView
 from ember.request import Request
 
 
@@ -19,7 +19,7 @@ def rank(request: Request) -> tuple[int, int]:
 class PriorityPolicy(Policy):
     name = "priority"
 
-    def order(self, waiting: list[Request]) -> list[Request]:
+    def order(self, waiting: list[Request], view: SchedulerView | None = None) -> list[Request]:
         return sorted(waiting, key=rank)
 
     def victim(self, running: list[Request], reason: PreemptReason, waiting: Request | None = None) -> Request | None:
