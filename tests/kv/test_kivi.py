@@ -16,7 +16,8 @@ from ember.kv.cache import PagedKVCache
 from ember.kv.codecs import get_kv_codec
 from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode_values, pack, quantize, unpack
 
-BS, HKV, D = 4, 2, 32
+BS, HKV, D = 4, 2, 64
+G = 32  # value group (channels)
 KIVI = ["kivi4", "kivi2"]
 BITS = {"kivi4": 4, "kivi2": 2}
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
@@ -44,7 +45,7 @@ def test_sizes():
     for name, bits in BITS.items():
         codec = get_kv_codec(name, BS, HKV, D, torch.float32)
         codes = BS * HKV * D * bits // 8
-        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * 4 + BS * HKV * D * 4 + 1
+        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * (D // G) * 4 + BS * HKV * D * 4 + 1
         assert codec.bytes_per_block() == want
         assert get_kv_codec(name, BS, HKV, D, torch.bfloat16).bytes_per_block() == want - BS * HKV * D * 2
 
@@ -74,8 +75,8 @@ def test_read_equals_the_reference(name):
 @pytest.mark.parametrize("name", KIVI)
 def test_error_bounds(name):
     """Every value within half a step of its group's grid, step = range / (2^bits - 1): keys'
-    groups are (block, head, channel), values' are (token, head). Each group's min and max
-    come back (near) exactly."""
+    groups are (block, head, channel), values' are (token, head, 32 channels). Each group's
+    min and max come back (near) exactly."""
     bits, qmax = BITS[name], (1 << BITS[name]) - 1
     cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
     k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
@@ -84,9 +85,10 @@ def test_error_bounds(name):
     kb, gb = k.view(4, BS, HKV, D), got_k.view(4, BS, HKV, D)
     k_step = (kb.amax(1) - kb.amin(1)) / qmax  # [4, Hkv, D]
     assert bool(((gb - kb).abs() <= k_step[:, None] / 2 * (1 + 1e-5) + 1e-6).all())
-    v_step = (v.amax(-1) - v.amin(-1)) / qmax  # [T, Hkv]
-    assert bool(((got_v - v).abs() <= v_step[..., None] / 2 * (1 + 1e-5) + 1e-6).all())
-    for got, want, dim in ((gb, kb, 1), (got_v, v, -1)):
+    vg, got_vg = v.view(-1, HKV, D // G, G), got_v.view(-1, HKV, D // G, G)
+    v_step = (vg.amax(-1) - vg.amin(-1)) / qmax  # [T, Hkv, D/G]
+    assert bool(((got_vg - vg).abs() <= v_step[..., None] / 2 * (1 + 1e-5) + 1e-6).all())
+    for got, want, dim in ((gb, kb, 1), (got_vg, vg, -1)):
         assert torch.allclose(got.amax(dim), want.amax(dim), atol=1e-5, rtol=1e-6)
         assert torch.allclose(got.amin(dim), want.amin(dim), atol=1e-5, rtol=1e-6)
     # the mean key error in steps: a uniform rounding error averages 1/4 step, and each

@@ -9,7 +9,8 @@
  *   KIVI4, KIVI2  k, v: [blocks, block_size, kv_heads, head_dim * bits / 8] packed unsigned codes
  *                 (channel c at bit bits * c of its row, low bits first); keys per channel over
  *                 the block: k_scale, k_min [blocks, kv_heads, head_dim] fp32; values per token:
- *                 v_scale, v_min [blocks, block_size, kv_heads] fp32; value = code * scale + min.
+ *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] fp32 (per token and group
+ *                 of 32 channels); value = code * scale + min.
  *                 k_res [blocks, block_size, kv_heads, head_dim] (fp32, or bf16 where res_bf16):
  *                 the keys as written; k_full [blocks] uint8: 1 once the block's last slot was
  *                 written and its keys quantized (until then attention reads k_res).
@@ -178,10 +179,12 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     const long rowb = Dh / per;
     const int64_t block = slots[0] / bs;
     uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
+    const long groups = Dh / 32;
     for (long t = 0; t < n; t++) {
         for (long h = 0; h < Hkv; h++) {
-            kivi_quantize(v_rows + t * ld + h * Dh, 1, Dh, bits, codes, C->v_scale + slots[t] * Hkv + h,
-                          C->v_min + slots[t] * Hkv + h);
+            for (long g = 0; g < groups; g++)
+                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32,
+                              C->v_scale + (slots[t] * Hkv + h) * groups + g, C->v_min + (slots[t] * Hkv + h) * groups + g);
             uint8_t* row = (uint8_t*)C->v + (slots[t] * Hkv + h) * rowb;
             for (long b = 0; b < rowb; b++) {
                 uint8_t byte = 0;
@@ -346,8 +349,9 @@ static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
  * dequantized in registers (code * scale + min per channel, one FMA) before the q.k FMAs; an
  * unfilled block's keys come from k_res, and so do those of a block that a prefill chunk
  * filled after this query's entry (entries from (L / bs) * bs on): each query sees the cache
- * as decoding would have left it (KiviCodec.views). Values: p * code * scale summed per channel, and the
- * minimums' share (sum of p * min) added once per head at the end. */
+ * as decoding would have left it (KiviCodec.views). Values, per group of 32 channels:
+ * p * scale * code summed per channel, and the minimums' share (sum of p * min) added once per
+ * head and group at the end. */
 static inline __attribute__((always_inline)) void attend_heads_kivi(
         const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
         long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16) {
@@ -380,20 +384,19 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         }
         for (int h = 0; h < nh; h++) scores[h * ld + t] = hsum_ps(a[h]) * scale;
     }
-    float inv[HEADS_PER_PASS], msum[HEADS_PER_PASS] = {0.0f, 0.0f, 0.0f};
+    float inv[HEADS_PER_PASS];
     for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
-    for (long t = 0; t < L; t++) {
-        const float mv = C->v_min[soff[t] * Hkv + kvh];
-        for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
-    }
+    const long groups = Dh / 32;  /* one value scale and minimum per 32 channels: one pass each */
     for (long c = 0; c < Dh; c += 32) {
         __m256 acc[HEADS_PER_PASS][4];
+        float msum[HEADS_PER_PASS] = {0.0f, 0.0f, 0.0f};
         for (int h = 0; h < HEADS_PER_PASS; h++)
             for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
         for (long t = 0; t < L; t++) {
-            const int64_t slot = soff[t];
+            const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / 32;
             const uint8_t* row = vc + slot * Hkv * rowb;
-            const float sv = C->v_scale[slot * Hkv + kvh];
+            const float sv = C->v_scale[g], mv = C->v_min[g];
+            for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = kivi_codes8(row, c + 8 * i, bits);
             for (int h = 0; h < HEADS_PER_PASS; h++) {

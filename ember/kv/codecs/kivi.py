@@ -7,9 +7,11 @@ Fixed choices (not config options; they follow from the paged layout):
   residual, kept in full precision (the model's dtype); a partial block reads back its keys
   exactly. The paper's residual window R becomes "the tokens of the unfilled last block"
   (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32).
-- Values are quantized per token as they are written (one group of head_dim channels per KV
-  head; the paper's value groups are 32 channels): a value row needs no other row, so no value
-  residual is stored. Partial blocks' values are therefore quantized too.
+- Values are quantized per token as they are written, in groups of 32 channels (the paper's;
+  a whole head where head_dim < 32): a value row needs no other row, so no value residual is
+  stored. Partial blocks' values are therefore quantized too. (One group per 64-channel head
+  instead cost twice the perplexity on this model: +1.44% against +0.69% over fp32 KV on
+  1,024 tokens; benchmarks/README.md, "KIVI".)
 - scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
   [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
   Scales and minimums are fp32.
@@ -34,7 +36,7 @@ it; see benchmarks/README.md, "KIVI", for the figures and what else 3.5x takes.
 Per block (Hkv heads, D channels, bs tokens, b bits):
   k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
   k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens
-  v_scale, v_min    fp32  [bs, Hkv]         per token
+  v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels
   k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
   k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
 
@@ -48,6 +50,8 @@ from __future__ import annotations
 import torch
 
 from ember.kv.codecs.base import KV_CODECS, KVCodec
+
+VALUE_GROUP = 32  # channels per value scale and minimum (KIVI's group size)
 
 
 # --- reference ----------------------------------------------------------------------------------
@@ -89,10 +93,16 @@ def encode_keys(k: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor,
     return pack(codes, bits), scale, mn
 
 
+def value_group(head_dim: int) -> int:
+    return min(VALUE_GROUP, head_dim)
+
+
 def encode_values(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [...], min [...]): per token."""
-    codes, scale, mn = quantize(v, -1, bits)
-    return pack(codes, bits), scale, mn
+    """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [..., D/G], min [..., D/G]):
+    per token and group of G = value_group(D) channels."""
+    d = v.shape[-1]
+    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d), -1), -1, bits)
+    return pack(codes.flatten(-2), bits), scale, mn
 
 
 def decode_keys(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
@@ -101,7 +111,9 @@ def decode_keys(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bit
 
 
 def decode_values(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
-    return dequantize(unpack(packed, bits), scale, mn, -1)
+    """packed [..., D*bits/8], scale/min [..., D/G] -> [..., D] fp32."""
+    codes = unpack(packed, bits)
+    return dequantize(codes.reshape(*scale.shape, -1), scale, mn, -1).flatten(-2)
 
 
 # --- codec --------------------------------------------------------------------------------------
@@ -110,8 +122,9 @@ class KiviCodec(KVCodec):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if (self.head_dim * self.bits) % 8:
-            raise ValueError(f"{self.name}: head_dim {self.head_dim} does not pack into whole bytes")
+        self.vgroup = value_group(self.head_dim)
+        if (self.head_dim * self.bits) % 8 or self.head_dim % self.vgroup:
+            raise ValueError(f"{self.name}: head_dim {self.head_dim} does not pack into whole bytes and value groups")
 
     @property
     def native_kind(self) -> str | None:
@@ -129,15 +142,15 @@ class KiviCodec(KVCodec):
         codes = (bs, h, d * self.bits // 8)
         return {"k": (codes, torch.uint8), "v": (codes, torch.uint8),
                 "k_scale": ((h, d), torch.float32), "k_min": ((h, d), torch.float32),
-                "v_scale": ((bs, h), torch.float32), "v_min": ((bs, h), torch.float32),
+                "v_scale": ((bs, h, d // self.vgroup), torch.float32), "v_min": ((bs, h, d // self.vgroup), torch.float32),
                 "k_res": ((bs, h, d), self.model_dtype), "k_full": ((1,), torch.uint8)}
 
     def write(self, tensors, slots, k, v):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
         codes, scale, mn = encode_values(v, self.bits)
         tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
-        tensors["v_scale"].view(-1, h).index_copy_(0, slots, scale)
-        tensors["v_min"].view(-1, h).index_copy_(0, slots, mn)
+        tensors["v_scale"].view(-1, h, d // self.vgroup).index_copy_(0, slots, scale)
+        tensors["v_min"].view(-1, h, d // self.vgroup).index_copy_(0, slots, mn)
         tensors["k_res"].view(-1, h, d).index_copy_(0, slots, k.to(self.model_dtype))
         # A block is quantized by the write that reaches its last slot; any other write into a
         # block leaves it (or makes it again) a residual block.
