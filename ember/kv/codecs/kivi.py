@@ -28,7 +28,7 @@ The cost of the residual: every block allocates its full-precision keys (`k_res`
 codec's tensors all lead with the block dimension (so copy-on-write and swap move a partial
 block with its residual) and any block may be a sequence's unfilled last one. That residual is
 larger than the quantized data: `bytes_per_block` counts it, and with it kivi4 takes more
-bytes per token than bf16 for an fp32 model (32,402 B against 23,040 on the default model).
+bytes per token than bf16 for an fp32 model (33,122 B against 23,040 on the default model).
 Only unfilled blocks ever read `k_res` after the step that fills them, so a residual pool with
 a slot per unfilled block (about one per running sequence) instead of one per block would cut
 it; see benchmarks/README.md, "KIVI", for the figures and what else 3.5x takes.
