@@ -87,6 +87,15 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
+def downsample(events: list[tuple[float, float]], points: int = 300) -> list[tuple[float, float]]:
+    """A service curve's events merged into at most `points` steps (same total, same shape)."""
+    if len(events) <= points:
+        return events
+    size = -(-len(events) // points)
+    return [(events[min(i + size, len(events)) - 1][0], sum(s for _, s in events[i:i + size]))
+            for i in range(0, len(events), size)]
+
+
 def scrape(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
     out = {}
@@ -140,7 +149,7 @@ def run_policy(args, scenario: str, label: str, policy_flags: str, tmp: str) -> 
             longest = max(r.prompt_tokens + r.output_tokens for r in results if r.success)
             point["fairness"] = fairness(results, weights=w, batch_tokens=8 * longest)
             point["per_user"] = m.get("per_user")
-            point["service_curves"] = {u: ev for u, ev in service_events(results, weights=w).items()}
+            point["service_curves"] = {u: downsample(ev) for u, ev in service_events(results, weights=w).items()}
         points.append(point)
     server["prefix_hit_rate"] = server["prefix_cache_hits"] / server["prefix_cache_queries"] \
         if server["prefix_cache_queries"] else 0.0
@@ -154,8 +163,12 @@ def plot(results: dict, path: str) -> None:
 
     panels = [(s, r) for s, r in results.items()]
     count = sum(len(runs) if s.startswith("fairness") else 1 for s, runs in panels)
-    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.6), squeeze=False)
-    axes = list(axes[0])
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[count:]:
+        ax.set_visible(False)
     for scenario, runs in panels:
         if scenario.startswith("fairness"):
             for run in runs:
@@ -202,7 +215,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--plot", default=None, metavar="FILE.png")
+    p.add_argument("--replot", default=None, metavar="FILE.json", help="only draw --plot from a saved --out")
     args = p.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f)["results"], args.plot or os.path.splitext(args.replot)[0] + ".png")
+        return 0
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping
 
 from ember.engine.policies import Admission, Policy, PreemptReason, SchedulerView
 from ember.kv.manager import KVCacheManager
+from ember.kv.pins import KVPins
 from ember.kv.preemption import Preemptor
 from ember.request import Request, RequestStatus
 
@@ -47,13 +48,6 @@ class SchedulerOutput:
         return [r for r, n in self.scheduled if r.num_computed_tokens + n == r.num_tokens]
 
 
-@dataclass
-class Pin:
-    """KV blocks of a finished turn kept for its program's next turn, until `expires`."""
-    blocks: list[int]
-    expires: float
-
-
 class Scheduler:
     def __init__(self, kv: KVCacheManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
                  preemptor: Preemptor | None = None, eos_token_ids: Iterable[int] = (),
@@ -69,7 +63,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
         self._forks: dict[str, list[Request]] = {}  # parent id -> siblings waiting for its prompt
-        self.pins: dict[str, Pin] = {}  # program id -> the KV its last turn left pinned (Policy.keep_kv_for)
+        self.pins = KVPins(kv)  # program id -> the KV its last turn left pinned (Policy.keep_kv_for)
 
     def add(self, request: Request, forks: Iterable[Request] = ()) -> None:
         """Queue a request; `forks` (the other sequences of an n > 1 prompt) start from its
@@ -94,7 +88,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        self._expire_pins()
+        if len(self.pins):
+            self.pins.expire(self.clock())
         # 1. running requests, oldest first: decodes and continuing prefill chunks
         for request in sorted(self.running, key=lambda r: r.arrival_order):
             if budget <= 0:
@@ -103,7 +98,7 @@ class Scheduler:
                 continue  # preempted earlier in this loop
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             while not self.kv.allocate_slots(request, num_new):
-                if self._release_oldest_pin():  # pinned KV is a bet on a return; a running request comes first
+                if self.pins.release_oldest():  # pinned KV is a bet on a return; a running request comes first
                     continue
                 victim = self.policy.victim(list(self.running), PreemptReason.KV_PRESSURE)
                 budget += self._preempt(victim, out)
@@ -129,7 +124,7 @@ class Scheduler:
             if decision is Admission.STOP:
                 break
             num_new = self._admit(request, budget, out)
-            while not num_new and len(self.running) < self.max_num_seqs and self._release_oldest_pin():
+            while not num_new and len(self.running) < self.max_num_seqs and self.pins.release_oldest():
                 num_new = self._admit(request, budget, out)
             while not num_new:  # it does not fit: the policy may make room
                 victim = self.policy.victim(list(self.running), PreemptReason.PRIORITY, waiting=request)
@@ -163,7 +158,7 @@ class Scheduler:
             self.kv.record_lookup(request, hit)
         self.waiting.remove(request)
         if request.program_id is not None:
-            self.release_pin(request.program_id)  # the next turn holds what it found cached
+            self.pins.release(request.program_id)  # the next turn holds what it found cached
         request.status = RequestStatus.RUNNING
         if request.metrics.first_scheduled_time is None:
             request.metrics.first_scheduled_time = self.clock()
@@ -264,32 +259,7 @@ class Scheduler:
         if request.program_id is not None and status is not RequestStatus.FINISHED_ABORTED:
             ttl = self.policy.keep_kv_for(request, self.view(0))
             if ttl > 0:
-                self.release_pin(request.program_id)
-                self.pins[request.program_id] = Pin(self.kv.pin(request), self.clock() + ttl)
+                self.pins.hold(request.program_id, request, self.clock() + ttl)
         self.kv.free(request)
         self.preemptor.release(request)
         self.policy.on_finish(request)
-
-    # --- pinned KV ------------------------------------------------------------------------------
-    @property
-    def num_pinned_blocks(self) -> int:
-        return sum(len(p.blocks) for p in self.pins.values())
-
-    def release_pin(self, program_id: str) -> bool:
-        pin = self.pins.pop(program_id, None)
-        if pin is not None:
-            self.kv.unpin(pin.blocks)
-        return pin is not None
-
-    def _release_oldest_pin(self) -> bool:
-        """Give back the pin closest to expiry; False when nothing is pinned."""
-        if not self.pins:
-            return False
-        return self.release_pin(min(self.pins, key=lambda p: self.pins[p].expires))
-
-    def _expire_pins(self) -> None:
-        if not self.pins:
-            return
-        now = self.clock()
-        for program_id in [p for p, pin in self.pins.items() if pin.expires <= now]:
-            self.release_pin(program_id)

@@ -37,7 +37,7 @@ class _EngineCollector:
         yield GaugeMetricFamily("ember:kv_cache_usage_perc", "Fraction of KV blocks held by requests (0..1).",
                                 value=e.kv.pool.usage())
         yield GaugeMetricFamily("ember:kv_pinned_blocks", "KV blocks pinned for agent programs' next turns (continuum).",
-                                value=e.scheduler.num_pinned_blocks)
+                                value=e.scheduler.pins.num_blocks)
         yield CounterMetricFamily("ember:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                   value=e.kv.stats.queries)
         yield CounterMetricFamily("ember:prefix_cache_hits", "Prompt tokens found in the prefix cache.",

@@ -121,10 +121,10 @@ def test_pinned_programs_first_then_programs_by_their_first_arrival():
     order = [r.request_id for r in policy.order(list(s.waiting), s.view(16))]
     assert order == ["t2", "old-1", "new-1"]
     policy.first_arrival["job"] = 0.0
-    s.release_pin("job")
+    s.pins.release("job")
     assert [r.request_id for r in policy.order(list(s.waiting), s.view(16))] == ["old-1", "t2", "new-1"]
     run(s)
-    s.release_pin("old")
+    s.pins.release("old")
     assert s.kv.pool.num_used_blocks == 0
 
 

@@ -88,8 +88,8 @@ def test_continuum_pins_a_tool_call_turn_for_the_programs_next_turn(make_server)
         history = [{"role": "user", "content": "Find the population of France, then tell me."}]
         first = client.chat.completions.create(model=server.model, messages=history, max_tokens=8, temperature=0,
                                                extra_body={"program_id": "job-1", "tool_call": "search"})
-        assert list(scheduler.pins) == ["job-1"] and scheduler.num_pinned_blocks > 0
-        pinned = scheduler.num_pinned_blocks
+        assert list(scheduler.pins) == ["job-1"] and scheduler.pins.num_blocks > 0
+        pinned = scheduler.pins.num_blocks
         hits = kv.stats.hits
         history += [{"role": "assistant", "content": first.choices[0].message.content},
                     {"role": "user", "content": "search result: 68 million."}]
