@@ -54,6 +54,10 @@ class PagedKVCache:
         shape = (-1, self.num_kv_heads, self.head_dim)
         return k.reshape(shape)[:length], v.reshape(shape)[:length]
 
+    def views(self, layer: int, block_table: torch.Tensor, first: int, ctx: int):
+        """What the queries at entries first..ctx-1 of one sequence attend to (KVCodec.views)."""
+        return self.codec.views(self.layers[layer], block_table, first, ctx)
+
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole blocks (copy-on-write after a fork) in every layer, every tensor."""
         if not pairs:

@@ -1,6 +1,7 @@
 """KV codecs without a model: round trips, bit-exact contents against independent encoders
-(ml_dtypes for fp8), growth of a block's fp8 scale, and the fused step's C store held to the
-codecs' PyTorch `write` bit for bit."""
+(ml_dtypes for fp8), growth of a block's fp8 scale, the fused step's C store held to the
+codecs' PyTorch `write` bit for bit, and its paged attention to softmax over the codecs' `read`.
+KIVI's own tests are in test_kivi.py."""
 
 from __future__ import annotations
 
@@ -149,3 +150,34 @@ def test_c_store_equals_the_codec_write(name, cpu_variant):
 def test_pow2_scale():
     amax = torch.tensor([0.0, 448.0, 449.0, 1.0, 896.0])
     assert pow2_scale(amax, 448.0).tolist() == [0.0, 1.0, 2.0, 2.0 ** -8, 2.0]
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8"])
+def test_c_attention_equals_softmax_over_the_codec_read(name, cpu_variant):
+    """The fused step's paged attention on its own (csrc/llama_decode.c's ember_kv_attend): 1..3
+    query heads per KV head over a scattered block table, contexts ending mid-block and on a
+    block's end, equal softmax attention over what the codec's `read` returns (fp32 model)."""
+    from ember.models.llama_native import _STRUCTS
+
+    lib = native.load("llama_decode")
+    abi = native.check_abi(lib, "ember_llama_decode_abi", _STRUCTS)
+    codec = get_kv_codec(name, BS, HKV, D, torch.float32)
+    layout, _table = native.kv_layout(codec, abi["kv_kinds"])
+    cache = PagedKVCache(codec, 1, 6)
+    layer = native.kv_layer(cache.layers[0])
+    table = torch.tensor([4, 1, 5, 0], dtype=torch.int64)
+    n_max = 4 * BS - 1
+    slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n_max]
+    cache.write(0, slots, _rows(n_max, 60), _rows(n_max, 61))
+    p = ctypes.c_void_p
+    for n in (1, BS - 1, BS, 2 * BS + 1, n_max):
+        keys, values = cache.gather(0, table, n)
+        for group in (1, 2, 3):
+            q = torch.randn(group * HKV, D, generator=torch.Generator().manual_seed(n * 10 + group))
+            kr, vr = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+            want = torch.einsum("ht,thd->hd", torch.softmax(torch.einsum("hd,thd->ht", q, kr) * D ** -0.5, -1), vr)
+            out = torch.empty_like(q)
+            lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(group * HKV),
+                                p(table.data_ptr()), ctypes.c_long(n), ctypes.c_float(D ** -0.5), p(out.data_ptr()))
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-4, msg=f"{name} n={n} group={group}")

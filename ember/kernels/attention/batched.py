@@ -86,7 +86,7 @@ class BatchedAttention(AttentionBackend):
         for i, q_len in enumerate(meta.query_lens):
             end = start + q_len
             if i not in decode_rows:
-                keys, values = sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end)
-                out[start:end] = self._attend_chunk(q[start:end], keys, values, scale)
+                for a, b, keys, values in sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end):
+                    out[a:b] = self._attend_chunk(q[a:b], keys, values, scale)
             start = end
         return out

@@ -17,11 +17,16 @@ def causal_mask(q_len: int, kv_len: int, device=None) -> torch.Tensor:
 
 
 def sequence_keys_values(layer: int, k, v, meta: AttentionMetadata, kv_cache, i: int, start: int, end: int):
-    """Sequence i's keys and values [ctx, Hkv, D]: its own rows start:end of k, v without a
-    cache, else its first ctx_len tokens gathered from the cache (already written)."""
+    """Sequence i's rows start:end attend to: (row_start, row_end, keys [n, Hkv, D], values)
+    pieces covering start:end, the rows of each at the end of its keys. Without a cache, its
+    own rows of k, v; else its first ctx_len entries from the cache (already written), as the
+    codec lets each query see them (one piece for most codecs; see KVCodec.views)."""
     if kv_cache is None:
-        return k[start:end], v[start:end]
-    return kv_cache.gather(layer, meta.block_tables[i], meta.context_lens[i])
+        return [(start, end, k[start:end], v[start:end])]
+    ctx = meta.context_lens[i]
+    first = ctx - (end - start)
+    return [(start + a - first, start + b - first, keys, values)
+            for a, b, keys, values in kv_cache.views(layer, meta.block_tables[i], first, ctx)]
 
 
 @ATTENTION_BACKENDS.register("torch")
@@ -36,8 +41,8 @@ class TorchAttention(AttentionBackend):
         start = 0
         for i, q_len in enumerate(meta.query_lens):
             end = start + q_len
-            keys, values = sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end)
-            out[start:end] = self.attend_one(q[start:end], keys, values, scale)
+            for a, b, keys, values in sequence_keys_values(layer, k, v, meta, kv_cache, i, start, end):
+                out[a:b] = self.attend_one(q[a:b], keys, values, scale)
             start = end
         return out
 

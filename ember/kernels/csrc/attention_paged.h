@@ -6,10 +6,20 @@
  *                 fp32 powers of two; value = table[code] * scale (table: ember/numerics' decode)
  *   INT8          k, v: int8 codes; k_scale, v_scale: [blocks, block_size, kv_heads] fp32;
  *                 value = code * scale
+ *   KIVI4, KIVI2  k, v: [blocks, block_size, kv_heads, head_dim * bits / 8] packed unsigned codes
+ *                 (channel c at bit bits * c of its row, low bits first); keys per channel over
+ *                 the block: k_scale, k_min [blocks, kv_heads, head_dim] fp32; values per token:
+ *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] fp32 (per token and group
+ *                 of 32 channels); value = code * scale + min.
+ *                 k_res [blocks, block_size, kv_heads, head_dim] (fp32, or bf16 where res_bf16):
+ *                 the keys as written; k_full [blocks] uint8: 1 once the block's last slot was
+ *                 written and its keys quantized (until then attention reads k_res).
  * Stores follow the codecs' `write` bit for bit (tests/kv/test_codecs.py holds them to it):
  * int8 rounds x / (max|x| / 127) to nearest even; fp8 keeps one power-of-two scale per block
  * and head, grown (and the block's rows re-encoded) when new rows need more range, and a
- * write that reaches a block's offset 0 starts the block afresh.
+ * write that reaches a block's offset 0 starts the block afresh. KIVI quantizes values per token
+ * as they come, keeps keys in k_res, and quantizes a block's keys when the write that reaches
+ * its last slot lands (ember/kv/codecs/kivi.py).
  * Reads widen 8 values to fp32 in registers; a quantized row's scale multiplies its score
  * (K) or its probability (V), not each element.
  * References: the codecs' `write` and `read` (PyTorch), and the `torch` attention backend.
@@ -24,7 +34,8 @@
 #include "simd.h"
 
 /* The kinds in order; their names are what the codecs' `native_kind` says (checked at load). */
-#define EMBER_KV_KINDS(X) X(F32, f32) X(BF16, bf16) X(FP8_E4M3, fp8_e4m3) X(FP8_E5M2, fp8_e5m2) X(INT8, int8)
+#define EMBER_KV_KINDS(X) X(F32, f32) X(BF16, bf16) X(FP8_E4M3, fp8_e4m3) X(FP8_E5M2, fp8_e5m2) X(INT8, int8) \
+    X(KIVI4, kivi4) X(KIVI2, kivi2)
 #define EMBER_KV_ENUM(id, name) EMBER_KV_##id,
 enum { EMBER_KV_KINDS(EMBER_KV_ENUM) EMBER_KV_NUM_KINDS };
 #define EMBER_KV_NAME(id, name) #name ","
@@ -35,6 +46,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     const float* fp8_table;   /* [256] code -> value, the fp8 kinds only */
     double fp8_max;           /* the format's largest finite value */
     int64_t fp8_man_bits, fp8_bias;
+    int64_t res_bf16;         /* KIVI: k_res holds bf16 (else fp32) */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -42,9 +54,16 @@ typedef struct {  /* one layer's tensors */
     void* v;
     float* k_scale;  /* NULL for the float kinds */
     float* v_scale;
+    float* k_min;    /* KIVI only (else NULL) */
+    float* v_min;
+    void* k_res;
+    uint8_t* k_full;
 } ember_kv_layer;
 
 static inline int kv_quantized(int64_t kind) { return kind >= EMBER_KV_FP8_E4M3; }
+static inline int kv_kivi(int64_t kind) { return kind == EMBER_KV_KIVI4 || kind == EMBER_KV_KIVI2; }
+/* Kinds whose rows are stored one token at a time, independently (any order, any thread). */
+static inline int kv_per_token_store(int64_t kind) { return kind <= EMBER_KV_BF16 || kind == EMBER_KV_INT8; }
 
 /* --- stores ------------------------------------------------------------------------------- */
 /* Round to nearest even onto the fp8 grid (man mantissa bits, exponent bias), |x| <= max:
@@ -129,10 +148,81 @@ static void kv_store_fp8_run(const ember_kv_layout* L, uint8_t* data, float* sca
     }
 }
 
+/* KIVI: asymmetric codes[0..n-1] of the n values x[0], x[st], ... as kivi.py's `quantize`:
+ * scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) ties to even, clamped. */
+static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* codes, float* scale_out,
+                          float* min_out) {
+    const float qmax = (float)((1 << bits) - 1);
+    float mn = x[0], mx = x[0];
+    for (long j = 1; j < n; j++) {
+        float a = x[j * st];
+        mn = a < mn ? a : mn;
+        mx = a > mx ? a : mx;
+    }
+    float s = (mx - mn) / qmax, safe = s > 0.0f ? s : 1.0f;
+    for (long j = 0; j < n; j++) {
+        float r = nearbyintf((x[j * st] - mn) / safe);
+        codes[j] = (uint8_t)(r > qmax ? qmax : r < 0.0f ? 0.0f : r);
+    }
+    *scale_out = s;
+    *min_out = mn;
+}
+
+/* KIVI: rows rows[0..n-1] (stride ld floats) at consecutive slots within ONE block. Values are
+ * quantized per token now; keys go to k_res; a run that reaches the block's last slot then
+ * quantizes the block's keys per channel from k_res. Any run leaves the block a residual one
+ * unless it ends on the last slot (as the codec's write). */
+static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C, const int64_t* slots,
+                              const float* k_rows, const float* v_rows, long ld, long n) {
+    const long Hkv = L->num_kv_heads, Dh = L->head_dim, KV = Hkv * Dh, bs = L->block_size;
+    const int bits = L->kind == EMBER_KV_KIVI4 ? 4 : 2, per = 8 / bits;
+    const long rowb = Dh / per;
+    const int64_t block = slots[0] / bs;
+    uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
+    const long groups = Dh / 32;
+    for (long t = 0; t < n; t++) {
+        for (long h = 0; h < Hkv; h++) {
+            for (long g = 0; g < groups; g++)
+                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32,
+                              C->v_scale + (slots[t] * Hkv + h) * groups + g, C->v_min + (slots[t] * Hkv + h) * groups + g);
+            uint8_t* row = (uint8_t*)C->v + (slots[t] * Hkv + h) * rowb;
+            for (long b = 0; b < rowb; b++) {
+                uint8_t byte = 0;
+                for (int i = 0; i < per; i++) byte |= (uint8_t)(codes[b * per + i] << (i * bits));
+                row[b] = byte;
+            }
+        }
+        if (L->res_bf16) {
+            uint16_t* r = (uint16_t*)C->k_res + slots[t] * KV;
+            for (long i = 0; i < KV; i++) r[i] = f32_to_bf16(k_rows[t * ld + i]);
+        } else {
+            memcpy((float*)C->k_res + slots[t] * KV, k_rows + t * ld, sizeof(float) * KV);
+        }
+    }
+    C->k_full[block] = 0;
+    if (slots[n - 1] % bs != bs - 1) return;
+    /* the block is full: its keys per (head, channel) over its bs tokens */
+    float* keys = (float*)malloc(sizeof(float) * bs * KV);
+    for (long i = 0; i < bs * KV; i++)
+        keys[i] = L->res_bf16 ? bf16_to_f32(((const uint16_t*)C->k_res)[block * bs * KV + i])
+                              : ((const float*)C->k_res)[block * bs * KV + i];
+    uint8_t* kcodes = (uint8_t*)C->k + block * bs * Hkv * rowb;
+    memset(kcodes, 0, bs * Hkv * rowb);
+    for (long h = 0; h < Hkv; h++)
+        for (long c = 0; c < Dh; c++) {
+            kivi_quantize(keys + h * Dh + c, KV, bs, bits, codes, C->k_scale + block * KV + h * Dh + c,
+                          C->k_min + block * KV + h * Dh + c);
+            for (long t = 0; t < bs; t++)
+                kcodes[(t * Hkv + h) * rowb + c / per] |= (uint8_t)(codes[t] << (c % per * bits));
+        }
+    free(keys);
+    C->k_full[block] = 1;
+}
+
 /* n tokens of one sequence (consecutive slots, in order): their K and V rows, stride ld. */
 static void kv_store_seq(const ember_kv_layout* L, const ember_kv_layer* C, const int64_t* slots, long n,
                          const float* k_rows, const float* v_rows, long ld) {
-    if (L->kind != EMBER_KV_FP8_E4M3 && L->kind != EMBER_KV_FP8_E5M2) {
+    if (kv_per_token_store(L->kind)) {
         for (long t = 0; t < n; t++) {
             kv_store_token(L, C->k, C->k_scale, slots[t], k_rows + t * ld);
             kv_store_token(L, C->v, C->v_scale, slots[t], v_rows + t * ld);
@@ -142,14 +232,20 @@ static void kv_store_seq(const ember_kv_layout* L, const ember_kv_layer* C, cons
     for (long t = 0; t < n;) {  /* runs of tokens in one block: one scale decision per run */
         long e = t + 1;
         while (e < n && slots[e] / L->block_size == slots[t] / L->block_size) e++;
-        kv_store_fp8_run(L, (uint8_t*)C->k, C->k_scale, slots + t, k_rows + t * ld, ld, e - t);
-        kv_store_fp8_run(L, (uint8_t*)C->v, C->v_scale, slots + t, v_rows + t * ld, ld, e - t);
+        if (kv_kivi(L->kind)) {
+            kv_store_kivi_run(L, C, slots + t, k_rows + t * ld, v_rows + t * ld, ld, e - t);
+        } else {
+            kv_store_fp8_run(L, (uint8_t*)C->k, C->k_scale, slots + t, k_rows + t * ld, ld, e - t);
+            kv_store_fp8_run(L, (uint8_t*)C->v, C->v_scale, slots + t, v_rows + t * ld, ld, e - t);
+        }
         t = e;
     }
 }
 
-/* Where row t's scale sits in k_scale/v_scale (before adding the KV head), from its slot. */
+/* Where row t's scale sits in k_scale/v_scale (before adding the KV head), from its slot; KIVI
+ * kinds take the slot itself (attend_heads_kivi finds its block, scales and codes from it). */
 static inline int64_t kv_scale_base(const ember_kv_layout* L, int64_t slot) {
+    if (kv_kivi(L->kind)) return slot;
     return L->kind == EMBER_KV_INT8 ? slot * L->num_kv_heads : slot / L->block_size * L->num_kv_heads;
 }
 
@@ -234,6 +330,89 @@ static inline __attribute__((always_inline)) void attend_heads(
     }
 }
 
+/* 8 packed KIVI codes from channel c of a row, widened to fp32: one broadcast load, a shift
+ * per lane, a mask. */
+static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
+    if (bits == 4) {
+        uint32_t w;
+        memcpy(&w, row + c / 2, 4);
+        __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)));
+    }
+    uint16_t w;
+    memcpy(&w, row + c / 4, 2);
+    __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(3)));
+}
+
+/* attend_heads for the KIVI kinds: entry t is at slot soff[t]. A full block's keys are
+ * dequantized in registers (code * scale + min per channel, one FMA) before the q.k FMAs; an
+ * unfilled block's keys come from k_res, and so do those of a block that a prefill chunk
+ * filled after this query's entry (entries from (L / bs) * bs on): each query sees the cache
+ * as decoding would have left it (KiviCodec.views). Values, per group of 32 channels:
+ * p * scale * code summed per channel, and the minimums' share (sum of p * min) added once per
+ * head and group at the end. */
+static inline __attribute__((always_inline)) void attend_heads_kivi(
+        const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
+        long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16) {
+    const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, bs = Lk->block_size;
+    const long rowb = Dh * bits / 8;
+    const uint8_t* kc = (const uint8_t*)C->k + kvh * rowb;
+    const uint8_t* vc = (const uint8_t*)C->v + kvh * rowb;
+    const long full_end = L / bs * bs;
+    for (long t = 0; t < L; t++) {
+        const int64_t slot = soff[t], block = slot / bs;
+        __m256 a[HEADS_PER_PASS];
+        for (int h = 0; h < HEADS_PER_PASS; h++) a[h] = _mm256_setzero_ps();
+        if (t < full_end && C->k_full[block]) {
+            const uint8_t* row = kc + slot * Hkv * rowb;
+            const float* ks = C->k_scale + block * KV + kvh * Dh;
+            const float* km = C->k_min + block * KV + kvh * Dh;
+            for (long c = 0; c < Dh; c += 8) {
+                __m256 x = _mm256_fmadd_ps(kivi_codes8(row, c, bits), _mm256_loadu_ps(ks + c), _mm256_loadu_ps(km + c));
+                for (int h = 0; h < HEADS_PER_PASS; h++)
+                    if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
+            }
+        } else {
+            const int64_t at = slot * KV + kvh * Dh;
+            for (long c = 0; c < Dh; c += 8) {
+                __m256 x = res_bf16 ? widen_bf16x8((const uint16_t*)C->k_res + at + c)
+                                    : _mm256_loadu_ps((const float*)C->k_res + at + c);
+                for (int h = 0; h < HEADS_PER_PASS; h++)
+                    if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
+            }
+        }
+        for (int h = 0; h < nh; h++) scores[h * ld + t] = hsum_ps(a[h]) * scale;
+    }
+    float inv[HEADS_PER_PASS];
+    for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
+    const long groups = Dh / 32;  /* one value scale and minimum per 32 channels: one pass each */
+    for (long c = 0; c < Dh; c += 32) {
+        __m256 acc[HEADS_PER_PASS][4];
+        float msum[HEADS_PER_PASS] = {0.0f, 0.0f, 0.0f};
+        for (int h = 0; h < HEADS_PER_PASS; h++)
+            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
+        for (long t = 0; t < L; t++) {
+            const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / 32;
+            const uint8_t* row = vc + slot * Hkv * rowb;
+            const float sv = C->v_scale[g], mv = C->v_min[g];
+            for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
+            __m256 x[4];
+            for (int i = 0; i < 4; i++) x[i] = kivi_codes8(row, c + 8 * i, bits);
+            for (int h = 0; h < HEADS_PER_PASS; h++) {
+                if (h < nh) {
+                    __m256 p = _mm256_set1_ps(scores[h * ld + t] * sv);
+                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, x[i], acc[h][i]);
+                }
+            }
+        }
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < 4; i++)
+                _mm256_storeu_ps(out + h * Dh + c + 8 * i, _mm256_mul_ps(_mm256_add_ps(acc[h][i], _mm256_set1_ps(msum[h])),
+                                                                         _mm256_set1_ps(inv[h])));
+    }
+}
+
 /* attend_heads on one layer's cache, dispatched once per call on the layout's kind. */
 static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh,
                          const int64_t* off, const int64_t* soff, long L, float scale, float* scores, long ld,
@@ -241,9 +420,18 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
     const long Dh = Lk->head_dim, at = kvh * Dh;
     const float* ks = C->k_scale ? C->k_scale + kvh : NULL;
     const float* vs = C->v_scale ? C->v_scale + kvh : NULL;
+    if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width and residual dtype */
+        const int b4 = Lk->kind == EMBER_KV_KIVI4;
+        if (b4 && Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 1);
+        else if (b4) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 0);
+        else if (Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 1);
+        else attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 0);
+        return;
+    }
     switch (Lk->kind) {
 #define EMBER_KV_ATTEND(id, name) \
         case EMBER_KV_##id: { \
+            if (kv_kivi(EMBER_KV_##id)) break; \
             const int es = EMBER_KV_##id == EMBER_KV_F32 ? 4 : EMBER_KV_##id == EMBER_KV_BF16 ? 2 : 1; \
             attend_heads(q, nh, (const char*)C->k + at * es, (const char*)C->v + at * es, off, L, Dh, scale, \
                          scores, ld, out, EMBER_KV_##id, Lk->fp8_table, ks, vs, soff); \

@@ -104,7 +104,7 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
     for (long s = 0; s < S; s++) max_len = ctx_lens[s] > max_len ? ctx_lens[s] : max_len;
     const float scale = (float)md->scale;
     const ember_kv_layout* kv = &md->kv;
-    const int quantized = kv_quantized(kv->kind), per_token_store = kv->kind != EMBER_KV_FP8_E4M3 && kv->kind != EMBER_KV_FP8_E5M2;
+    const int quantized = kv_quantized(kv->kind), per_token_store = kv_per_token_store(kv->kind);
     /* Cache offset (and scale index) of every entry of every sequence, the same for all layers. */
     int64_t* offs = (int64_t*)malloc(sizeof(int64_t) * S * max_len * (quantized ? 2 : 1));
     int64_t* soffs = quantized ? offs + S * max_len : NULL;
@@ -153,7 +153,8 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
                 rope(row, H + Hkv, Dh, md->cos + pos[m] * Dh, md->sin + pos[m] * Dh);
                 if (per_token_store) kv_store_seq(kv, &L->kv, slots + m, 1, row + Q, row + Q + KV, QKV);
             }
-            if (!per_token_store) {  /* fp8: a block's scale is decided over the run of its new rows */
+            if (!per_token_store) {  /* fp8: a block's scale is decided over the run of its new rows; KIVI: a run
+                                   * that fills a block quantizes its keys after its rows are in */
                 #pragma omp for schedule(dynamic, 1)
                 for (long s = 0; s < S; s++) {
                     const float* row = qkv + first[s] * QKV;
@@ -201,4 +202,28 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
 void ember_kv_store(const ember_kv_layout* kv, const ember_kv_layer* layer, const int64_t* slots, long n,
                     const float* k, const float* v, long ld) {
     kv_store_seq(kv, layer, slots, n, k, v, ld);
+}
+
+/* The fused step's paged attention on its own: H query heads q [H, head_dim] of one sequence
+ * over its first n cache entries (block table `table`), all layouts; out [H, head_dim].
+ * Tests hold it to softmax attention over the codecs' `read`. */
+void ember_kv_attend(const ember_kv_layout* kv, const ember_kv_layer* layer, const float* q, long H,
+                     const int64_t* table, long n, float scale, float* out) {
+    const long Hkv = kv->num_kv_heads, Dh = kv->head_dim, bs = kv->block_size, group = H / Hkv, ld = n + 8;
+    int64_t* off = (int64_t*)malloc(sizeof(int64_t) * 2 * n);
+    int64_t* soff = off + n;
+    for (long t = 0; t < n; t++) {
+        int64_t slot = table[t / bs] * bs + t % bs;
+        off[t] = slot * Hkv * Dh;
+        soff[t] = kv_scale_base(kv, slot);
+    }
+    float* scores = (float*)malloc(sizeof(float) * HEADS_PER_PASS * ld);
+    for (long kvh = 0; kvh < Hkv; kvh++)
+        for (long h0 = kvh * group; h0 < (kvh + 1) * group; h0 += HEADS_PER_PASS) {
+            long nh = (kvh + 1) * group - h0 < HEADS_PER_PASS ? (kvh + 1) * group - h0 : HEADS_PER_PASS;
+            attend_paged(kv, layer, kvh, q + h0 * Dh, nh, off, kv_quantized(kv->kind) ? soff : NULL, n, scale, scores,
+                         ld, out + h0 * Dh);
+        }
+    free(scores);
+    free(off);
 }

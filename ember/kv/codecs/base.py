@@ -51,5 +51,17 @@ class KVCodec:
         """K and V of `blocks` (int64, any shape [...]) as [..., block_size, Hkv, D] in the model dtype."""
         raise NotImplementedError
 
+    def views(self, tensors: dict[str, torch.Tensor], table: torch.Tensor, first: int, ctx: int
+              ) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """What the queries at entries first..ctx-1 of one sequence (block table `table`, its
+        first ctx entries written) attend to: (q_first, q_end, keys, values) pieces covering
+        first..ctx-1, where queries q_first..q_end-1 see entries 0..q_end-1 (causal within
+        them). One piece, the blocks as stored, unless a codec's entries read differently
+        depending on which query looks (KIVI: a block's exact keys until its last entry)."""
+        n = -(-ctx // self.block_size)
+        k, v = self.read(tensors, table[:n])
+        shape = (-1, self.num_kv_heads, self.head_dim)
+        return [(first, ctx, k.reshape(shape)[:ctx], v.reshape(shape)[:ctx])]
+
 
 KV_CODECS: Registry[KVCodec] = Registry("KV cache dtype")

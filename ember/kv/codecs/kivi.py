@@ -1,0 +1,209 @@
+"""`kivi4`, `kivi2`: KIVI (Liu et al. 2024; jy-yuan/KIVI): keys quantized per channel over a
+group of tokens, values per token, both asymmetric (a scale and a minimum), 4 or 2 bits.
+
+Fixed choices (not config options; they follow from the paged layout):
+- The key group is one block: a block's keys are quantized together, per KV head and channel,
+  when the write that fills its last slot lands. Until then the block's keys are its
+  residual, kept in full precision (the model's dtype); a partial block reads back its keys
+  exactly. The paper's residual window R becomes "the tokens of the unfilled last block"
+  (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32).
+- Values are quantized per token as they are written, in groups of 32 channels (the paper's;
+  a whole head where head_dim < 32): a value row needs no other row, so no value residual is
+  stored. Partial blocks' values are therefore quantized too. (One group per 64-channel head
+  instead cost twice the perplexity on this model: +1.44% against +0.69% over fp32 KV on
+  1,024 tokens; benchmarks/README.md, "KIVI".)
+- scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
+  [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
+  Scales and minimums are fp32.
+- Codes are packed little-endian along the channels: channel c of a row sits at bit
+  bits * c of the row's bytes (4-bit: low nibble first).
+- What a query sees (`views`): the cache as decoding would have left it at the query's own
+  entry. A prefill chunk's query before its block's last entry reads that block's exact keys
+  even when a later token of the same chunk filled (and quantized) it; so chunked prefill,
+  whole-prompt prefill and decoding store and compute the same, whatever the chunk sizes.
+  (KIVI itself attends the whole prompt at full precision; here earlier, full blocks of a
+  prompt are read quantized during its own prefill, as every Ember codec does.)
+
+The cost of the residual: every block allocates its full-precision keys (`k_res`), because a
+codec's tensors all lead with the block dimension (so copy-on-write and swap move a partial
+block with its residual) and any block may be a sequence's unfilled last one. That residual is
+larger than the quantized data: `bytes_per_block` counts it, and with it kivi4 takes more
+bytes per token than bf16 for an fp32 model (33,122 B against 23,040 on the default model).
+Only unfilled blocks ever read `k_res` after the step that fills them, so a residual pool with
+a slot per unfilled block (about one per running sequence) instead of one per block would cut
+it; see benchmarks/README.md, "KIVI", for the figures and what else 3.5x takes.
+
+Per block (Hkv heads, D channels, bs tokens, b bits):
+  k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
+  k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens
+  v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels
+  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
+  k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
+
+`quantize`/`dequantize` and `encode_keys`/`encode_values` below are the plain PyTorch
+reference; csrc/attention_paged.h's KIVI kinds store bit for bit what `write` stores, and
+dequantize in registers inside the paged attention.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.kv.codecs.base import KV_CODECS, KVCodec
+
+VALUE_GROUP = 32  # channels per value scale and minimum (KIVI's group size)
+
+
+# --- reference ----------------------------------------------------------------------------------
+def quantize(x: torch.Tensor, dim: int, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric quantization of fp32 x over `dim`: (codes int64 in [0, 2^bits-1] shaped like x,
+    scale, minimum) with `dim` reduced."""
+    qmax = (1 << bits) - 1
+    x = x.float()
+    mn, mx = x.amin(dim), x.amax(dim)
+    scale = (mx - mn) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((x - mn.unsqueeze(dim)) / safe.unsqueeze(dim)).clamp_(0, qmax)
+    return codes.to(torch.int64), scale, mn
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, dim: int) -> torch.Tensor:
+    return codes.float() * scale.unsqueeze(dim) + mn.unsqueeze(dim)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes [..., D] (values < 2^bits) -> uint8 [..., D*bits/8], channel c at bit bits*c."""
+    per = 8 // bits
+    c = codes.to(torch.int32).reshape(*codes.shape[:-1], -1, per)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (c << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 [..., n] -> int32 codes [..., n*8/bits] (pack's inverse)."""
+    per, mask = 8 // bits, (1 << bits) - 1
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return ((packed.to(torch.int32)[..., None] >> shifts) & mask).reshape(*packed.shape[:-1], -1)
+
+
+def encode_keys(k: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blocks of keys [..., bs, Hkv, D] -> (packed codes [..., bs, Hkv, D*bits/8], scale [..., Hkv, D],
+    min [Hkv, D]): per channel over the block's tokens."""
+    codes, scale, mn = quantize(k, -3, bits)
+    return pack(codes, bits), scale, mn
+
+
+def value_group(head_dim: int) -> int:
+    return min(VALUE_GROUP, head_dim)
+
+
+def encode_values(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [..., D/G], min [..., D/G]):
+    per token and group of G = value_group(D) channels."""
+    d = v.shape[-1]
+    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d), -1), -1, bits)
+    return pack(codes.flatten(-2), bits), scale, mn
+
+
+def decode_keys(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
+    """packed [..., bs, Hkv, D*bits/8], scale/min [..., Hkv, D] -> [..., bs, Hkv, D] fp32."""
+    return unpack(packed, bits).float() * scale.unsqueeze(-3) + mn.unsqueeze(-3)
+
+
+def decode_values(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
+    """packed [..., D*bits/8], scale/min [..., D/G] -> [..., D] fp32."""
+    codes = unpack(packed, bits)
+    return dequantize(codes.reshape(*scale.shape, -1), scale, mn, -1).flatten(-2)
+
+
+# --- codec --------------------------------------------------------------------------------------
+class KiviCodec(KVCodec):
+    bits: int
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vgroup = value_group(self.head_dim)
+        if (self.head_dim * self.bits) % 8 or self.head_dim % self.vgroup:
+            raise ValueError(f"{self.name}: head_dim {self.head_dim} does not pack into whole bytes and value groups")
+
+    @property
+    def native_kind(self) -> str | None:
+        # csrc/attention_paged.h: fp32 or bf16 residual, head_dim a multiple of 32, <= 1024 codes a group
+        fits = self.model_dtype in (torch.float32, torch.bfloat16) and self.head_dim % 32 == 0 \
+            and self.head_dim <= 1024 and self.block_size <= 1024
+        return self.name if fits else None
+
+    @property
+    def residual_dtype(self) -> torch.dtype:
+        return self.model_dtype
+
+    def tensor_specs(self):
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        codes = (bs, h, d * self.bits // 8)
+        return {"k": (codes, torch.uint8), "v": (codes, torch.uint8),
+                "k_scale": ((h, d), torch.float32), "k_min": ((h, d), torch.float32),
+                "v_scale": ((bs, h, d // self.vgroup), torch.float32), "v_min": ((bs, h, d // self.vgroup), torch.float32),
+                "k_res": ((bs, h, d), self.model_dtype), "k_full": ((1,), torch.uint8)}
+
+    def write(self, tensors, slots, k, v):
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        codes, scale, mn = encode_values(v, self.bits)
+        tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
+        tensors["v_scale"].view(-1, h, d // self.vgroup).index_copy_(0, slots, scale)
+        tensors["v_min"].view(-1, h, d // self.vgroup).index_copy_(0, slots, mn)
+        tensors["k_res"].view(-1, h, d).index_copy_(0, slots, k.to(self.model_dtype))
+        # A block is quantized by the write that reaches its last slot; any other write into a
+        # block leaves it (or makes it again) a residual block.
+        blocks = slots // bs
+        touched = torch.unique(blocks)
+        filled = torch.unique(blocks[slots % bs == bs - 1])
+        tensors["k_full"][touched] = 0
+        if len(filled):
+            kc, ks, km = encode_keys(tensors["k_res"][filled].float(), self.bits)
+            tensors["k"][filled], tensors["k_scale"][filled], tensors["k_min"][filled] = kc, ks, km
+            tensors["k_full"][filled] = 1
+
+    def read_fp32(self, tensors, blocks) -> tuple[torch.Tensor, torch.Tensor]:
+        """`read` before rounding to the model's dtype (what the C kernel computes with)."""
+        full = tensors["k_full"][blocks][..., None, None]  # [..., 1, 1, 1]
+        quantized = decode_keys(tensors["k"][blocks], tensors["k_scale"][blocks], tensors["k_min"][blocks], self.bits)
+        k = torch.where(full.bool(), quantized, tensors["k_res"][blocks].float())
+        v = decode_values(tensors["v"][blocks], tensors["v_scale"][blocks], tensors["v_min"][blocks], self.bits)
+        return k, v
+
+    def read(self, tensors, blocks):
+        k, v = self.read_fp32(tensors, blocks)
+        return k.to(self.model_dtype), v.to(self.model_dtype)
+
+    def views(self, tensors, table, first, ctx):
+        """The query at entry p sees each block as decoding would have left it when p was
+        written: blocks that end at or before p quantized, its own block's keys exact unless p is
+        that block's last entry. So a prefill chunk computes what decoding its tokens one by one
+        would (up to float rounding), whatever the chunking. Pieces start at first and at every
+        block's last entry; within one, keys before block e = (q_first + 1) // bs are quantized
+        and block e's rows are the residual."""
+        bs = self.block_size
+        n = -(-ctx // bs)
+        shape = (-1, self.num_kv_heads, self.head_dim)
+        k, v = (x.reshape(shape) for x in self.read(tensors, table[:n]))
+        if ctx - first == 1:
+            return [(first, ctx, k[:ctx], v[:ctx])]
+        res = tensors["k_res"][table[:n]].reshape(shape).to(self.model_dtype)
+        pieces, p = [], first
+        while p < ctx:
+            e = (p + 1) // bs
+            end = min(ctx, (e + 1) * bs - 1)
+            keys = k[:end] if e * bs >= end else torch.cat([k[:e * bs], res[e * bs:end]])
+            pieces.append((p, end, keys, v[:end]))
+            p = end
+        return pieces
+
+
+@KV_CODECS.register("kivi4")
+class Kivi4Codec(KiviCodec):
+    name, bits = "kivi4", 4
+
+
+@KV_CODECS.register("kivi2")
+class Kivi2Codec(KiviCodec):
+    name, bits = "kivi2", 2
