@@ -9,13 +9,10 @@ import threading
 import pydantic
 import pytest
 
+from tests.engine.test_structured import PERSON, check_person
 from tests.serve.conftest import assert_no_leak
 from tests.serve.test_errors import CHAT, COMPLETIONS, USER, assert_error
 
-PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
-          "properties": {"name": {"type": "string", "maxLength": 16},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                         "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3}}}
 ASK_PERSON = [{"role": "user", "content": "Describe a person as JSON."}]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
@@ -26,15 +23,6 @@ ADD = {"type": "function", "function": {
     "parameters": {"type": "object", "required": ["a", "b"],
                    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def check_person(text: str) -> dict:
-    value = json.loads(text)
-    assert set(value) == {"name", "age", "tags"}
-    assert isinstance(value["name"], str) and len(value["name"]) <= 16
-    assert isinstance(value["age"], int) and 0 <= value["age"] <= 120
-    assert isinstance(value["tags"], list) and len(value["tags"]) <= 3 and set(value["tags"]) <= {"a", "b", "c"}
-    return value
 
 
 def check_weather_args(arguments: str) -> dict:
