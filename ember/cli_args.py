@@ -12,18 +12,20 @@ import dataclasses
 from ember.config import EngineConfig
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Every EngineConfig field becomes a flag of the same name (`max_num_seqs` -> `--max-num-seqs`)."""
+def add_engine_args(parser: argparse.ArgumentParser, overrides_only: bool = False) -> None:
+    """Every EngineConfig field becomes a flag of the same name (`max_num_seqs` -> `--max-num-seqs`).
+    `overrides_only`: flags not given stay out of the namespace (to override a recorded config)."""
     group = parser.add_argument_group("engine options")
     for f in dataclasses.fields(EngineConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
+        default = argparse.SUPPRESS if overrides_only else f.default
         if f.type in ("bool", bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=f"{help_text} (default: {f.default})")
         else:
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            group.add_argument(flag, dest=f.name, type=kind, default=f.default,
+            group.add_argument(flag, dest=f.name, type=kind, default=default,
                                metavar=f.name.upper(), help=f"{help_text} (default: {f.default})")
 
 

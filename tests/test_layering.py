@@ -38,9 +38,10 @@ def files(*parts: str) -> list[Path]:
     (("sampling_params.py",), "ember.engine"),
     (("structured",), "ember.engine"),  # the grammar backend sits below the engine and the server
     (("structured",), "ember.serve"),
+    (("engine",), "ember.sim"),  # the simulator drives the engine's scheduler; never the other way
 ], ids=["bench-not-cli", "decode_nll-not-perplexity", "config-not-policies", "models-not-loader", "kv-not-engine",
         "request-not-engine", "sampling_params-not-engine",
-        "structured-not-engine", "structured-not-serve"])
+        "structured-not-engine", "structured-not-serve", "engine-not-sim"])
 def test_no_import_runs_upward(importers, forbidden):
     for path in files(*importers):
         bad = {m for m in imported_modules(path) if m == forbidden or m.startswith(forbidden + ".")}

@@ -42,19 +42,26 @@ def run_serve_benchmark(cfg: ClientConfig, spec: WorkloadSpec, sessions: list[Se
                 results, duration = asyncio.run(run_sessions(point, sessions, tokenizer, on_done=lambda r: bar.update(1)))
             finally:
                 bar.close()
-            metrics = compute_metrics(results, duration, slos)
+            metrics = run_metrics(results, duration, slos)
             metrics["energy"] = meter.stop(metrics["total_output_tokens"])
-            users = sorted({r.user for r in results if r.user is not None})
-            if users:  # multi-tenant: each tenant's share, for fairness comparisons
-                metrics["per_user"] = {u: _brief(compute_metrics([r for r in results if r.user == u], duration, slos))
-                                       for u in users}
-                metrics["fairness"] = fairness(results)
-            if any(r.turn for r in results):  # conversations / agent programs: job completion time
-                metrics["jobs"] = job_metrics(results)
             report["model"] = point.model  # as the server named it
             report["runs"].append({"request_rate": rate, "max_concurrency": conc, "metrics": metrics,
                                    "requests": [r.to_json(keep_text) for r in results]})
     return report
+
+
+def run_metrics(results, duration: float, slos: dict[str, float]) -> dict:
+    """A run's figures as reports hold them: compute_metrics, plus each tenant's share and
+    fairness (multi-tenant), plus job completion times (conversations, agent programs)."""
+    metrics = compute_metrics(results, duration, slos)
+    users = sorted({r.user for r in results if r.user is not None})
+    if users:  # multi-tenant: each tenant's share, for fairness comparisons
+        metrics["per_user"] = {u: _brief(compute_metrics([r for r in results if r.user == u], duration, slos))
+                               for u in users}
+        metrics["fairness"] = fairness(results)
+    if any(r.turn for r in results):  # conversations / agent programs: job completion time
+        metrics["jobs"] = job_metrics(results)
+    return metrics
 
 
 def _brief(m: dict) -> dict:

@@ -118,11 +118,12 @@ def _lognormal_len(rng, mu_sigma: tuple[float, float], lo: int, hi: int) -> int:
     return int(np.clip(round(rng.lognormal(*mu_sigma)), lo, hi))
 
 
-def build_workload(spec: WorkloadSpec, tokenizer) -> list[Session]:
-    """The sessions of `spec`: lengths from one seeded generator, text from another."""
+def build_workload(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
+    """The sessions of `spec`: lengths from one seeded generator, text from another. `maker`
+    replaces the text maker (`text(n) -> (text, tokens)`): the simulator wants lengths only."""
     spec.validate()
     rng = np.random.default_rng(spec.seed)
-    maker = PromptMaker(tokenizer, seed=spec.seed + 1)
+    maker = maker if maker is not None else PromptMaker(tokenizer, seed=spec.seed + 1)
     n = spec.num_prompts
 
     def one(inp: int, outp: int, **kw) -> Session:

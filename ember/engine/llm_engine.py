@@ -20,11 +20,10 @@ from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
 from ember.engine.profile import NO_CLOCK, StepProfiler
 from ember.engine.sampling import Sampler
-from ember.engine.scheduler import Scheduler
+from ember.engine.scheduling_setup import build_scheduler
 from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
-from ember.kv.manager import KVCacheManager
 from ember.kv.press import KV_PRESSES, parse_press
 from ember.kv.press.compact import compact
 from ember.kv.spec import kv_cache_spec
@@ -58,10 +57,9 @@ class LLMEngine:
         self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
         self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks)
-        self.kv = KVCacheManager(spec.num_blocks, bs, enable_prefix_caching=config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, policy, config.max_num_seqs,
-                                   config.max_num_batched_tokens, preemptor=self._make_preemptor(),
-                                   eos_token_ids=self.tokenizer.stop_token_ids)
+        self.scheduler = build_scheduler(config, spec.num_blocks, bs, self.tokenizer.stop_token_ids, policy,
+                                         preemptor=self._make_preemptor())
+        self.kv = self.scheduler.kv
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)

@@ -73,6 +73,20 @@ class StepRecord:
                 f"{self.context_len_sum},{self.kv_blocks_used},{self.preempted},{self.waiting}\n")
 
 
+def batch_composition(batch) -> tuple[int, int, int, int]:
+    """(num_seqs, prefill_tokens, decode_rows, context_len_sum) of a scheduled batch, read before
+    the step changes its requests: the step-time features (a simulator computes them here too)."""
+    prefill = decode = context = 0
+    for request, n in batch.scheduled:
+        start = request.num_computed_tokens  # a position: decode rows are past the prompt
+        context += start - request.num_dropped_tokens + n  # cache entries: fewer after drops
+        if n == 1 and start >= len(request.prompt_token_ids):
+            decode += 1
+        else:
+            prefill += n
+    return len(batch.scheduled), prefill, decode, context
+
+
 class NullClock:
     """The clock of a step nobody profiles: every mark is a no-op."""
 
@@ -107,16 +121,8 @@ class StepClock:
     def scheduled(self, batch, scheduler) -> None:
         """Mark `schedule`, and note the batch's composition before the step changes its requests."""
         self.mark("schedule")
-        prefill = decode = context = 0
-        for request, n in batch.scheduled:
-            start = request.num_computed_tokens  # a position: decode rows are past the prompt
-            context += start - request.num_dropped_tokens + n  # cache entries: fewer after drops
-            if n == 1 and start >= len(request.prompt_token_ids):
-                decode += 1
-            else:
-                prefill += n
-        self.composition = (len(batch.scheduled), prefill, decode, context, scheduler.kv.pool.num_used_blocks,
-                            len(batch.preempted), len(scheduler.waiting))
+        self.composition = batch_composition(batch) + (scheduler.kv.pool.num_used_blocks, len(batch.preempted),
+                                                       len(scheduler.waiting))
         self.last = time.perf_counter()  # the profiler's own work stays out of the phases
 
 
