@@ -1,0 +1,125 @@
+"""`ember sim calibrate`: fit a step-time model to step-profile rows and keep the better kind.
+
+The rows are what `ember bench throughput --profile steps.csv` (or `engine.profiler`) writes:
+one per engine step, its duration `step_s` and its composition (ember/engine/profile.py). Both
+kinds (step_model.py) are fitted on a seeded 80% of the rows and scored on the other 20% by mean
+absolute percentage error; the better one is refitted on every row and saved with its error, the
+other's error, and the engine configuration the profile came from (a model is only valid for that
+configuration: model, dtype, linear method, KV codec, threads...).
+
+`inter_step_s` is the median time between one step's end and the next one's start while the
+engine is busy (the loop's own work outside `step_s`); the simulator adds it to every step.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+
+import numpy as np
+
+from ember.sim.fitting import fit_nonnegative_linear, fit_tree, mape
+from ember.sim.step_model import FEATURES, model_from_json
+
+SCHEMA = 1
+HOLDOUT = 0.2
+BUSY_GAP_S = 0.05  # a longer pause between steps is the engine waiting for work, not overhead
+MIN_ROWS = 10
+
+
+def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(features, step seconds, median busy inter-step gap) of a step-profile CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = list(reader)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise ValueError(f"{path} is not a text CSV file") from None
+    need = ("wall_start", "step_s") + FEATURES
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f"{path} is not a step profile (ember/engine/profile.py): no column {', '.join(missing)}")
+    col = {c: header.index(c) for c in need}
+    try:
+        X = np.array([[int(r[col[c]]) for c in FEATURES] for r in rows], dtype=np.int64).reshape(-1, len(FEATURES))
+        y = np.array([float(r[col["step_s"]]) for r in rows])
+        start = np.array([float(r[col["wall_start"]]) for r in rows])
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"{path}: a row is short or holds a value that is not a number ({exc})") from None
+    keep = y > 0  # a zero-length step has no relative error to fit
+    if keep.sum() < MIN_ROWS:
+        raise ValueError(f"{path} has {int(keep.sum())} usable steps; calibration needs at least {MIN_ROWS}")
+    gaps = start[1:] - (start[:-1] + y[:-1])
+    busy = gaps[(gaps >= 0) & (gaps < BUSY_GAP_S)]
+    return X[keep], y[keep], float(np.median(busy)) if len(busy) else 0.0
+
+
+def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
+    """Fit both kinds on a held-out split; the better one, refitted on all rows, as a JSON dict."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = max(1, int(round(len(y) * HOLDOUT)))
+    test, train = order[:n_test], order[n_test:]
+    fits = {"linear": fit_nonnegative_linear, "tree": fit_tree}
+    errors, totals = {}, {}
+    for kind, fit in fits.items():
+        model = fit(X[train], y[train])
+        errors[kind] = mape(model, X[test], y[test])
+        totals[kind] = sum(model.predict(*map(int, row)) for row in X[test]) / float(y[test].sum())
+    kind = min(errors, key=errors.get)
+    model = fits[kind](X, y)
+    return {"kind": kind, "features": list(FEATURES), **model.to_json(),
+            "holdout_mape_pct": errors[kind], "holdout_total_time_ratio": totals[kind],
+            "compared": {k: {"holdout_mape_pct": errors[k], "holdout_total_time_ratio": totals[k]} for k in fits},
+            "rows": int(len(y)), "holdout_rows": int(n_test), "seed": seed}
+
+
+def build_model_json(profile: str, engine: dict | None, seed: int = 0) -> dict:
+    X, y, gap = read_profile(profile)
+    fitted = calibrate(X, y, seed)
+    return {"ember_sim_model": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "profile": profile, "engine": engine, "inter_step_s": gap, **fitted,
+            "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)}}
+
+
+def load_model_json(path: str) -> dict:
+    """A model JSON written by `ember sim calibrate`, checked; `["model"]` holds the predictor."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("ember_sim_model") != SCHEMA:
+        raise ValueError(f"{path} is not an `ember sim calibrate` model (schema {SCHEMA})")
+    data["model"] = model_from_json(data)
+    gap = data.get("inter_step_s", 0.0)
+    if not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap < 0:
+        raise ValueError(f"{path}: inter_step_s must be a non-negative number of seconds")
+    return data
+
+
+def plot_predictions(model_json: dict, profile: str, path: str) -> None:
+    """Predicted against measured step time for every row, log-log, with the y = x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    X, y, _ = read_profile(profile)
+    model = model_from_json(model_json)
+    pred = np.array([model.predict(*map(int, row)) for row in X]) * 1000.0
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(y * 1000.0, pred, s=6, alpha=0.5)
+    lo, hi = min(y.min() * 1000, pred.min()), max(y.max() * 1000, pred.max())
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="measured step (ms)", ylabel="predicted step (ms)",
+           title=f"{model_json['kind']} step model, held-out MAPE {model_json['holdout_mape_pct']:.1f}%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
