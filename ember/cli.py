@@ -1,4 +1,4 @@
-"""`ember` command line: serve | generate | chat | info | eval ppl | bench."""
+"""`ember` command line: serve | generate | chat | info | eval ppl | bench | sim."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval_ppl)
     from ember.bench.cli import add_bench_parser
     add_bench_parser(sub)
+    from ember.sim.cli import add_sim_parser
+    add_sim_parser(sub)
     return parser
 
 

@@ -1,0 +1,100 @@
+"""The `ember sim` commands: arguments in, model JSON or reports out (parsers: ember/sim/cli.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+from ember.sim.cli import engine_overrides
+
+
+def _writable(path: str, flag: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: cannot write to {folder}")
+
+
+def cmd_calibrate(args) -> int:
+    from ember.config import EngineConfig
+    from ember.sim.calibrate import build_model_json, plot_predictions
+
+    _writable(args.output, "-o")
+    if args.plot:
+        _writable(args.plot, "--plot")
+    engine = dataclasses.asdict(EngineConfig())
+    if args.report:
+        from ember.bench.report import load_report
+
+        recorded = load_report(args.report).get("engine")
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{args.report} records no engine configuration (an `ember bench throughput` report does)")
+        engine.update(recorded)
+    engine.update(engine_overrides(args))
+    EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})  # checks the values
+    data = build_model_json(args.profile, engine, args.seed)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    other = {k: v["holdout_mape_pct"] for k, v in data["compared"].items()}
+    print(f"kept the {data['kind']} model: held-out MAPE {data['holdout_mape_pct']:.2f}% "
+          f"({', '.join(f'{k} {v:.2f}%' for k, v in other.items())}; {data['rows']} steps, "
+          f"{data['holdout_rows']} held out); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot:
+        plot_predictions(data, args.profile, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ember.bench.metrics import parse_goodput
+    from ember.bench.report import print_reports, save_report
+    from ember.bench.workloads import WorkloadSpec, parse_tenants
+    from ember.sim.calibrate import load_model_json
+    from ember.sim.runner import engine_config, replica_capacity, simulate_report
+    from ember.sim.simulator import check_simulable
+    from ember.sim.workload import bench_sessions, read_trace
+
+    slos = parse_goodput(args.goodput)
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.output:
+        _writable(args.output, "-o")
+    model_json = load_model_json(args.model_json)
+    model_json["path"] = args.model_json
+    config = engine_config(model_json, engine_overrides(args))
+    from ember.engine.policies import POLICIES
+
+    POLICIES.create(config.policy, config)  # a bad --policy fails here, before the workload is built
+    check_simulable(config)
+    if args.trace:
+        trace = read_trace(args.trace, args.trace_block_tokens)
+        span = trace[-1].arrival_s
+        rates = [len(trace) / span if span > 0 else float("inf")]
+        sessions_at, workload = (lambda rate: trace), {"trace": args.trace, "requests": len(trace)}
+    else:
+        spec = WorkloadSpec(name=args.workload, num_prompts=args.num_prompts, seed=args.seed, input_len=args.input_len,
+                            output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
+                            max_output_len=args.max_output_len, num_prefixes=args.num_prefixes,
+                            prefix_len=args.prefix_len, turns=args.turns, think_time=args.think_time,
+                            tenants=parse_tenants(args.tenants))
+        spec.validate()
+        rates = args.sweep_rate or [args.request_rate]
+        sessions_at, workload = (lambda rate: bench_sessions(spec, rate)), dataclasses.asdict(spec)
+    capacity = replica_capacity(config)
+    report = simulate_report(config, capacity, model_json, sessions_at, rates, args.replicas, args.router, slos,
+                             args.label or "sim", workload, args.progress, args.keep_requests)
+    print_reports([report])
+    for run in report["runs"]:
+        s = run["sim"]
+        print(f"simulated {s['steps']} steps, {s['events']} events in {s['wall_s']:.2f} s "
+              f"({s['events_per_s']:,.0f} events/s); {s['preemptions']} preemptions, "
+              f"prefix hit rate {s['prefix_hit_rate']:.1%}", file=sys.stderr)
+    if args.output:
+        save_report(report, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0

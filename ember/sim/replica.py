@@ -1,0 +1,67 @@
+"""One simulated engine: the engine's own Scheduler (policy, KV block manager, preemption) built
+by the engine's builder, with a step-time model where the forward and the sampler would run.
+
+A step is `schedule()` at its start, then, `predict(...)` seconds later, `update()` with one
+token for every request that samples: a fixed token that is not EOS (the scheduler is built
+without EOS ids), so each request runs to its output length as `ember bench --ignore-eos` runs do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ember.engine.profile import batch_composition
+from ember.engine.scheduler import SchedulerOutput
+from ember.engine.scheduling_setup import build_scheduler
+from ember.request import Request
+
+SAMPLED_TOKEN = 1
+MIN_STEP_S = 1e-6  # a model that predicts 0 (or less) must still move the clock forward
+
+
+class Replica:
+    def __init__(self, index: int, config, num_blocks: int, block_size: int, clock: Callable[[], float],
+                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False):
+        """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs)`: a step's duration."""
+        self.index = index
+        self.scheduler = build_scheduler(config, num_blocks, block_size, clock=clock)
+        self.step_seconds = step_seconds
+        self.batch: SchedulerOutput | None = None  # the step in flight
+        self._samplers: list[Request] = []
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None
+
+    @property
+    def busy(self) -> bool:
+        return self.batch is not None
+
+    def start_step(self) -> float | None:
+        """Schedule the next batch; how long it takes, or None when nothing can run."""
+        out = self.scheduler.schedule()
+        if out.empty:
+            return None
+        self.batch, self._samplers = out, out.sample_requests  # read before update advances the counts
+        seqs, prefill, decode, context = batch_composition(out)
+        seconds = max(self.step_seconds(prefill, decode, context, seqs), MIN_STEP_S)
+        self.num_steps += 1
+        self.busy_s += seconds
+        if self.batches is not None:
+            self.batches.append([(r.request_id, n) for r, n in out.scheduled])
+        return seconds
+
+    def end_step(self) -> tuple[list[Request], list[Request]]:
+        """The step's bookkeeping: (requests that got a token, requests that finished)."""
+        out, self.batch = self.batch, None
+        samplers = self._samplers
+        finished = self.scheduler.update(out, {r.request_id: SAMPLED_TOKEN for r in samplers})
+        return samplers, finished
+
+    def abort_waiting(self) -> list[Request]:
+        """Nothing runs and nothing waiting fits even in an empty cache: give those up, as the engine does."""
+        from ember.request import RequestStatus
+
+        stuck = list(self.scheduler.waiting)
+        for request in stuck:
+            self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+        return stuck

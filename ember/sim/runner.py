@@ -1,0 +1,90 @@
+"""One `ember sim run`: engine config and capacity from the calibrated model, the workload at
+each rate, the simulation, and a report in `ember bench serve`'s shape (kind "serve", the same
+metrics per run), so `ember bench compare measured.json simulated.json` reads both."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+from ember.bench.report import new_report
+from ember.bench.serve_bench import run_metrics
+from ember.config import EngineConfig
+from ember.sim.simulator import Capacity, Simulator
+
+
+def engine_config(model_json: dict, overrides: dict) -> EngineConfig:
+    """The configuration the profile came from (model JSON), with `overrides` on top (--policy...)."""
+    names = {f.name for f in dataclasses.fields(EngineConfig)}
+    recorded = {k: v for k, v in (model_json.get("engine") or {}).items() if k in names}
+    return EngineConfig(**(recorded | overrides))
+
+
+def replica_capacity(config: EngineConfig) -> Capacity:
+    """KV blocks, block size and longest sequence of one replica, as the engine would size them
+    (reads the model file's metadata, not its weights)."""
+    from ember.kv.spec import kv_cache_spec
+    from ember.loader import read_model_config, resolve_model_path
+
+    mc, _ = read_model_config(resolve_model_path(config.model))
+    spec = kv_cache_spec(config, mc)
+    return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len)
+
+
+def step_seconds(model_json: dict):
+    """The model's predict plus the engine loop's own time between steps."""
+    predict, gap = model_json["model"].predict, float(model_json.get("inter_step_s", 0.0))
+    return lambda prefill, decode, context, seqs: predict(prefill, decode, context, seqs) + gap
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a plain counter on stderr
+        return _PlainBar(total, desc, enabled)
+    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, disable=not enabled, leave=False, mininterval=0.5)
+
+
+class _PlainBar:
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if self.enabled and (self.n % max(1, self.total // 20) == 0 or self.n == self.total):
+            print(f"\r{self.desc}: {self.n}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
+                    replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
+                    progress: bool = True, keep_requests: bool = True) -> dict:
+    """`sessions_at(rate)` gives the sessions for one rate; one run per rate, one report."""
+    report = new_report("serve", label, simulated=True, model_json=model_json.get("path"),
+                        step_model=model_json["kind"], engine=dataclasses.asdict(config),
+                        replicas=replicas, router=router, capacity=dataclasses.asdict(capacity),
+                        workload=workload, goodput_slos_ms=slos)
+    for rate in rates:
+        sessions = sessions_at(rate)
+        sim = Simulator(config, capacity, step_seconds(model_json), sessions, replicas, router)
+        bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
+        try:
+            results, duration, stats = sim.run(on_done=lambda r: bar.update(1))
+        finally:
+            bar.close()
+        metrics = run_metrics(results, duration, slos)
+        busy = stats.replica_busy_s
+        run = {"request_rate": rate, "max_concurrency": None, "metrics": metrics,
+               "sim": {"events": stats.events, "steps": stats.steps, "wall_s": stats.wall_s,
+                       "events_per_s": stats.events_per_s, "preemptions": stats.preemptions,
+                       "prefix_hit_rate": stats.prefix_hit_rate,
+                       "replica_utilization_mean": sum(busy) / (len(busy) * duration) if duration else 0.0}}
+        if keep_requests:
+            run["requests"] = [r.to_json() for r in results]
+        report["runs"].append(run)
+    report["workload_summary"] = {"requests": sum(len(s.turns) for s in sessions)}
+    return report

@@ -1,0 +1,74 @@
+"""`ember sim calibrate | run` from the command line: files in, files out, and bad input as one
+line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ember.bench.report import load_report, new_report, save_report
+from ember.cli import main
+from tests.sim.test_calibrate import synthetic_steps, write_profile
+
+
+@pytest.fixture
+def model_json(tmp_path, capsys):
+    X, y = synthetic_steps(n=300)
+    write_profile(tmp_path / "steps.csv", X, y)
+    report = new_report("throughput", "profiled", engine={"max_num_seqs": 16, "kv_cache_tokens": 4096})
+    save_report(report, str(tmp_path / "bench.json"))
+    code = main(["sim", "calibrate", str(tmp_path / "steps.csv"), "-o", str(tmp_path / "model.json"),
+                 "--report", str(tmp_path / "bench.json"), "--max-num-batched-tokens", "256",
+                 "--plot", str(tmp_path / "pred.png")])
+    assert code == 0, capsys.readouterr().err
+    return tmp_path / "model.json"
+
+
+def test_calibrate_records_the_engine_config_and_draws_the_plot(model_json, capsys):
+    data = json.loads(model_json.read_text())
+    assert data["kind"] == "linear" and data["holdout_mape_pct"] < 1e-3
+    engine = data["engine"]
+    assert (engine["max_num_seqs"], engine["kv_cache_tokens"], engine["max_num_batched_tokens"]) == (16, 4096, 256)
+    assert engine["policy"] == "fcfs"  # what the report did not say is the default
+    assert (model_json.parent / "pred.png").stat().st_size > 1000
+
+
+def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path, capsys, default_gguf_path):
+    out = tmp_path / "sim.json"
+    code = main(["sim", "run", "--model-json", str(model_json), "--num-prompts", "30", "--input-len", "64",
+                 "--output-len", "16", "--sweep-rate", "5,inf", "--replicas", "2", "--router", "least-loaded",
+                 "--policy", "priority", "--goodput", "ttft:200", "-o", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "events/s" in err
+    report = load_report(str(out))
+    assert report["kind"] == "serve" and report["simulated"] and report["engine"]["policy"] == "priority"
+    assert report["engine"]["max_num_seqs"] == 16  # recorded by calibrate, not overridden
+    assert [run["request_rate"] for run in report["runs"]] == [5.0, float("inf")]
+    for run in report["runs"]:
+        assert run["metrics"]["completed"] == 30 and len(run["requests"]) == 30
+        assert run["metrics"]["goodput"]["good_requests"] <= 30
+    slow, burst = (run["metrics"]["ttft_ms"]["mean"] for run in report["runs"])
+    assert burst > slow  # everyone at once queues longer
+    assert main(["bench", "compare", str(out)]) == 0
+    assert "sim rate=5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--model-json", "{model}", "--replicas", "0"], "--replicas must be at least 1"),
+    (["run", "--model-json", "{dir}/none.json"], "cannot read"),
+    (["run", "--model-json", "{dir}/steps.csv"], "is not JSON"),
+    (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv"], "needs a header with arrival_s"),
+    (["run", "--model-json", "{model}", "--policy", "nope"], "unknown scheduling policy 'nope'"),
+    (["run", "--model-json", "{model}", "--preemption", "swap"], "only recompute"),
+    (["run", "--model-json", "{model}", "--goodput", "ttft"], "--goodput: expected NAME:MS"),
+    (["calibrate", "{model}", "-o", "{dir}/m2.json"], "is not a step profile"),
+    (["calibrate", "{dir}/steps.csv", "-o", "{dir}/no/such/m.json"], "no directory"),
+])
+def test_bad_input_is_one_clear_line(model_json, capsys, argv, message, default_gguf_path):
+    argv = [a.format(model=model_json, dir=model_json.parent) for a in argv]
+    capsys.readouterr()
+    assert main(["sim"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
