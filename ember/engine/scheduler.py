@@ -110,8 +110,9 @@ class Scheduler:
         # 2. waiting requests in policy order (none after a preemption: memory is short)
         if not out.preempted:
             self._admit_waiting(out, budget)
-        out.forks = [(parent, child) for parent in out.sample_requests
-                     for child in self._forks.get(parent.request_id, ()) if not child.is_finished]
+        if self._forks:  # n > 1 prompts waiting for their parent's prompt (rare: skip the scan)
+            out.forks = [(parent, child) for parent in out.sample_requests
+                         for child in self._forks.get(parent.request_id, ()) if not child.is_finished]
         return out
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:

@@ -54,7 +54,7 @@ class Replica:
         """The step's bookkeeping: (requests that got a token, requests that finished)."""
         out, self.batch = self.batch, None
         samplers = self._samplers
-        finished = self.scheduler.update(out, {r.request_id: SAMPLED_TOKEN for r in samplers})
+        finished = self.scheduler.update(out, dict.fromkeys([r.request_id for r in samplers], SAMPLED_TOKEN))
         return samplers, finished
 
     def abort_waiting(self) -> list[Request]:
