@@ -30,7 +30,8 @@ class Replica:
         self._samplers: list[Request] = []
         self.num_steps = 0
         self.busy_s = 0.0
-        self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None
+        self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None  # (id, tokens) per step
+        self.compositions: list[tuple[int, int, int, int]] | None = [] if record_batches else None
 
     @property
     def busy(self) -> bool:
@@ -48,6 +49,7 @@ class Replica:
         self.busy_s += seconds
         if self.batches is not None:
             self.batches.append([(r.request_id, n) for r, n in out.scheduled])
+            self.compositions.append((seqs, prefill, decode, context))
         return seconds
 
     def end_step(self) -> tuple[list[Request], list[Request]]:
