@@ -78,11 +78,20 @@ def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
             "rows": int(len(y)), "holdout_rows": int(n_test), "seed": seed}
 
 
-def build_model_json(profile: str, engine: dict | None, seed: int = 0) -> dict:
-    X, y, gap = read_profile(profile)
+def read_profiles(paths: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Several profiles of one engine configuration (e.g. a saturated offline run and a served
+    run at low load, so both big and small batches are covered) as one set of rows."""
+    parts = [read_profile(p) for p in paths]
+    gaps = [g for _, _, g in parts if g > 0]
+    return (np.vstack([X for X, _, _ in parts]), np.concatenate([y for _, y, _ in parts]),
+            float(np.median(gaps)) if gaps else 0.0)
+
+
+def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0) -> dict:
+    X, y, gap = read_profiles(profiles)
     fitted = calibrate(X, y, seed)
     return {"ember_sim_model": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "profile": profile, "engine": engine, "inter_step_s": gap, **fitted,
+            "profiles": list(profiles), "engine": engine, "inter_step_s": gap, **fitted,
             "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)}}
 
 
@@ -104,14 +113,14 @@ def load_model_json(path: str) -> dict:
     return data
 
 
-def plot_predictions(model_json: dict, profile: str, path: str) -> None:
+def plot_predictions(model_json: dict, profiles: list[str], path: str) -> None:
     """Predicted against measured step time for every row, log-log, with the y = x line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    X, y, _ = read_profile(profile)
+    X, y, _ = read_profiles(profiles)
     model = model_from_json(model_json)
     pred = np.array([model.predict(*map(int, row)) for row in X]) * 1000.0
     fig, ax = plt.subplots(figsize=(5.5, 5))

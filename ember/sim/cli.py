@@ -22,7 +22,7 @@ def add_sim_parser(subparsers) -> None:
                                    "step profile (`ember bench throughput --profile steps.csv`), keep the one "
                                    "with the lower held-out error, and write it as JSON.",
                        conflict_handler="resolve")
-    c.add_argument("profile", metavar="STEPS.csv")
+    c.add_argument("profiles", nargs="+", metavar="STEPS.csv", help="one or more step profiles of one configuration")
     c.add_argument("-o", "--output", required=True, metavar="MODEL.json")
     c.add_argument("--report", default=None, metavar="BENCH.json",
                    help="the `ember bench throughput -o` report of the profiled run: its engine configuration "

@@ -35,7 +35,7 @@ def cmd_calibrate(args) -> int:
         engine.update(recorded)
     engine.update(engine_overrides(args))
     EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})  # checks the values
-    data = build_model_json(args.profile, engine, args.seed)
+    data = build_model_json(args.profiles, engine, args.seed)
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
@@ -45,7 +45,7 @@ def cmd_calibrate(args) -> int:
           f"{data['holdout_rows']} held out); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     if args.plot:
-        plot_predictions(data, args.profile, args.plot)
+        plot_predictions(data, args.profiles, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 

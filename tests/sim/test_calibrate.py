@@ -83,8 +83,9 @@ def test_the_tree_wins_where_time_jumps_in_steps():
 
 def test_model_json_round_trip_and_inter_step_time(tmp_path):
     X, y = synthetic_steps(n=200)
-    write_profile(tmp_path / "steps.csv", X, y, gap=0.002)
-    data = build_model_json(str(tmp_path / "steps.csv"), {"max_num_seqs": 8}, seed=0)
+    write_profile(tmp_path / "steps.csv", X[:150], y[:150], gap=0.002)
+    write_profile(tmp_path / "more.csv", X[150:], y[150:], gap=0.002)
+    data = build_model_json([str(tmp_path / "steps.csv"), str(tmp_path / "more.csv")], {"max_num_seqs": 8}, seed=0)
     assert data["inter_step_s"] == pytest.approx(0.002, abs=2e-6)
     assert data["engine"] == {"max_num_seqs": 8} and data["rows"] == 200
     (tmp_path / "model.json").write_text(json.dumps(data))
