@@ -60,6 +60,11 @@ class _PlainBar:
             print(file=sys.stderr)
 
 
+def _request_json(r) -> dict:
+    r.chunk_times = list(r.chunk_times)  # the simulator keeps them in a compact array
+    return r.to_json()
+
+
 def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
                     replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
                     progress: bool = True, keep_requests: bool = True) -> dict:
@@ -84,7 +89,7 @@ def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, 
                        "prefix_hit_rate": stats.prefix_hit_rate,
                        "replica_utilization_mean": sum(busy) / (len(busy) * duration) if duration else 0.0}}
         if keep_requests:
-            run["requests"] = [r.to_json() for r in results]
+            run["requests"] = [_request_json(r) for r in results]
         report["runs"].append(run)
     report["workload_summary"] = {"requests": sum(len(s.turns) for s in sessions)}
     return report

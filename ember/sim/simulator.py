@@ -11,6 +11,7 @@ holds only step ends and follow-up turns: a million-request run keeps a small he
 from __future__ import annotations
 
 import heapq
+from array import array
 import itertools
 import math
 import time
@@ -123,7 +124,8 @@ class Simulator:
 
     def _arrive(self, k: int, t: int, history: list[int] | None, on_done) -> None:
         session, turn = self.sessions[k], self.sessions[k].turns[t]
-        result = RequestResult(False, self.now, scheduled=self.now, user=session.user, session=k, turn=t)
+        result = RequestResult(False, self.now, scheduled=self.now, user=session.user, session=k, turn=t,
+                               chunk_times=array("d"))  # 8 bytes a token, not a float object's 32
         self.results[k].append(result)
         ids = self._prompt(turn, history)
         result.prompt_tokens = len(ids)
