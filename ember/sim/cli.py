@@ -53,6 +53,12 @@ def add_sim_parser(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0, help="workload and arrival seed")
     g.add_argument("--replicas", type=int, default=1)
     g.add_argument("--router", choices=ROUTERS, default="round-robin")
+    g = r.add_argument_group("disaggregated prefill/decode (Splitwise, DistServe)")
+    g.add_argument("--prefill-replicas", type=int, default=0,
+                   help="replicas that only run prompts; --replicas then only decode (0: every replica does both)")
+    g.add_argument("--link-gbps", type=float, default=25.0,
+                   help="KV transfer bandwidth from a prefill to a decode replica, gigabits per second (default: 25)")
+    g.add_argument("--link-latency-ms", type=float, default=0.0, help="fixed cost of one KV transfer")
     g.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50 e2el:5000")
     g = r.add_argument_group("report")
     g.add_argument("-o", "--output", default=None, metavar="FILE.json")

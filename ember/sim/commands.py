@@ -56,12 +56,13 @@ def cmd_run(args) -> int:
     from ember.bench.workloads import WorkloadSpec, parse_tenants
     from ember.sim.calibrate import load_model_json
     from ember.sim.runner import engine_config, replica_capacity, simulate_report
-    from ember.sim.simulator import check_simulable
+    from ember.sim.simulator import Disaggregation, check_simulable
     from ember.sim.workload import bench_sessions, read_trace
 
     slos = parse_goodput(args.goodput)
-    if args.replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.replicas < 1 or args.prefill_replicas < 0:
+        raise ValueError(f"--replicas must be at least 1 and --prefill-replicas at least 0, got {args.replicas} "
+                         f"and {args.prefill_replicas}")
     if args.output:
         _writable(args.output, "-o")
     model_json = load_model_json(args.model_json)
@@ -85,9 +86,15 @@ def cmd_run(args) -> int:
         spec.validate()
         rates = args.sweep_rate or [args.request_rate]
         sessions_at, workload = (lambda rate: bench_sessions(spec, rate)), dataclasses.asdict(spec)
+    disagg = None
+    if args.prefill_replicas:
+        if args.prefill_replicas < 0 or not args.link_gbps > 0 or args.link_latency_ms < 0:
+            raise ValueError("--prefill-replicas must not be negative, --link-gbps must be positive and "
+                             "--link-latency-ms must not be negative")
+        disagg = Disaggregation(args.prefill_replicas, args.link_gbps * 1e9 / 8, args.link_latency_ms / 1e3)
     capacity = replica_capacity(config)
     report = simulate_report(config, capacity, model_json, sessions_at, rates, args.replicas, args.router, slos,
-                             args.label or "sim", workload, args.progress, args.keep_requests)
+                             args.label or "sim", workload, args.progress, args.keep_requests, disagg)
     print_reports([report])
     for run in report["runs"]:
         s = run["sim"]

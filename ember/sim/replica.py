@@ -8,6 +8,7 @@ without EOS ids), so each request runs to its output length as `ember bench --ig
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 from ember.engine.profile import batch_composition
@@ -30,6 +31,7 @@ class Replica:
         self._samplers: list[Request] = []
         self.num_steps = 0
         self.busy_s = 0.0
+        self.inbox: deque[Request] = deque()  # decode pool: requests whose KV is here, waiting for blocks
         self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None  # (id, tokens) per step
         self.compositions: list[tuple[int, int, int, int]] | None = [] if record_batches else None
 
@@ -58,6 +60,33 @@ class Replica:
         samplers = self._samplers
         finished = self.scheduler.update(out, dict.fromkeys([r.request_id for r in samplers], SAMPLED_TOKEN))
         return samplers, finished
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.scheduler.num_unfinished or self.inbox)
+
+    def receive(self, request: Request) -> list[Request]:
+        """A request whose prompt's KV was computed elsewhere (a prefill replica) and sent here;
+        it joins the queue once its blocks are allocated. Returns those that can never fit."""
+        self.inbox.append(request)
+        return self.take_inbox()
+
+    def take_inbox(self) -> list[Request]:
+        """Allocate blocks for the transferred KV of waiting arrivals, in order, while they fit with
+        a block to spare for each queued request's next token (so the queue cannot deadlock)."""
+        kv, s = self.scheduler.kv, self.scheduler
+        never = []
+        while self.inbox:
+            request = self.inbox[0]
+            need = kv.blocks_needed(request.num_computed_tokens)
+            if kv.pool.num_free_blocks < need + len(s.waiting) + 1:
+                if s.num_unfinished:
+                    break  # blocks come back as running requests finish
+                never.append(self.inbox.popleft())  # an empty cache cannot hold it
+                continue
+            request.block_ids = kv.pool.allocate(need)
+            s.add(self.inbox.popleft())
+        return never
 
     def abort_waiting(self) -> list[Request]:
         """Nothing runs and nothing waiting fits even in an empty cache: give those up, as the engine does."""

@@ -11,7 +11,7 @@ import sys
 from ember.bench.report import new_report
 from ember.bench.serve_bench import run_metrics
 from ember.config import EngineConfig
-from ember.sim.simulator import Capacity, Simulator
+from ember.sim.simulator import Capacity, Disaggregation, Simulator
 
 
 def engine_config(model_json: dict, overrides: dict) -> EngineConfig:
@@ -29,7 +29,7 @@ def replica_capacity(config: EngineConfig) -> Capacity:
 
     mc, _ = read_model_config(resolve_model_path(config.model))
     spec = kv_cache_spec(config, mc)
-    return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len)
+    return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len, spec.bytes_per_token)
 
 
 def step_seconds(model_json: dict):
@@ -67,27 +67,32 @@ def _request_json(r) -> dict:
 
 def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
                     replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
-                    progress: bool = True, keep_requests: bool = True) -> dict:
+                    progress: bool = True, keep_requests: bool = True, disagg: Disaggregation | None = None) -> dict:
     """`sessions_at(rate)` gives the sessions for one rate; one run per rate, one report."""
+    machines = replicas + (disagg.prefill_replicas if disagg else 0)
     report = new_report("serve", label, simulated=True, model_json=model_json.get("path"),
                         step_model=model_json["kind"], engine=dataclasses.asdict(config),
                         replicas=replicas, router=router, capacity=dataclasses.asdict(capacity),
+                        disaggregation=dataclasses.asdict(disagg) if disagg else None, machines=machines,
                         workload=workload, goodput_slos_ms=slos)
     for rate in rates:
         sessions = sessions_at(rate)
-        sim = Simulator(config, capacity, step_seconds(model_json), sessions, replicas, router)
+        sim = Simulator(config, capacity, step_seconds(model_json), sessions, replicas, router, disagg=disagg)
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:
             results, duration, stats = sim.run(on_done=lambda r: bar.update(1))
         finally:
             bar.close()
         metrics = run_metrics(results, duration, slos)
-        busy = stats.replica_busy_s
+        utilization = lambda busy: sum(busy) / (len(busy) * duration) if duration and busy else 0.0  # noqa: E731
         run = {"request_rate": rate, "max_concurrency": None, "metrics": metrics,
                "sim": {"events": stats.events, "steps": stats.steps, "wall_s": stats.wall_s,
                        "events_per_s": stats.events_per_s, "preemptions": stats.preemptions,
                        "prefix_hit_rate": stats.prefix_hit_rate,
-                       "replica_utilization_mean": sum(busy) / (len(busy) * duration) if duration else 0.0}}
+                       "replica_utilization_mean": utilization(stats.replica_busy_s),
+                       "prefill_utilization_mean": utilization(stats.prefill_busy_s)}}
+        if "goodput" in metrics:  # what a machine is worth under these SLOs (DistServe's figure)
+            metrics["goodput"]["request_goodput_per_machine"] = metrics["goodput"]["request_goodput"] / machines
         if keep_requests:
             run["requests"] = [_request_json(r) for r in results]
         report["runs"].append(run)

@@ -1,34 +1,31 @@
-"""The discrete-event loop: arrivals, replicas stepping, and what each request saw.
+"""The discrete-event loop: arrivals, replicas stepping, KV hand-offs, and what each request saw.
 
-Two kinds of event: a session's turn arrives (routed to a replica, which starts a step if it is
-idle), and a replica's step ends (its bookkeeping runs, then its next step starts at once while it
-has work). The clock only moves from event to event; the schedulers and policies read it through
-the `clock` they were built with, so request metrics and time-aware policies see simulated time.
-Arrivals are read in order from the (sorted) sessions rather than pushed up front, so the heap
-holds only step ends and follow-up turns: a million-request run keeps a small heap.
+Events: a session's turn arrives (routed to a replica, which starts a step if it is idle); a
+replica's step ends (its bookkeeping runs, then its next step starts while it has work); and,
+with a prefill pool (disaggregated serving, Splitwise / DistServe), a prompt's KV reaches a
+decode replica after its transfer time. The clock only moves from event to event; schedulers and
+policies read it through the `clock` they were built with, so request metrics and time-aware
+policies see simulated time. Arrivals are read in order from the (sorted) sessions rather than
+pushed up front, so the heap holds only step ends, hand-offs and follow-up turns.
 """
 
 from __future__ import annotations
 
 import heapq
-from array import array
 import itertools
 import math
 import time
+from array import array
 from dataclasses import dataclass, field
 
 from ember.bench.metrics import RequestResult
 from ember.request import Request, RequestMetrics, RequestStatus
-from ember.sampling_params import SamplingParams
-from ember.sim.replica import Replica
+from ember.sim.replica import SAMPLED_TOKEN, Replica
 from ember.sim.router import make_router
-from ember.sim.workload import SimSession
+from ember.sim.workload import PARAMS, SimSession, prompt_ids
 
-PREFIX_BASE = 1 << 40  # token ids of shared prefix blocks: PREFIX_BASE + id, then filler
-UNIQUE_BASE = 1 << 50  # the first token of each new message: unique, so no false prefix hits
-FILLER = 2
-PARAMS = SamplingParams(max_tokens=None, ignore_eos=True)  # one shared object: the sim never samples
 TOO_BIG = "the KV cache cannot hold a waiting request even when empty"
+ARRIVE, STEP, HANDOFF = 0, 1, 2  # event kinds
 
 
 @dataclass
@@ -37,6 +34,28 @@ class Capacity:
     num_blocks: int
     block_size: int
     max_model_len: int
+    kv_bytes_per_token: float = 0.0  # what a prompt's KV weighs on the link (disaggregated serving)
+
+
+@dataclass
+class Disaggregation:
+    """A prefill pool in front of the decode pool: each prompt runs on a prefill replica (which
+    samples the first token), then its KV crosses a link to a decode replica."""
+    prefill_replicas: int
+    link_bytes_per_s: float
+    link_latency_s: float = 0.0
+
+    def transfer_s(self, tokens: int, bytes_per_token: float) -> float:
+        return self.link_latency_s + tokens * bytes_per_token / self.link_bytes_per_s
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request in flight: where its figures go, and the output budget it has."""
+    result: RequestResult
+    session: int
+    turn: int
+    max_tokens: int
 
 
 @dataclass
@@ -46,7 +65,8 @@ class SimStats:
     wall_s: float = 0.0
     preemptions: int = 0
     prefix_hit_rate: float = 0.0
-    replica_busy_s: list[float] = field(default_factory=list)
+    replica_busy_s: list[float] = field(default_factory=list)  # the decode (or only) pool
+    prefill_busy_s: list[float] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> float:
@@ -61,22 +81,27 @@ def check_simulable(config) -> None:
 
 class Simulator:
     def __init__(self, config, capacity: Capacity, step_seconds, sessions: list[SimSession], replicas: int = 1,
-                 router: str = "round-robin", record_batches: bool = False):
+                 router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None):
         """`config`: the EngineConfig every replica runs; `step_seconds(prefill, decode, context,
-        seqs)`: the step-time model (plus any per-step overhead)."""
+        seqs)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
+        `disagg` adds a prefill pool, else the replicas that do both."""
         if replicas < 1:
             raise ValueError(f"--replicas must be at least 1, got {replicas}")
+        if disagg is not None and (disagg.prefill_replicas < 1 or not disagg.link_bytes_per_s > 0):
+            raise ValueError("a prefill pool needs at least one replica and a positive link bandwidth")
         check_simulable(config)
         self.now = 0.0
-        self.capacity = capacity
+        self.capacity, self.disagg = capacity, disagg
         clock = lambda: self.now  # noqa: E731  (what every scheduler and policy reads as "now")
-        self.replicas = [Replica(i, config, capacity.num_blocks, capacity.block_size, clock, step_seconds,
-                                 record_batches) for i in range(replicas)]
-        self.router = make_router(router)
+        pool = lambda n, first: [Replica(first + i, config, capacity.num_blocks, capacity.block_size, clock,  # noqa: E731
+                                         step_seconds, record_batches) for i in range(n)]
+        self.replicas = pool(replicas, 0)
+        self.prefill_pool = pool(disagg.prefill_replicas, replicas) if disagg else []
+        self.router, self.prefill_router = make_router(router), make_router(router)
         self.sessions = sessions
         self.results: list[list[RequestResult]] = [[] for _ in sessions]
-        self._live: dict[str, tuple[RequestResult, int, int]] = {}  # request id -> (result, session, turn)
-        self._events: list[tuple] = []  # (time, seq, replica index or None, (session, turn, history))
+        self._live: dict[str, Pending] = {}  # request id -> its pending record
+        self._events: list[tuple] = []  # (time, seq, kind, payload)
         self._seq = itertools.count()
         self._order = itertools.count()
         self._wake: set[Replica] = set()  # idle replicas that got work at the current instant
@@ -90,19 +115,20 @@ class Simulator:
         """Simulate every session to its end: (results in session order, duration, stats)."""
         t0 = time.perf_counter()
         stats = SimStats()
-        events, sessions, nxt, n = self._events, self.sessions, 0, len(self.sessions)
-        wake = self._wake
+        events, sessions, nxt, n, wake = self._events, self.sessions, 0, len(self.sessions), self._wake
         while nxt < n or events:
             if nxt < n and (not events or sessions[nxt].arrival_s <= events[0][0]):
                 self.now = sessions[nxt].arrival_s
                 self._arrive(nxt, 0, None, on_done)
                 nxt += 1
             else:
-                self.now, _, replica, turn = heapq.heappop(events)
-                if replica is None:
-                    self._arrive(*turn, on_done)
+                self.now, _, kind, payload = heapq.heappop(events)
+                if kind == STEP:
+                    self._end_step(payload, on_done)
+                elif kind == ARRIVE:
+                    self._arrive(*payload, on_done)
                 else:
-                    self._end_step(self.replicas[replica], on_done)
+                    self._handoff(*payload, on_done)
             stats.events += 1
             if wake:
                 following = min(sessions[nxt].arrival_s if nxt < n else math.inf, events[0][0] if events else math.inf)
@@ -113,11 +139,13 @@ class Simulator:
         if self._live:  # a replica went idle with requests it never ran: a bug, not a result
             raise RuntimeError(f"the simulation stalled with {len(self._live)} requests unfinished")
         stats.wall_s = time.perf_counter() - t0
-        stats.steps = sum(r.num_steps for r in self.replicas)
-        stats.preemptions = sum(r.scheduler.num_preemptions for r in self.replicas)
-        queries = sum(r.scheduler.kv.stats.queries for r in self.replicas)
-        stats.prefix_hit_rate = sum(r.scheduler.kv.stats.hits for r in self.replicas) / queries if queries else 0.0
+        everyone = self.replicas + self.prefill_pool
+        stats.steps = sum(r.num_steps for r in everyone)
+        stats.preemptions = sum(r.scheduler.num_preemptions for r in everyone)
+        queries = sum(r.scheduler.kv.stats.queries for r in everyone)
+        stats.prefix_hit_rate = sum(r.scheduler.kv.stats.hits for r in everyone) / queries if queries else 0.0
         stats.replica_busy_s = [r.busy_s for r in self.replicas]
+        stats.prefill_busy_s = [r.busy_s for r in self.prefill_pool]
         flat = [r for rs in self.results for r in rs]
         duration = max((r.end for r in flat), default=0.0)  # the first arrival is at 0
         return flat, duration, stats
@@ -127,68 +155,81 @@ class Simulator:
         result = RequestResult(False, self.now, scheduled=self.now, user=session.user, session=k, turn=t,
                                chunk_times=array("d"))  # 8 bytes a token, not a float object's 32
         self.results[k].append(result)
-        ids = self._prompt(turn, history)
+        ids = prompt_ids(turn, history, next(self._seq))
         result.prompt_tokens = len(ids)
         limit = self.capacity.max_model_len
         if len(ids) >= limit:
             self._fail(result, k, t, f"the prompt has {len(ids)} tokens; this engine holds at most {limit} "
                                      "tokens per sequence (prompt + output)", on_done)
             return
-        rid = f"{k}.{t}"
-        request = Request(rid, ids, PARAMS, min(turn.output_tokens, limit - len(ids)), user=session.user,
-                          program_id=turn.extra.get("program_id"), tool_call=turn.extra.get("tool_call"),
-                          group_id=rid, arrival_order=next(self._order), metrics=RequestMetrics(self.now))
-        self._live[rid] = (result, k, t)
-        replica = self.replicas[self.router.pick(self.replicas, request)]
+        pending = Pending(result, k, t, min(turn.output_tokens, limit - len(ids)))
+        if self.prefill_pool:  # the prompt alone: one token, then the KV moves on
+            request, pool, router = self._request(f"{k}.{t}/p", ids, 1, pending), self.prefill_pool, self.prefill_router
+        else:
+            request, pool, router = self._request(f"{k}.{t}", ids, pending.max_tokens, pending), self.replicas, self.router
+        replica = pool[router.pick(pool, request)]
         replica.scheduler.add(request)
         if not replica.busy:
             self._wake.add(replica)  # its step starts once every arrival of this instant is queued
 
-    def _prompt(self, turn, history: list[int] | None) -> list[int]:
-        """Token ids: the history (earlier turns and replies) or the shared prefix blocks, then the new message."""
-        if history is not None:
-            ids = list(history)
-        else:
-            ids = []
-            for h in turn.prefix_ids:
-                ids.append(PREFIX_BASE + h)
-                ids.extend([FILLER] * (turn.prefix_block_tokens - 1))
-        if turn.prompt_tokens:
-            ids.append(UNIQUE_BASE + next(self._seq))
-            ids.extend([FILLER] * (turn.prompt_tokens - 1))
-        return ids
+    def _request(self, rid: str, ids: list[int], max_tokens: int, pending: Pending, **state) -> Request:
+        turn = self.sessions[pending.session].turns[pending.turn]
+        self._live[rid] = pending
+        return Request(rid, ids, PARAMS, max_tokens, user=self.sessions[pending.session].user,
+                       program_id=turn.extra.get("program_id"), tool_call=turn.extra.get("tool_call"), group_id=rid,
+                       arrival_order=next(self._order), metrics=RequestMetrics(pending.result.start), **state)
 
     def _start_step(self, replica: Replica, on_done) -> None:
         seconds = replica.start_step()
         if seconds is not None:
-            heapq.heappush(self._events, (self.now + seconds, next(self._seq), replica.index, None))
+            heapq.heappush(self._events, (self.now + seconds, next(self._seq), STEP, replica))
         elif replica.scheduler.waiting and not replica.scheduler.running:
             for request in replica.abort_waiting():
-                result, k, t = self._live.pop(request.request_id)
-                self._fail(result, k, t, TOO_BIG, on_done)
+                self._fail_request(request, on_done)
 
     def _end_step(self, replica: Replica, on_done) -> None:
         samplers, finished = replica.end_step()
-        now = self.now
-        live = self._live
+        now, live = self.now, self._live
         for request in samplers:
-            live[request.request_id][0].chunk_times.append(now)
+            live[request.request_id].result.chunk_times.append(now)
         for request in finished:
             self._finish(request, on_done)
-        if replica.scheduler.num_unfinished:
+        if replica.inbox:
+            for request in replica.take_inbox():
+                self._fail_request(request, on_done)
+        if replica.has_work:
             self._wake.add(replica)  # as the engine's loop: what arrives as this step ends joins the next
 
     def _finish(self, request: Request, on_done) -> None:
-        result, k, t = self._live.pop(request.request_id)
-        result.end = self.now
-        result.success = request.status in (RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_STOPPED)
-        result.output_tokens = len(request.output_token_ids)
+        pending = self._live.pop(request.request_id)
+        ok = request.status in (RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_STOPPED)
+        if ok and request.request_id.endswith("/p") and pending.max_tokens > 1:
+            delay = self.disagg.transfer_s(request.num_prompt_tokens, self.capacity.kv_bytes_per_token)
+            heapq.heappush(self._events, (self.now + delay, next(self._seq), HANDOFF,
+                                          (pending, request.prompt_token_ids)))
+            return
+        result = pending.result
+        result.end, result.success, result.output_tokens = self.now, ok, len(request.output_token_ids)
         if on_done is not None:
             on_done(result)
-        turns = self.sessions[k].turns
-        if t + 1 < len(turns):  # the conversation goes on after the user's (or the tool's) pause
-            heapq.heappush(self._events, (self.now + turns[t + 1].think_s, next(self._seq), None,
-                                          (k, t + 1, request.all_token_ids)))
+        turns = self.sessions[pending.session].turns
+        if pending.turn + 1 < len(turns):  # the conversation goes on after the user's (or the tool's) pause
+            heapq.heappush(self._events, (self.now + turns[pending.turn + 1].think_s, next(self._seq), ARRIVE,
+                                          (pending.session, pending.turn + 1, request.all_token_ids)))
+
+    def _handoff(self, pending: Pending, ids: list[int], on_done) -> None:
+        """The prompt's KV and first token reach a decode replica: it decodes from there."""
+        request = self._request(f"{pending.session}.{pending.turn}", ids, pending.max_tokens, pending,
+                                output_token_ids=[SAMPLED_TOKEN], num_computed_tokens=len(ids))
+        replica = self.replicas[self.router.pick(self.replicas, request)]
+        for never in replica.receive(request):
+            self._fail_request(never, on_done)
+        if not replica.busy and replica.has_work:
+            self._wake.add(replica)
+
+    def _fail_request(self, request: Request, on_done) -> None:
+        pending = self._live.pop(request.request_id)
+        self._fail(pending.result, pending.session, pending.turn, TOO_BIG, on_done)
 
     def _fail(self, result: RequestResult, k: int, t: int, error: str, on_done) -> None:
         """A request the engine would refuse; the rest of its conversation is never sent."""

@@ -15,6 +15,12 @@ import csv
 from dataclasses import dataclass, field
 
 from ember.bench.workloads import WorkloadSpec, build_workload, poisson_arrivals
+from ember.sampling_params import SamplingParams
+
+PREFIX_BASE = 1 << 40  # token ids of shared prefix blocks: PREFIX_BASE + id, then filler
+UNIQUE_BASE = 1 << 50  # the first token of each new message: unique, so no false prefix hits
+FILLER = 2
+PARAMS = SamplingParams(max_tokens=None, ignore_eos=True)  # one shared object: the simulator never samples
 
 
 @dataclass(slots=True)
@@ -85,3 +91,20 @@ def read_trace(path: str, block_tokens: int = 512) -> list[SimSession]:
     for s in sessions:
         s.arrival_s -= first
     return sessions
+
+
+def prompt_ids(turn: SimTurn, history: list[int] | None, unique: int) -> list[int]:
+    """A turn's token ids: the history (earlier turns and replies) or its shared prefix blocks,
+    then the new message, which starts with a token no other message has (`unique`). Only
+    lengths and shared prefixes matter to the scheduler and the prefix cache, not the ids."""
+    if history is not None:
+        ids = list(history)
+    else:
+        ids = []
+        for h in turn.prefix_ids:
+            ids.append(PREFIX_BASE + h)
+            ids.extend([FILLER] * (turn.prefix_block_tokens - 1))
+    if turn.prompt_tokens:
+        ids.append(UNIQUE_BASE + unique)
+        ids.extend([FILLER] * (turn.prompt_tokens - 1))
+    return ids

@@ -57,6 +57,7 @@ def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--model-json", "{model}", "--replicas", "0"], "--replicas must be at least 1"),
+    (["run", "--model-json", "{model}", "--prefill-replicas", "1", "--link-gbps", "0"], "--link-gbps must be positive"),
     (["run", "--model-json", "{dir}/none.json"], "cannot read"),
     (["run", "--model-json", "{dir}/steps.csv"], "is not JSON"),
     (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv"], "needs a header with arrival_s"),
