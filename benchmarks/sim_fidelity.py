@@ -77,6 +77,8 @@ def main() -> int:
     p.add_argument("--rates", default="0.6,1.5", help="request rates to measure and simulate")
     p.add_argument("--calib-rate", type=float, default=0.6, help="the served run whose profile is calibrated from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-json", default=None, help="a model calibrated before with the same --engine: measure and "
+                                                     "simulate only")
     p.add_argument("--workdir", default=None, help="keep profiles, models and reports here (default: a temp dir)")
     p.add_argument("--out", default=None, help="the table as JSON")
     args = p.parse_args()
@@ -88,19 +90,25 @@ def main() -> int:
         if "--threads" in args.engine else 0
     env = environment(threads)  # the load average before the runs: other work on the machine skews timings
 
-    run(EMBER + ["bench", "throughput", *shlex.split(args.engine), *shlex.split(args.offline_workload),
-                 "--seed", str(args.seed), "--profile", w("offline.csv"), "--output", w("offline.json"), "--no-progress"])
-    for rate in [args.calib_rate] + [r for r in rates if r != args.calib_rate]:
-        measure(args, rate, w(f"measured-{rate:g}.json"), w("served.csv") if rate == args.calib_rate else None, tmp)
-    run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
-                 *shlex.split(args.engine), "-o", w("model.json"), "--plot", w("model.png")])
-    model = json.load(open(w("model.json")))
+    model_json = args.model_json or w("model.json")
+    if args.model_json:  # calibrated before (same --engine): every rate is out of sample
+        for rate in rates:
+            measure(args, rate, w(f"measured-{rate:g}.json"), None, tmp)
+    else:
+        run(EMBER + ["bench", "throughput", *shlex.split(args.engine), *shlex.split(args.offline_workload),
+                     "--seed", str(args.seed), "--profile", w("offline.csv"), "--output", w("offline.json"),
+                     "--no-progress"])
+        for rate in [args.calib_rate] + [r for r in rates if r != args.calib_rate]:
+            measure(args, rate, w(f"measured-{rate:g}.json"), w("served.csv") if rate == args.calib_rate else None, tmp)
+        run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
+                     *shlex.split(args.engine), "-o", model_json, "--plot", w("model.png")])
+    model = json.load(open(model_json))
     table = []
     for rate in rates:
-        run(EMBER + ["sim", "run", "--model-json", w("model.json"), *shlex.split(args.workload), "--request-rate",
+        run(EMBER + ["sim", "run", "--model-json", model_json, *shlex.split(args.workload), "--request-rate",
                      str(rate), "--seed", str(args.seed), "--no-progress", "--label", "sim", "-o", w(f"sim-{rate:g}.json")])
         measured, simulated = figures(w(f"measured-{rate:g}.json")), figures(w(f"sim-{rate:g}.json"))
-        table.append({"request_rate": rate, "in_sample": rate == args.calib_rate, "measured": measured,
+        table.append({"request_rate": rate, "in_sample": not args.model_json and rate == args.calib_rate, "measured": measured,
                       "simulated": simulated, "ratio": {k: simulated[k] / measured[k] for k in measured if measured[k]}})
     print(f"step model: {model['kind']}, held-out MAPE {model['holdout_mape_pct']:.1f}% "
           f"({', '.join(k + ' %.1f%%' % v['holdout_mape_pct'] for k, v in model['compared'].items())})")
@@ -109,7 +117,7 @@ def main() -> int:
         for k, v in row["measured"].items():
             print(f"{row['request_rate']:>6g} {k:<22} {v:>10.1f} {row['simulated'][k]:>10.1f} {row['ratio'].get(k, 0):>8.2f}")
     env["loadavg_at_end"] = os.getloadavg()
-    write_json(args.out, {"environment": env, "engine": args.engine, "workload": args.workload,
+    write_json(args.out, {"environment": env, "engine": args.engine, "workload": args.workload, "model_json": model_json,
                           "offline_workload": args.offline_workload, "calib_rate": args.calib_rate,
                           "model": {k: model[k] for k in ("kind", "holdout_mape_pct", "compared", "inter_step_s", "rows")},
                           "workdir": tmp, "table": table})

@@ -158,3 +158,14 @@ def test_swap_preemption_and_no_replicas_are_refused():
         simulate(staggered(), EngineConfig(preemption="swap"))
     with pytest.raises(ValueError, match="--replicas must be at least 1"):
         simulate(staggered(), replicas=0)
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority", "vtc", "lpm", "past-future", "conservative", "slo",
+                                    "continuum", "batchllm"])
+def test_every_policy_serves_every_bench_workload(policy):
+    config = EngineConfig(max_num_seqs=6, max_num_batched_tokens=96, policy=policy, slo_ttft_ms=500, slo_tpot_ms=50)
+    for name in ("random", "shared-prefix", "multi-turn", "agent", "multi-tenant", "chat-like"):
+        spec = WorkloadSpec(name=name, num_prompts=12, input_len=40, output_len=12, prefix_len=32, think_time=0.1,
+                            max_input_len=200, max_output_len=40, seed=3)
+        _, results, _, _ = simulate(bench_sessions(spec, 30.0), config, Capacity(48, 16, 4096), replicas=2)
+        assert len(results) == 12 and all(r.success for r in results), (policy, name)
