@@ -51,8 +51,9 @@ def add_sim_parser(subparsers) -> None:
     g.add_argument("--request-rate", type=_rate, default=math.inf, help="Poisson arrivals per second, or inf (default)")
     g.add_argument("--sweep-rate", type=_list(_rate), default=None, metavar="R1,R2,...", help="one run per rate")
     g.add_argument("--seed", type=int, default=0, help="workload and arrival seed")
-    g.add_argument("--replicas", type=int, default=1)
-    g.add_argument("--router", choices=ROUTERS, default="round-robin")
+    g.add_argument("--replicas", type=int, default=1, help="engines behind the router (default: 1)")
+    g.add_argument("--router", choices=ROUTERS, default="round-robin",
+                   help="which replica a request goes to (ember/sim/router.py)")
     g = r.add_argument_group("disaggregated prefill/decode (Splitwise, DistServe)")
     g.add_argument("--prefill-replicas", type=int, default=0,
                    help="replicas that only run prompts; --replicas then only decode (0: every replica does both)")

@@ -26,6 +26,7 @@ from ember.sim.workload import PARAMS, SimSession, prompt_ids
 
 TOO_BIG = "the KV cache cannot hold a waiting request even when empty"
 ARRIVE, STEP, HANDOFF = 0, 1, 2  # event kinds
+PROMPT_ONLY = "/p"  # the id suffix of a request's prompt on the prefill pool
 
 
 @dataclass
@@ -164,9 +165,11 @@ class Simulator:
             return
         pending = Pending(result, k, t, min(turn.output_tokens, limit - len(ids)))
         if self.prefill_pool:  # the prompt alone: one token, then the KV moves on
-            request, pool, router = self._request(f"{k}.{t}/p", ids, 1, pending), self.prefill_pool, self.prefill_router
+            request = self._request(f"{k}.{t}{PROMPT_ONLY}", ids, 1, pending)
+            pool, router = self.prefill_pool, self.prefill_router
         else:
-            request, pool, router = self._request(f"{k}.{t}", ids, pending.max_tokens, pending), self.replicas, self.router
+            request = self._request(f"{k}.{t}", ids, pending.max_tokens, pending)
+            pool, router = self.replicas, self.router
         replica = pool[router.pick(pool, request)]
         replica.scheduler.add(request)
         if not replica.busy:
@@ -203,7 +206,7 @@ class Simulator:
     def _finish(self, request: Request, on_done) -> None:
         pending = self._live.pop(request.request_id)
         ok = request.status in (RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_STOPPED)
-        if ok and request.request_id.endswith("/p") and pending.max_tokens > 1:
+        if ok and request.request_id.endswith(PROMPT_ONLY) and pending.max_tokens > 1:
             delay = self.disagg.transfer_s(request.num_prompt_tokens, self.capacity.kv_bytes_per_token)
             heapq.heappush(self._events, (self.now + delay, next(self._seq), HANDOFF,
                                           (pending, request.prompt_token_ids)))
