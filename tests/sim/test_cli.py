@@ -73,3 +73,22 @@ def test_bad_input_is_one_clear_line(model_json, capsys, argv, message, default_
     assert main(["sim"] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_a_trace_on_a_disaggregated_cluster(model_json, tmp_path, capsys, default_gguf_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,hash_ids\n" +
+                     "".join(f"{i * 0.25},{600 + 10 * i},{8 + i % 5},{i % 2} 7\n" for i in range(16)))
+    out = tmp_path / "sim.json"
+    code = main(["sim", "run", "--model-json", str(model_json), "--trace", str(trace), "--trace-block-tokens", "256",
+                 "--replicas", "2", "--prefill-replicas", "1", "--router", "cache-aware", "--link-gbps", "10",
+                 "--goodput", "ttft:5000", "-o", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    report = load_report(str(out))
+    run = report["runs"][0]
+    assert report["machines"] == 3 and report["disaggregation"]["prefill_replicas"] == 1
+    assert run["request_rate"] == pytest.approx(16 / 3.75)  # the trace's own rate
+    assert run["metrics"]["completed"] == 16 and run["sim"]["prefix_hit_rate"] > 0.5
+    assert run["metrics"]["goodput"]["request_goodput_per_machine"] == pytest.approx(
+        run["metrics"]["goodput"]["request_goodput"] / 3)
+    assert run["sim"]["prefill_utilization_mean"] > 0
