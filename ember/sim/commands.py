@@ -36,6 +36,11 @@ def cmd_calibrate(args) -> int:
     engine.update(engine_overrides(args))
     EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})  # checks the values
     data = build_model_json(args.profiles, engine, args.seed)
+    data["engine_source"] = (f"report {args.report}" if args.report else "defaults") + \
+        (" + flags" if engine_overrides(args) else "")
+    if not args.report and not engine_overrides(args):
+        print("note: no --report or engine flags: the model records the default engine configuration; "
+              "pass the profiled run's flags if they differed", file=sys.stderr)
     with open(args.output, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
