@@ -61,6 +61,13 @@ def add_sim_parser(subparsers) -> None:
                    help="KV transfer bandwidth from a prefill to a decode replica, gigabits per second (default: 25)")
     g.add_argument("--link-latency-ms", type=float, default=0.0, help="fixed cost of one KV transfer")
     g.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50 e2el:5000")
+    g = r.add_argument_group("power (per replica; ember/sim/power.py)")
+    g.add_argument("--power", default=None, metavar="idle=W,prefill=W,decode=W",
+                   help="watts in each state: energy per run and per output token")
+    g.add_argument("--power-cap", type=float, default=0.0, metavar="W",
+                   help="cap each replica's power (needs --power): steps above it run longer")
+    g.add_argument("--cap-sensitivity", default="", metavar="prefill=X,decode=Y",
+                   help="how a capped step slows: time x (watts / cap) ** X (default prefill=1,decode=0.5)")
     g = r.add_argument_group("report")
     g.add_argument("-o", "--output", default=None, metavar="FILE.json")
     g.add_argument("--label", default=None, help="name of this run in tables (default: sim)")

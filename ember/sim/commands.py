@@ -97,9 +97,16 @@ def cmd_run(args) -> int:
             raise ValueError("--prefill-replicas must not be negative, --link-gbps must be positive and "
                              "--link-latency-ms must not be negative")
         disagg = Disaggregation(args.prefill_replicas, args.link_gbps * 1e9 / 8, args.link_latency_ms / 1e3)
+    power = None
+    if args.power:
+        from ember.sim.power import parse_power
+
+        power = parse_power(args.power, args.power_cap, args.cap_sensitivity)
+    elif args.power_cap or args.cap_sensitivity:
+        raise ValueError("--power-cap and --cap-sensitivity need --power (the watts of each state)")
     capacity = replica_capacity(config)
     report = simulate_report(config, capacity, model_json, sessions_at, rates, args.replicas, args.router, slos,
-                             args.label or "sim", workload, args.progress, args.keep_requests, disagg)
+                             args.label or "sim", workload, args.progress, args.keep_requests, disagg, power)
     print_reports([report])
     for run in report["runs"]:
         s = run["sim"]

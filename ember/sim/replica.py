@@ -22,8 +22,9 @@ MIN_STEP_S = 1e-6  # a model that predicts 0 (or less) must still move the clock
 
 class Replica:
     def __init__(self, index: int, config, num_blocks: int, block_size: int, clock: Callable[[], float],
-                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False):
-        """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs)`: a step's duration."""
+                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False, power=None):
+        """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs)`: a step's duration;
+        `power`: a PowerModel (power.py) that stretches capped steps and counts their energy."""
         self.index = index
         self.scheduler = build_scheduler(config, num_blocks, block_size, clock=clock)
         self.step_seconds = step_seconds
@@ -31,6 +32,8 @@ class Replica:
         self._samplers: list[Request] = []
         self.num_steps = 0
         self.busy_s = 0.0
+        self.prefill_s = 0.0  # of busy_s, steps that computed prompt tokens
+        self.power, self.energy_j = power, 0.0  # energy of the steps; idle time is counted at the end
         self.inbox: deque[Request] = deque()  # decode pool: requests whose KV is here, waiting for blocks
         self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None  # (id, tokens) per step
         self.compositions: list[tuple[int, int, int, int]] | None = [] if record_batches else None
@@ -47,8 +50,13 @@ class Replica:
         self.batch, self._samplers = out, out.sample_requests  # read before update advances the counts
         seqs, prefill, decode, context = batch_composition(out)
         seconds = max(self.step_seconds(prefill, decode, context, seqs), MIN_STEP_S)
+        if self.power is not None:
+            seconds, watts = self.power.step(seconds, prefill)
+            self.energy_j += watts * seconds
         self.num_steps += 1
         self.busy_s += seconds
+        if prefill:
+            self.prefill_s += seconds
         if self.batches is not None:
             self.batches.append([(r.request_id, n) for r, n in out.scheduled])
             self.compositions.append((seqs, prefill, decode, context))

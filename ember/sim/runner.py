@@ -11,6 +11,7 @@ import sys
 from ember.bench.report import new_report
 from ember.bench.serve_bench import run_metrics
 from ember.config import EngineConfig
+from ember.sim.power import PowerModel, energy_report
 from ember.sim.simulator import Capacity, Disaggregation, Simulator
 
 
@@ -67,23 +68,28 @@ def _request_json(r) -> dict:
 
 def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
                     replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
-                    progress: bool = True, keep_requests: bool = True, disagg: Disaggregation | None = None) -> dict:
+                    progress: bool = True, keep_requests: bool = True, disagg: Disaggregation | None = None,
+                    power: PowerModel | None = None) -> dict:
     """`sessions_at(rate)` gives the sessions for one rate; one run per rate, one report."""
     machines = replicas + (disagg.prefill_replicas if disagg else 0)
     report = new_report("serve", label, simulated=True, model_json=model_json.get("path"),
                         step_model=model_json["kind"], engine=dataclasses.asdict(config),
                         replicas=replicas, router=router, capacity=dataclasses.asdict(capacity),
                         disaggregation=dataclasses.asdict(disagg) if disagg else None, machines=machines,
+                        power=dataclasses.asdict(power) if power else None,
                         workload=workload, goodput_slos_ms=slos)
     for rate in rates:
         sessions = sessions_at(rate)
-        sim = Simulator(config, capacity, step_seconds(model_json), sessions, replicas, router, disagg=disagg)
+        sim = Simulator(config, capacity, step_seconds(model_json), sessions, replicas, router, disagg=disagg,
+                        power=power)
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:
             results, duration, stats = sim.run(on_done=lambda r: bar.update(1))
         finally:
             bar.close()
         metrics = run_metrics(results, duration, slos)
+        metrics["energy"] = (energy_report(sim.replicas + sim.prefill_pool, duration, metrics["total_output_tokens"], power)
+                             if power else {"available": False, "reason": "simulated without --power"})
         utilization = lambda busy: sum(busy) / (len(busy) * duration) if duration and busy else 0.0  # noqa: E731
         run = {"request_rate": rate, "max_concurrency": None, "metrics": metrics,
                "sim": {"events": stats.events, "steps": stats.steps, "wall_s": stats.wall_s,

@@ -82,10 +82,12 @@ def check_simulable(config) -> None:
 
 class Simulator:
     def __init__(self, config, capacity: Capacity, step_seconds, sessions: list[SimSession], replicas: int = 1,
-                 router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None):
+                 router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None,
+                 power=None):
         """`config`: the EngineConfig every replica runs; `step_seconds(prefill, decode, context,
         seqs)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
-        `disagg` adds a prefill pool, else the replicas that do both."""
+        `disagg` adds a prefill pool, else the replicas that do both; `power`: a PowerModel for
+        every replica (energy, power caps)."""
         if replicas < 1:
             raise ValueError(f"--replicas must be at least 1, got {replicas}")
         if disagg is not None and (disagg.prefill_replicas < 1 or not disagg.link_bytes_per_s > 0):
@@ -95,7 +97,7 @@ class Simulator:
         self.capacity, self.disagg = capacity, disagg
         clock = lambda: self.now  # noqa: E731  (what every scheduler and policy reads as "now")
         pool = lambda n, first: [Replica(first + i, config, capacity.num_blocks, capacity.block_size, clock,  # noqa: E731
-                                         step_seconds, record_batches) for i in range(n)]
+                                         step_seconds, record_batches, power) for i in range(n)]
         self.replicas = pool(replicas, 0)
         self.prefill_pool = pool(disagg.prefill_replicas, replicas) if disagg else []
         self.router, self.prefill_router = make_router(router), make_router(router)

@@ -64,6 +64,7 @@ def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path
     (["run", "--model-json", "{model}", "--policy", "nope"], "unknown scheduling policy 'nope'"),
     (["run", "--model-json", "{model}", "--preemption", "swap"], "only recompute"),
     (["run", "--model-json", "{model}", "--goodput", "ttft"], "--goodput: expected NAME:MS"),
+    (["run", "--model-json", "{model}", "--power-cap", "200"], "need --power"),
     (["calibrate", "{model}", "-o", "{dir}/m2.json"], "is not a step profile"),
     (["calibrate", "{dir}/steps.csv", "-o", "{dir}/no/such/m.json"], "no directory"),
 ])
