@@ -20,12 +20,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from common import write_json  # noqa: E402
-from ember.bench.metrics import compute_metrics  # noqa: E402
 from ember.bench.workloads import WorkloadSpec  # noqa: E402
 from ember.sim.calibrate import load_model_json  # noqa: E402
-from ember.sim.runner import engine_config, replica_capacity, step_seconds  # noqa: E402
-from ember.sim.simulator import Disaggregation, Simulator  # noqa: E402
-from ember.sim.workload import bench_sessions  # noqa: E402
+from ember.sim.runner import engine_config, replica_capacity  # noqa: E402
+from ember.sim.simulator import Disaggregation  # noqa: E402
+from sim_sweep import plot_sweeps, print_sweep, sweep  # noqa: E402
 
 
 def layouts(machines: int) -> list[tuple[str, int]]:
@@ -55,59 +54,19 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     results = {}
     for name, prefill in layouts(args.machines):
-        points = []
-        for rate in rates:
-            disagg = Disaggregation(prefill, args.link_gbps * 1e9 / 8) if prefill else None
-            sim = Simulator(config, capacity, step_seconds(model), bench_sessions(spec, rate),
-                            args.machines - prefill, "least-loaded", disagg=disagg)
-            runs, duration, _ = sim.run()
-            m = compute_metrics(runs, duration, slos)
-            good = m["goodput"]["good_requests"]
-            points.append({"rate": rate, "attainment": good / len(runs),
-                           "goodput_per_machine": m["goodput"]["request_goodput"] / args.machines,
-                           "ttft_p90_ms": m["ttft_ms"]["p90"], "tpot_p90_ms": m["tpot_ms"]["p90"],
-                           "itl_p99_ms": m["itl_ms"]["p99"],
-                           "output_throughput": m["output_throughput"]})
-        ok = [pt["rate"] for pt in points if pt["attainment"] >= 0.9]
-        results[name] = {"prefill_replicas": prefill, "points": points, "max_rate_90pct": max(ok) if ok else 0.0}
-        print(f"{name:>16}: highest rate with >= 90% within SLOs {results[name]['max_rate_90pct']:g} req/s "
-              f"({results[name]['max_rate_90pct'] / args.machines:.3f} per machine)")
-        for pt in points:
-            print(f"{'':>18}rate {pt['rate']:>4g}: {pt['attainment']:6.1%} good, p90 TTFT {pt['ttft_p90_ms']:8.0f} ms, "
-                  f"p90 TPOT {pt['tpot_p90_ms']:6.1f} ms, p99 ITL {pt['itl_p99_ms']:7.0f} ms")
+        disagg = Disaggregation(prefill, args.link_gbps * 1e9 / 8) if prefill else None
+        results[name] = sweep(config, capacity, model, spec, rates, slos, args.machines - prefill, args.machines,
+                              disagg=disagg)
+        results[name]["prefill_replicas"] = prefill
+        print_sweep(name, results[name])
     write_json(args.out, {"model_json": os.path.relpath(args.model_json, ROOT), "step_model": model["kind"],
                           "engine": {k: config.__dict__[k] for k in ("threads", "max_num_seqs", "max_num_batched_tokens",
                                                                       "kv_cache_tokens")},
                           "workload": spec.__dict__, "slos_ms": slos, "link_gbps": args.link_gbps,
                           "machines": args.machines, "layouts": results})
     if args.plot:
-        plot(results, rates, slos, args.plot)
+        plot_sweeps(results, slos, "co-located vs disaggregated prefill/decode, same machines (simulated)", args.plot)
     return 0
-
-
-def plot(results: dict, rates: list[float], slos: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, r in results.items():
-        pts = r["points"]
-        axes[0].plot(rates, [pt["attainment"] * 100 for pt in pts], marker="o", label=name)
-        axes[1].plot(rates, [pt["ttft_p90_ms"] for pt in pts], marker="o", label=name)
-        axes[2].plot(rates, [pt["tpot_p90_ms"] for pt in pts], marker="o", label=name)
-    axes[0].axhline(90, color="grey", linewidth=0.8, linestyle="--")
-    axes[1].axhline(slos["ttft"], color="grey", linewidth=0.8, linestyle="--")
-    axes[2].axhline(slos["tpot"], color="grey", linewidth=0.8, linestyle="--")
-    axes[0].set(xlabel="request rate (req/s)", ylabel="requests within both SLOs (%)")
-    axes[1].set(xlabel="request rate (req/s)", ylabel="p90 TTFT (ms)", yscale="log")
-    axes[2].set(xlabel="request rate (req/s)", ylabel="p90 TPOT (ms)")
-    axes[0].legend()
-    fig.suptitle("co-located vs disaggregated prefill/decode, same machines (simulated)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
