@@ -29,8 +29,8 @@ BUSY_GAP_S = 0.05  # a longer pause between steps is the engine waiting for work
 MIN_ROWS = 10
 
 
-def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(features, step seconds, median busy inter-step gap) of a step-profile CSV."""
+def read_table(path: str, need: tuple[str, ...]) -> tuple[dict[str, int], list[list[str]]]:
+    """(column name -> index, rows) of a step-profile CSV that has every column of `need`."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -40,11 +40,15 @@ def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, csv.Error):
         raise ValueError(f"{path} is not a text CSV file") from None
-    need = ("wall_start", "step_s") + FEATURES
     missing = [c for c in need if c not in header]
     if missing:
         raise ValueError(f"{path} is not a step profile (ember/engine/profile.py): no column {', '.join(missing)}")
-    col = {c: header.index(c) for c in need}
+    return {c: i for i, c in enumerate(header)}, rows
+
+
+def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(features, step seconds, median busy inter-step gap) of a step-profile CSV."""
+    col, rows = read_table(path, ("wall_start", "step_s") + FEATURES)
     try:
         X = np.array([[int(r[col[c]]) for c in FEATURES] for r in rows], dtype=np.int64).reshape(-1, len(FEATURES))
         y = np.array([float(r[col["step_s"]]) for r in rows])
@@ -88,11 +92,14 @@ def read_profiles(paths: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0) -> dict:
+    from ember.sim.phases import fit_phases
+
     X, y, gap = read_profiles(profiles)
     fitted = calibrate(X, y, seed)
     return {"ember_sim_model": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profiles": list(profiles), "engine": engine, "inter_step_s": gap, **fitted,
-            "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)}}
+            "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)},
+            "phases": fit_phases(profiles)}
 
 
 def load_model_json(path: str) -> dict:

@@ -68,6 +68,10 @@ def add_sim_parser(subparsers) -> None:
                    help="cap each replica's power (needs --power): steps above it run longer")
     g.add_argument("--cap-sensitivity", default="", metavar="prefill=X,decode=Y",
                    help="how a capped step slows: time x (watts / cap) ** X (default prefill=1,decode=0.5)")
+    g = r.add_argument_group("overlap (NanoFlow, TokenWeave)")
+    g.add_argument("--overlap", type=float, default=0.0, metavar="F",
+                   help="overlap the fused step's GEMMs and attention (NanoFlow): each step takes "
+                        "F x min(linear, attention) less (0-1; needs a profile with the fused step's timers)")
     g = r.add_argument_group("report")
     g.add_argument("-o", "--output", default=None, metavar="FILE.json")
     g.add_argument("--label", default=None, help="name of this run in tables (default: sim)")
