@@ -68,10 +68,13 @@ def add_sim_parser(subparsers) -> None:
                    help="cap each replica's power (needs --power): steps above it run longer")
     g.add_argument("--cap-sensitivity", default="", metavar="prefill=X,decode=Y",
                    help="how a capped step slows: time x (watts / cap) ** X (default prefill=1,decode=0.5)")
-    g = r.add_argument_group("overlap (NanoFlow, TokenWeave)")
+    g = r.add_argument_group("phase models (need a profile with the fused step's timers)")
     g.add_argument("--overlap", type=float, default=0.0, metavar="F",
                    help="overlap the fused step's GEMMs and attention (NanoFlow): each step takes "
-                        "F x min(linear, attention) less (0-1; needs a profile with the fused step's timers)")
+                        "F x min(linear, attention) less (0-1)")
+    g.add_argument("--pim-attention-speedup", type=float, default=1.0, metavar="S",
+                   help="decode attention in processing-in-memory (NeuPIMs, PIM-GPT) that reads KV S times "
+                        "faster than the host: the attention phase takes 1/S (default 1: off)")
     g = r.add_argument_group("report")
     g.add_argument("-o", "--output", default=None, metavar="FILE.json")
     g.add_argument("--label", default=None, help="name of this run in tables (default: sim)")

@@ -104,14 +104,14 @@ def cmd_run(args) -> int:
         power = parse_power(args.power, args.power_cap, args.cap_sensitivity)
     elif args.power_cap or args.cap_sensitivity:
         raise ValueError("--power-cap and --cap-sensitivity need --power (the watts of each state)")
-    if args.overlap:
+    if args.overlap or args.pim_attention_speedup != 1.0:
         from ember.sim.phases import overlap_saving
 
-        overlap_saving(model_json, args.overlap)  # checks the value and that the model has the phases
+        overlap_saving(model_json, args.overlap, args.pim_attention_speedup)  # checks values and phases
     capacity = replica_capacity(config)
     report = simulate_report(config, capacity, model_json, sessions_at, rates, args.replicas, args.router, slos,
                              args.label or "sim", workload, args.progress, args.keep_requests, disagg, power,
-                             args.overlap)
+                             args.overlap, args.pim_attention_speedup)
     print_reports([report])
     for run in report["runs"]:
         s = run["sim"]

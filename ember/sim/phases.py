@@ -1,10 +1,12 @@
-"""The fused C step's phase split, for an overlap model (NanoFlow, TokenWeave).
+"""The fused C step's phase split, for overlap (NanoFlow, TokenWeave) and attention in memory (PIM).
 
 When the fused decode step runs, the profile times its GEMMs (`fused_linear_s`, compute-bound)
 and its paged attention (`fused_attention_s`, memory-bound) apart. A linear model of each (same
 features, non-negative least squares) lets the simulator ask what a step would take if the two
 overlapped (nano-batches: one's GEMMs while another's attention reads KV): up to
-min(linear, attention) less, times an overlap efficiency in [0, 1] (`ember sim run --overlap`).
+min(linear, attention) less, times an overlap efficiency in [0, 1] (`ember sim run --overlap`);
+and what a step would take with decode attention offloaded to processing-in-memory that reads KV
+s times faster (`--pim-attention-speedup s`).
 """
 
 from __future__ import annotations
@@ -51,13 +53,22 @@ def fit_phases(paths: list[str]) -> dict | None:
     return out
 
 
-def overlap_saving(model_json: dict, overlap: float):
-    """seconds saved in a step with `overlap` efficiency: overlap x min(linear, attention)."""
+def overlap_saving(model_json: dict, overlap: float, pim_speedup: float = 1.0):
+    """Seconds a step saves when its attention runs `pim_speedup` times faster (processing in
+    memory: NeuPIMs, PIM-GPT, from the ratio of in-memory to host bandwidth) and then overlaps
+    the GEMMs with `overlap` efficiency: (1 - 1/s) x attention + overlap x min(linear, attention / s)."""
     if not 0.0 <= overlap <= 1.0:
         raise ValueError(f"--overlap must be in [0, 1], got {overlap}")
+    if not pim_speedup >= 1.0:
+        raise ValueError(f"--pim-attention-speedup must be at least 1, got {pim_speedup}")
     phases = model_json.get("phases")
     if not phases:
-        raise ValueError("--overlap needs the fused step's phase split, and this model's profiles have none "
-                         "(profile with the fused decode step on)")
+        raise ValueError("--overlap and --pim-attention-speedup need the fused step's phase split, and this "
+                         "model's profiles have none (profile with the fused decode step on)")
     linear, attention = (LinearStepModel.from_json(phases[p]).predict for p in PHASES)
-    return lambda *f: overlap * min(linear(*f), attention(*f))
+    keep = 1.0 / pim_speedup
+
+    def saving(*f) -> float:
+        a = attention(*f)
+        return (1.0 - keep) * a + overlap * min(linear(*f), keep * a)
+    return saving

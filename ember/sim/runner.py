@@ -33,15 +33,15 @@ def replica_capacity(config: EngineConfig) -> Capacity:
     return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len, spec.bytes_per_token)
 
 
-def step_seconds(model_json: dict, overlap: float = 0.0):
-    """The model's predict plus the engine loop's own time between steps; with `overlap`, less
-    what overlapping the fused step's GEMMs and attention would save (phases.py)."""
+def step_seconds(model_json: dict, overlap: float = 0.0, pim_speedup: float = 1.0):
+    """The model's predict plus the engine loop's own time between steps; with `overlap` or
+    `pim_speedup`, less what they would save of the fused step's phases (phases.py)."""
     predict, gap = model_json["model"].predict, float(model_json.get("inter_step_s", 0.0))
-    if not overlap:
+    if not overlap and pim_speedup == 1.0:
         return lambda prefill, decode, context, seqs: predict(prefill, decode, context, seqs) + gap
     from ember.sim.phases import overlap_saving
 
-    saving = overlap_saving(model_json, overlap)
+    saving = overlap_saving(model_json, overlap, pim_speedup)
     return lambda *f: predict(*f) + gap - saving(*f)
 
 
@@ -75,7 +75,7 @@ def _request_json(r) -> dict:
 def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
                     replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
                     progress: bool = True, keep_requests: bool = True, disagg: Disaggregation | None = None,
-                    power: PowerModel | None = None, overlap: float = 0.0) -> dict:
+                    power: PowerModel | None = None, overlap: float = 0.0, pim_speedup: float = 1.0) -> dict:
     """`sessions_at(rate)` gives the sessions for one rate; one run per rate, one report."""
     machines = replicas + (disagg.prefill_replicas if disagg else 0)
     report = new_report("serve", label, simulated=True, model_json=model_json.get("path"),
@@ -83,10 +83,11 @@ def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, 
                         replicas=replicas, router=router, capacity=dataclasses.asdict(capacity),
                         disaggregation=dataclasses.asdict(disagg) if disagg else None, machines=machines,
                         power=dataclasses.asdict(power) if power else None, overlap=overlap,
+                        pim_attention_speedup=pim_speedup,
                         workload=workload, goodput_slos_ms=slos)
     for rate in rates:
         sessions = sessions_at(rate)
-        sim = Simulator(config, capacity, step_seconds(model_json, overlap), sessions, replicas, router, disagg=disagg,
+        sim = Simulator(config, capacity, step_seconds(model_json, overlap, pim_speedup), sessions, replicas, router, disagg=disagg,
                         power=power)
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:

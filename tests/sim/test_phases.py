@@ -39,6 +39,9 @@ def test_each_phase_is_recovered_and_the_overlap_saves_the_smaller(tmp_path):
     data = build_model_json([str(tmp_path / "steps.csv")], None)
     save = overlap_saving(data, 0.5)
     assert save(0, 10, 3000, 10) == pytest.approx(0.5 * min(0.03, 2e-6 * 3000 + 1e-5))
+    att = 2e-6 * 3000 + 1e-5
+    pim = overlap_saving(data, 1.0, pim_speedup=4.0)  # attention at a quarter, then hidden under the GEMMs
+    assert pim(0, 10, 3000, 10) == pytest.approx(0.75 * att + min(0.03, att / 4))
     data["model"] = model_from_json(data)
     plain, overlapped = step_seconds(data), step_seconds(data, overlap=1.0)
     assert plain(0, 10, 3000, 10) - overlapped(0, 10, 3000, 10) == pytest.approx(2e-6 * 3000 + 1e-5)
@@ -49,7 +52,9 @@ def test_a_model_without_the_split_refuses_overlap(tmp_path):
     write_profile(tmp_path / "steps.csv", X, y)
     data = build_model_json([str(tmp_path / "steps.csv")], None)
     assert data["phases"] is None
-    with pytest.raises(ValueError, match="needs the fused step's phase split"):
+    with pytest.raises(ValueError, match="need the fused step's phase split"):
         overlap_saving(data, 0.5)
     with pytest.raises(ValueError, match=r"--overlap must be in \[0, 1\]"):
         overlap_saving(data, 1.5)
+    with pytest.raises(ValueError, match="--pim-attention-speedup must be at least 1"):
+        overlap_saving(data, 0.0, 0.5)
