@@ -58,60 +58,24 @@ def cmd_calibrate(args) -> int:
 def cmd_run(args) -> int:
     from ember.bench.metrics import parse_goodput
     from ember.bench.report import print_reports, save_report
-    from ember.bench.workloads import WorkloadSpec, parse_tenants
+    from ember.engine.policies import POLICIES
     from ember.sim.calibrate import load_model_json
     from ember.sim.runner import engine_config, replica_capacity, simulate_report
-    from ember.sim.simulator import Disaggregation, check_simulable
-    from ember.sim.workload import bench_sessions, read_trace
+    from ember.sim.simulator import check_simulable
 
     slos = parse_goodput(args.goodput)
-    if args.replicas < 1 or args.prefill_replicas < 0:
-        raise ValueError(f"--replicas must be at least 1 and --prefill-replicas at least 0, got {args.replicas} "
-                         f"and {args.prefill_replicas}")
     if args.output:
         _writable(args.output, "-o")
     model_json = load_model_json(args.model_json)
     model_json["path"] = args.model_json
     config = engine_config(model_json, engine_overrides(args))
-    from ember.engine.policies import POLICIES
-
     POLICIES.create(config.policy, config)  # a bad --policy fails here, before the workload is built
     check_simulable(config)
-    if args.trace:
-        trace = read_trace(args.trace, args.trace_block_tokens)
-        span = trace[-1].arrival_s
-        rates = [len(trace) / span if span > 0 else float("inf")]
-        sessions_at, workload = (lambda rate: trace), {"trace": args.trace, "requests": len(trace)}
-    else:
-        spec = WorkloadSpec(name=args.workload, num_prompts=args.num_prompts, seed=args.seed, input_len=args.input_len,
-                            output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
-                            max_output_len=args.max_output_len, num_prefixes=args.num_prefixes,
-                            prefix_len=args.prefix_len, turns=args.turns, think_time=args.think_time,
-                            tenants=parse_tenants(args.tenants))
-        spec.validate()
-        rates = args.sweep_rate or [args.request_rate]
-        sessions_at, workload = (lambda rate: bench_sessions(spec, rate)), dataclasses.asdict(spec)
-    disagg = None
-    if args.prefill_replicas:
-        if args.prefill_replicas < 0 or not args.link_gbps > 0 or args.link_latency_ms < 0:
-            raise ValueError("--prefill-replicas must not be negative, --link-gbps must be positive and "
-                             "--link-latency-ms must not be negative")
-        disagg = Disaggregation(args.prefill_replicas, args.link_gbps * 1e9 / 8, args.link_latency_ms / 1e3)
-    power = None
-    if args.power:
-        from ember.sim.power import parse_power
-
-        power = parse_power(args.power, args.power_cap, args.cap_sensitivity)
-    elif args.power_cap or args.cap_sensitivity:
-        raise ValueError("--power-cap and --cap-sensitivity need --power (the watts of each state)")
-    if args.overlap or args.pim_attention_speedup != 1.0:
-        from ember.sim.phases import overlap_saving
-
-        overlap_saving(model_json, args.overlap, args.pim_attention_speedup)  # checks values and phases
+    cluster = _cluster(args, model_json)
+    sessions_at, rates, workload = _workload(args)
     capacity = replica_capacity(config)
-    report = simulate_report(config, capacity, model_json, sessions_at, rates, args.replicas, args.router, slos,
-                             args.label or "sim", workload, args.progress, args.keep_requests, disagg, power,
-                             args.overlap, args.pim_attention_speedup)
+    report = simulate_report(config, capacity, model_json, sessions_at, rates, cluster, slos, args.label or "sim",
+                             workload, args.progress, args.keep_requests)
     print_reports([report])
     for run in report["runs"]:
         s = run["sim"]
@@ -122,3 +86,48 @@ def cmd_run(args) -> int:
         save_report(report, args.output)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _cluster(args, model_json: dict):
+    """The replicas, router and scenario options of `ember sim run`, checked."""
+    from ember.sim.runner import Cluster
+    from ember.sim.simulator import Disaggregation
+
+    if args.replicas < 1 or args.prefill_replicas < 0:
+        raise ValueError(f"--replicas must be at least 1 and --prefill-replicas at least 0, got {args.replicas} "
+                         f"and {args.prefill_replicas}")
+    cluster = Cluster(args.replicas, args.router, overlap=args.overlap, pim_speedup=args.pim_attention_speedup)
+    if args.prefill_replicas:
+        if not args.link_gbps > 0 or args.link_latency_ms < 0:
+            raise ValueError("--link-gbps must be positive and --link-latency-ms must not be negative")
+        cluster.disagg = Disaggregation(args.prefill_replicas, args.link_gbps * 1e9 / 8, args.link_latency_ms / 1e3)
+    if args.power:
+        from ember.sim.power import parse_power
+
+        cluster.power = parse_power(args.power, args.power_cap, args.cap_sensitivity)
+    elif args.power_cap or args.cap_sensitivity:
+        raise ValueError("--power-cap and --cap-sensitivity need --power (the watts of each state)")
+    if args.overlap or args.pim_attention_speedup != 1.0:
+        from ember.sim.phases import overlap_saving
+
+        overlap_saving(model_json, args.overlap, args.pim_attention_speedup)  # checks values and phases
+    return cluster
+
+
+def _workload(args):
+    """(sessions for a rate, the rates, the workload as the report records it)."""
+    from ember.bench.workloads import WorkloadSpec, parse_tenants
+    from ember.sim.workload import bench_sessions, read_trace
+
+    if args.trace:
+        trace = read_trace(args.trace, args.trace_block_tokens)
+        span = trace[-1].arrival_s
+        rates = [len(trace) / span if span > 0 else float("inf")]  # the trace's own mean rate
+        return (lambda rate: trace), rates, {"trace": args.trace, "requests": len(trace)}
+    spec = WorkloadSpec(name=args.workload, num_prompts=args.num_prompts, seed=args.seed, input_len=args.input_len,
+                        output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
+                        max_output_len=args.max_output_len, num_prefixes=args.num_prefixes,
+                        prefix_len=args.prefix_len, turns=args.turns, think_time=args.think_time,
+                        tenants=parse_tenants(args.tenants))
+    spec.validate()
+    return (lambda rate: bench_sessions(spec, rate)), args.sweep_rate or [args.request_rate], dataclasses.asdict(spec)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from dataclasses import dataclass
 
 from ember.bench.report import new_report
 from ember.bench.serve_bench import run_metrics
@@ -72,23 +73,37 @@ def _request_json(r) -> dict:
     return r.to_json()
 
 
+@dataclass
+class Cluster:
+    """What is simulated besides the engine: how many replicas, routed how, and the scenario options."""
+    replicas: int = 1  # the decode pool when `disagg` adds a prefill pool
+    router: str = "round-robin"
+    disagg: Disaggregation | None = None
+    power: PowerModel | None = None
+    overlap: float = 0.0
+    pim_speedup: float = 1.0
+
+    @property
+    def machines(self) -> int:
+        return self.replicas + (self.disagg.prefill_replicas if self.disagg else 0)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"machines": self.machines}
+
+
 def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, sessions_at, rates: list[float],
-                    replicas: int, router: str, slos: dict[str, float], label: str, workload: dict,
-                    progress: bool = True, keep_requests: bool = True, disagg: Disaggregation | None = None,
-                    power: PowerModel | None = None, overlap: float = 0.0, pim_speedup: float = 1.0) -> dict:
+                    cluster: Cluster, slos: dict[str, float], label: str, workload: dict, progress: bool = True,
+                    keep_requests: bool = True) -> dict:
     """`sessions_at(rate)` gives the sessions for one rate; one run per rate, one report."""
-    machines = replicas + (disagg.prefill_replicas if disagg else 0)
+    machines, power = cluster.machines, cluster.power
     report = new_report("serve", label, simulated=True, model_json=model_json.get("path"),
                         step_model=model_json["kind"], engine=dataclasses.asdict(config),
-                        replicas=replicas, router=router, capacity=dataclasses.asdict(capacity),
-                        disaggregation=dataclasses.asdict(disagg) if disagg else None, machines=machines,
-                        power=dataclasses.asdict(power) if power else None, overlap=overlap,
-                        pim_attention_speedup=pim_speedup,
-                        workload=workload, goodput_slos_ms=slos)
+                        capacity=dataclasses.asdict(capacity), cluster=cluster.to_json(), workload=workload,
+                        goodput_slos_ms=slos)
     for rate in rates:
         sessions = sessions_at(rate)
-        sim = Simulator(config, capacity, step_seconds(model_json, overlap, pim_speedup), sessions, replicas, router, disagg=disagg,
-                        power=power)
+        sim = Simulator(config, capacity, step_seconds(model_json, cluster.overlap, cluster.pim_speedup), sessions,
+                        cluster.replicas, cluster.router, disagg=cluster.disagg, power=power)
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:
             results, duration, stats = sim.run(on_done=lambda r: bar.update(1))

@@ -58,6 +58,7 @@ def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["run", "--model-json", "{model}", "--replicas", "0"], "--replicas must be at least 1"),
     (["run", "--model-json", "{model}", "--prefill-replicas", "1", "--link-gbps", "0"], "--link-gbps must be positive"),
+    (["run", "--model-json", "{model}", "--overlap", "0.5"], "need the fused step's phase split"),
     (["run", "--model-json", "{dir}/none.json"], "cannot read"),
     (["run", "--model-json", "{dir}/steps.csv"], "is not JSON"),
     (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv"], "needs a header with arrival_s"),
@@ -87,7 +88,7 @@ def test_a_trace_on_a_disaggregated_cluster(model_json, tmp_path, capsys, defaul
     assert code == 0, capsys.readouterr().err
     report = load_report(str(out))
     run = report["runs"][0]
-    assert report["machines"] == 3 and report["disaggregation"]["prefill_replicas"] == 1
+    assert report["cluster"]["machines"] == 3 and report["cluster"]["disagg"]["prefill_replicas"] == 1
     assert run["request_rate"] == pytest.approx(16 / 3.75)  # the trace's own rate
     assert run["metrics"]["completed"] == 16 and run["sim"]["prefix_hit_rate"] > 0.5
     assert run["metrics"]["goodput"]["request_goodput_per_machine"] == pytest.approx(
