@@ -120,6 +120,8 @@ def _workload(args):
     from ember.sim.workload import bench_sessions, read_trace
 
     if args.trace:
+        if args.sweep_rate or args.request_rate != float("inf"):
+            raise ValueError("--trace brings its own arrival times: drop --request-rate and --sweep-rate")
         trace = read_trace(args.trace, args.trace_block_tokens)
         span = trace[-1].arrival_s
         rates = [len(trace) / span if span > 0 else float("inf")]  # the trace's own mean rate

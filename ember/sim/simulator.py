@@ -78,6 +78,8 @@ def check_simulable(config) -> None:
     """Refuse what the simulator does not model (a ValueError), before any slow work."""
     if config.preemption != "recompute":
         raise ValueError(f"preemption={config.preemption!r} is not simulated (only recompute)")
+    if config.kv_press:  # a press frees blocks after prefill; the simulator would hold them all
+        raise ValueError(f"kv_press={config.kv_press!r} is not simulated")
 
 
 class Simulator:

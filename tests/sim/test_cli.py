@@ -64,6 +64,8 @@ def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path
     (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv"], "needs a header with arrival_s"),
     (["run", "--model-json", "{model}", "--policy", "nope"], "unknown scheduling policy 'nope'"),
     (["run", "--model-json", "{model}", "--preemption", "swap"], "only recompute"),
+    (["run", "--model-json", "{model}", "--kv-press", "streaming"], "is not simulated"),
+    (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv", "--request-rate", "2"], "own arrival times"),
     (["run", "--model-json", "{model}", "--goodput", "ttft"], "--goodput: expected NAME:MS"),
     (["run", "--model-json", "{model}", "--power-cap", "200"], "need --power"),
     (["calibrate", "{model}", "-o", "{dir}/m2.json"], "is not a step profile"),
