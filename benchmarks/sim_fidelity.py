@@ -79,6 +79,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-json", default=None, help="a model calibrated before with the same --engine: measure and "
                                                      "simulate only")
+    p.add_argument("--kind", choices=("auto", "linear", "tree"), default="auto", help="ember sim calibrate --kind")
+    p.add_argument("--resimulate", action="store_true",
+                   help="reuse the profiles and measured runs in --workdir: calibrate and simulate only")
     p.add_argument("--workdir", default=None, help="keep profiles, models and reports here (default: a temp dir)")
     p.add_argument("--out", default=None, help="the table as JSON")
     args = p.parse_args()
@@ -91,7 +94,12 @@ def main() -> int:
     env = environment(threads)  # the load average before the runs: other work on the machine skews timings
 
     model_json = args.model_json or w("model.json")
-    if args.model_json:  # calibrated before (same --engine): every rate is out of sample
+    if args.resimulate:  # the profiles and measured runs of an earlier run in --workdir: fit and simulate again
+        if args.model_json or not args.workdir:
+            raise SystemExit("--resimulate needs --workdir of an earlier run and no --model-json")
+        run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
+                     *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
+    elif args.model_json:  # calibrated before (same --engine): every rate is out of sample
         for rate in rates:
             measure(args, rate, w(f"measured-{rate:g}.json"), None, tmp)
     else:
@@ -101,7 +109,7 @@ def main() -> int:
         for rate in [args.calib_rate] + [r for r in rates if r != args.calib_rate]:
             measure(args, rate, w(f"measured-{rate:g}.json"), w("served.csv") if rate == args.calib_rate else None, tmp)
         run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
-                     *shlex.split(args.engine), "-o", model_json, "--plot", w("model.png")])
+                     *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
     model = json.load(open(model_json))
     table = []
     for rate in rates:
@@ -117,6 +125,9 @@ def main() -> int:
         for k, v in row["measured"].items():
             print(f"{row['request_rate']:>6g} {k:<22} {v:>10.1f} {row['simulated'][k]:>10.1f} {row['ratio'].get(k, 0):>8.2f}")
     env["loadavg_at_end"] = os.getloadavg()
+    if args.resimulate:
+        env = {"measured_in_an_earlier_run": True, **json.load(open(args.out))["environment"]} \
+            if args.out and os.path.exists(args.out) else {"measured_in_an_earlier_run": True}
     write_json(args.out, {"environment": env, "engine": args.engine, "workload": args.workload, "model_json": model_json,
                           "offline_workload": args.offline_workload, "calib_rate": args.calib_rate,
                           "model": {k: model[k] for k in ("kind", "holdout_mape_pct", "compared", "inter_step_s", "rows")},

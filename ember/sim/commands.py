@@ -35,7 +35,7 @@ def cmd_calibrate(args) -> int:
         engine.update(recorded)
     engine.update(engine_overrides(args))
     EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})  # checks the values
-    data = build_model_json(args.profiles, engine, args.seed)
+    data = build_model_json(args.profiles, engine, args.seed, args.kind)
     data["engine_source"] = (f"report {args.report}" if args.report else "defaults") + \
         (" + flags" if engine_overrides(args) else "")
     if not args.report and not engine_overrides(args):
@@ -47,7 +47,7 @@ def cmd_calibrate(args) -> int:
     other = {k: v["holdout_mape_pct"] for k, v in data["compared"].items()}
     print(f"kept the {data['kind']} model: held-out MAPE {data['holdout_mape_pct']:.2f}% "
           f"({', '.join(f'{k} {v:.2f}%' for k, v in other.items())}; {data['rows']} steps, "
-          f"{data['holdout_rows']} held out); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
+          f"{data['holdout']}); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     if args.plot:
         plot_predictions(data, args.profiles, args.plot)

@@ -115,3 +115,22 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     path.write_text(json.dumps({"ember_sim_model": 1, "kind": "linear", "intercept": 0.0}))
     with pytest.raises(ValueError, match="incomplete"):
         load_model_json(str(path))
+
+
+def test_a_kind_can_be_kept_whatever_the_error_says():
+    X, y = synthetic_steps(n=300)
+    fitted = calibrate(X, y, kind="tree")
+    assert fitted["kind"] == "tree" and "nodes" in fitted
+    assert fitted["compared"]["linear"]["holdout_mape_pct"] < fitted["holdout_mape_pct"]  # both still scored
+    with pytest.raises(ValueError, match="--kind must be auto, linear or tree"):
+        calibrate(X, y, kind="forest")
+
+
+def test_held_out_steps_are_contiguous_runs():
+    # a time series whose second half is slower: a random split would see both halves in training;
+    # contiguous folds make each model predict runs it has not seen
+    X, y = synthetic_steps(n=500)
+    fitted = calibrate(X, np.concatenate([y[:250], 1.5 * y[250:]]))
+    assert fitted["holdout"] == "5 contiguous folds"
+    assert len(fitted["compared"]["linear"]["holdout_mape_pct_folds"]) == 5
+    assert max(fitted["compared"]["linear"]["holdout_mape_pct_folds"]) > 15.0
