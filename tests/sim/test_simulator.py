@@ -169,3 +169,20 @@ def test_every_policy_serves_every_bench_workload(policy):
                             max_input_len=200, max_output_len=40, seed=3)
         _, results, _, _ = simulate(bench_sessions(spec, 30.0), config, Capacity(48, 16, 4096), replicas=2)
         assert len(results) == 12 and all(r.success for r in results), (policy, name)
+
+
+def test_the_same_run_in_processes_with_different_string_hashes():
+    # policies and routers key dicts by user and request ids: nothing may depend on str hashing
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tests.sim.test_simulator import *; from ember.config import EngineConfig; "
+            "spec = WorkloadSpec(name='multi-tenant', num_prompts=40, seed=2); "
+            "_, r, _, _ = simulate(bench_sessions(spec, 20.0), EngineConfig(policy='vtc', max_num_seqs=4, "
+            "max_num_batched_tokens=64), replicas=3, router='cache-aware'); "
+            "print([(x.session, x.start, x.end, len(x.chunk_times)) for x in r])")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=root)).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1] and outs[0].count("(") == 40
