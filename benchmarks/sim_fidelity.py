@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-json", default=None, help="a model calibrated before with the same --engine: measure and "
                                                      "simulate only")
-    p.add_argument("--kind", choices=("auto", "linear", "tree"), default="auto", help="ember sim calibrate --kind")
+    p.add_argument("--kind", choices=("auto", "linear", "split-linear", "tree"), default="auto", help="ember sim calibrate --kind")
     p.add_argument("--resimulate", action="store_true",
                    help="reuse the profiles and measured runs in --workdir: calibrate and simulate only")
     p.add_argument("--workdir", default=None, help="keep profiles, models and reports here (default: a temp dir)")

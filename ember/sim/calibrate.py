@@ -1,10 +1,10 @@
-"""`ember sim calibrate`: fit a step-time model to step-profile rows and keep the better kind.
+"""`ember sim calibrate`: fit step-time models to step-profile rows and keep the best kind.
 
 The rows are what `ember bench throughput --profile steps.csv` (or `engine.profiler`) writes:
-one per engine step, its duration `step_s` and its composition (ember/engine/profile.py). Both
-kinds (step_model.py) are scored by mean absolute percentage error on held-out contiguous runs of
-steps (5-fold blocked cross-validation); the better one is refitted on every row and saved with its
-error, the other's error, and the engine configuration the profile came from (a model is only
+one per engine step, its duration `step_s` and its composition (ember/engine/profile.py). Every
+kind (step_model.py) is scored by mean absolute percentage error on held-out contiguous runs of
+steps (5-fold blocked cross-validation); the best is refitted on every row and saved with its
+error, the others' errors, and the engine configuration the profile came from (a model is only
 valid for that configuration: model, dtype, linear method, KV codec, threads...).
 
 `inter_step_s` is the median time between one step's end and the next one's start while the
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ember.sim.fitting import fit_nonnegative_linear, fit_tree, mape
+from ember.sim.fitting import fit_nonnegative_linear, fit_split_linear, fit_tree, mape
 from ember.sim.step_model import FEATURES, model_from_json
 
 SCHEMA = 1
@@ -64,17 +64,17 @@ def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0, kind: str = "auto") -> dict:
-    """Score both kinds by blocked cross-validation; the better one, refitted on all rows, as JSON.
+    """Score every kind by blocked cross-validation; the best, refitted on all rows, as JSON.
 
     The rows are a time series (neighbouring steps have nearly the same batch), so a random
     split would score a regressor on near copies of its training rows: each of FOLDS folds holds
-    out a contiguous run of steps instead. `kind` "auto" keeps the lower error; "linear" or "tree"
+    out a contiguous run of steps instead. `kind` "auto" keeps the lowest error; a kind's name
     keeps that one (step-level error is not end-to-end error: benchmarks/README.md). `seed` is
     kept for the record; the folds are fixed.
     """
-    fits = {"linear": fit_nonnegative_linear, "tree": fit_tree}
+    fits = {"linear": fit_nonnegative_linear, "split-linear": fit_split_linear, "tree": fit_tree}
     if kind != "auto" and kind not in fits:
-        raise ValueError(f"--kind must be auto, linear or tree, got {kind!r}")
+        raise ValueError(f"--kind must be auto, {', '.join(fits)}, got {kind!r}")
     errors: dict[str, list[float]] = {k: [] for k in fits}
     totals: dict[str, list[float]] = {k: [] for k in fits}
     for test in np.array_split(np.arange(len(y)), FOLDS):

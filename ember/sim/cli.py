@@ -28,7 +28,7 @@ def add_sim_parser(subparsers) -> None:
                    help="the `ember bench throughput -o` report of the profiled run: its engine configuration "
                         "is recorded with the model (engine flags given here override it)")
     c.add_argument("--plot", default=None, metavar="PRED.png", help="predicted against measured step time")
-    c.add_argument("--kind", choices=("auto", "linear", "tree"), default="auto",
+    c.add_argument("--kind", choices=("auto", "linear", "split-linear", "tree"), default="auto",
                    help="the model kept: auto (the lower held-out error), or this kind (both are scored)")
     add_engine_args(c, overrides_only=True)
     c.add_argument("--seed", type=int, default=0, help="the held-out split's seed")

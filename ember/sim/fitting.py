@@ -1,5 +1,6 @@
-"""The two fits a calibration compares: non-negative least squares for the linear formula, and
-a regression tree (CART) for the learned one. numpy only: no scipy or scikit-learn here.
+"""The fits a calibration compares: non-negative least squares for the linear formula (pooled, or
+per step kind), and a regression tree (CART) for the learned one. numpy only: no scipy or
+scikit-learn here.
 
 Both fit relative error (what the held-out MAPE measures): the linear rows are divided by the
 measured time, and the tree splits and averages log step times.
@@ -11,7 +12,9 @@ import itertools
 
 import numpy as np
 
-from ember.sim.step_model import LinearStepModel, TreeStepModel
+from ember.sim.step_model import LinearStepModel, SplitLinearStepModel, TreeStepModel
+
+MIN_REGIME_ROWS = 5  # fewer steps of a kind than this: that kind shares the pooled formula
 
 
 def fit_nonnegative_linear(X: np.ndarray, y: np.ndarray) -> LinearStepModel:
@@ -37,6 +40,20 @@ def fit_nonnegative_linear(X: np.ndarray, y: np.ndarray) -> LinearStepModel:
                 full[list(cols)] = coef
                 best, best_err = full, err
     return LinearStepModel(best[0], best[1:].tolist())
+
+
+def fit_split_linear(X: np.ndarray, y: np.ndarray) -> SplitLinearStepModel:
+    """`fit_nonnegative_linear` on the decode-only steps and on the steps with prompt tokens apart."""
+    with_prefill = X[:, 0] > 0
+    pooled = None
+    parts = []
+    for rows in (~with_prefill, with_prefill):
+        if rows.sum() >= MIN_REGIME_ROWS:
+            parts.append(fit_nonnegative_linear(X[rows], y[rows]))
+        else:
+            pooled = pooled or fit_nonnegative_linear(X, y)
+            parts.append(pooled)
+    return SplitLinearStepModel(*parts)
 
 
 def fit_tree(X: np.ndarray, y: np.ndarray, max_depth: int = 10, min_leaf: int = 4) -> TreeStepModel:

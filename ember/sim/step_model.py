@@ -1,8 +1,10 @@
 """Step-time models: seconds one engine step takes, from what the step computed.
 
-Two kinds, both read from and written to model JSON (see calibrate.py):
+Three kinds, read from and written to model JSON (see calibrate.py):
 - `linear`: a + b*prefill_tokens + c*decode_rows + d*context_len_sum + e*num_seqs with every
   coefficient >= 0 (DistServe's fitted formula, with the profile's columns as its terms);
+- `split-linear`: one such formula for decode-only steps and one for steps with prompt tokens
+  (DistServe, too, fits prefill and decode apart);
 - `tree`: a regression tree over the same features (Vidur learns per-operator times with random
   forests; one tree is its smallest form), leaves hold the geometric mean step time.
 `predict(prefill, decode, context, seqs)` is called once per simulated step, so it is plain Python.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 
 FEATURES = ("prefill_tokens", "decode_rows", "context_len_sum", "num_seqs")
-KINDS = ("linear", "tree")
+KINDS = ("linear", "split-linear", "tree")
 
 
 class LinearStepModel:
@@ -36,6 +38,26 @@ class LinearStepModel:
     def from_json(cls, d: dict) -> LinearStepModel:
         coef = d["coefficients"]
         return cls(d["intercept"], [coef[f] for f in FEATURES])
+
+
+class SplitLinearStepModel:
+    """One linear formula for decode-only steps and one for steps with prompt tokens: the engine
+    runs them down different paths (the fused C decode step; the PyTorch path for prefill rows),
+    so their costs need not share coefficients."""
+    kind = "split-linear"
+
+    def __init__(self, decode_only: LinearStepModel, with_prefill: LinearStepModel):
+        self.decode_only, self.with_prefill = decode_only, with_prefill
+
+    def predict(self, prefill: int, decode: int, context: int, seqs: int) -> float:
+        return (self.with_prefill if prefill else self.decode_only).predict(prefill, decode, context, seqs)
+
+    def to_json(self) -> dict:
+        return {"decode_only": self.decode_only.to_json(), "with_prefill": self.with_prefill.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> SplitLinearStepModel:
+        return cls(LinearStepModel.from_json(d["decode_only"]), LinearStepModel.from_json(d["with_prefill"]))
 
 
 class TreeStepModel:
@@ -71,13 +93,14 @@ class TreeStepModel:
         return cls(list(n["feature"]), list(n["threshold"]), list(n["left"]), list(n["right"]), list(n["value"]))
 
 
-def model_from_json(d: dict) -> LinearStepModel | TreeStepModel:
+def model_from_json(d: dict) -> LinearStepModel | SplitLinearStepModel | TreeStepModel:
     """The model a calibration JSON holds; a ValueError that says what is wrong otherwise."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind not in KINDS:
         raise ValueError(f"not a step-time model: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    makers = {"linear": LinearStepModel, "split-linear": SplitLinearStepModel, "tree": TreeStepModel}
     try:
-        model = LinearStepModel.from_json(d) if kind == "linear" else TreeStepModel.from_json(d)
+        model = makers[kind].from_json(d)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"the {kind} step-time model is incomplete: missing {exc}") from None
     if not all(map(math.isfinite, [model.predict(0, 0, 0, 0)])):

@@ -11,7 +11,7 @@ import pytest
 
 from ember.sim.calibrate import build_model_json, calibrate, load_model_json, read_profile
 from ember.sim.fitting import fit_nonnegative_linear, fit_tree, mape
-from ember.sim.step_model import FEATURES
+from ember.sim.step_model import FEATURES, model_from_json
 
 TRUE = (0.004, [1.5e-4, 4e-4, 2e-6, 0.0])  # intercept, then prefill, decode, context, seqs
 
@@ -110,7 +110,7 @@ def test_bad_profiles_are_clear_errors(tmp_path, content, message):
 def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"ember_sim_model": 1, "kind": "forest"}))
-    with pytest.raises(ValueError, match="'kind' must be one of linear, tree"):
+    with pytest.raises(ValueError, match="'kind' must be one of linear, split-linear, tree"):
         load_model_json(str(path))
     path.write_text(json.dumps({"ember_sim_model": 1, "kind": "linear", "intercept": 0.0}))
     with pytest.raises(ValueError, match="incomplete"):
@@ -122,7 +122,7 @@ def test_a_kind_can_be_kept_whatever_the_error_says():
     fitted = calibrate(X, y, kind="tree")
     assert fitted["kind"] == "tree" and "nodes" in fitted
     assert fitted["compared"]["linear"]["holdout_mape_pct"] < fitted["holdout_mape_pct"]  # both still scored
-    with pytest.raises(ValueError, match="--kind must be auto, linear or tree"):
+    with pytest.raises(ValueError, match="--kind must be auto, linear, split-linear, tree"):
         calibrate(X, y, kind="forest")
 
 
@@ -134,3 +134,15 @@ def test_held_out_steps_are_contiguous_runs():
     assert fitted["holdout"] == "5 contiguous folds"
     assert len(fitted["compared"]["linear"]["holdout_mape_pct_folds"]) == 5
     assert max(fitted["compared"]["linear"]["holdout_mape_pct_folds"]) > 15.0
+
+
+def test_decode_only_and_prefill_steps_get_their_own_formulas():
+    # two code paths: decode-only steps cost 0.02 + 3 ms a row, steps with prompt tokens 0.08 + 0.2 ms a token
+    X, _ = synthetic_steps(n=800)
+    y = np.where(X[:, 0] > 0, 0.08 + 2e-4 * X[:, 0], 0.02 + 3e-3 * X[:, 1])
+    fitted = calibrate(X, y)
+    assert fitted["kind"] == "split-linear" and fitted["holdout_mape_pct"] < 1e-6
+    assert fitted["compared"]["linear"]["holdout_mape_pct"] > 5.0
+    model = model_from_json(fitted)
+    assert model.predict(0, 10, 500, 10) == pytest.approx(0.05)
+    assert model.predict(100, 10, 500, 11) == pytest.approx(0.10)
