@@ -60,6 +60,13 @@ def measure(args, rate: float, out: str, profile: str | None, tmp: str) -> None:
         stop(proc)
 
 
+def calibrate(args, w, model_json: str) -> None:
+    """Both profiles; the kind kept is the one whose replay of the profiled runs comes closest."""
+    run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
+                 "--replay", w("offline.json"), "--replay", w(f"measured-{args.calib_rate:g}.json"),
+                 *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
+
+
 def figures(report_path: str) -> dict:
     m = load_report(report_path)["runs"][0]["metrics"]
     out = {f"{k[:-3]}_{s}_ms": m[k][s] for k, s in FIGURES}
@@ -97,8 +104,7 @@ def main() -> int:
     if args.resimulate:  # the profiles and measured runs of an earlier run in --workdir: fit and simulate again
         if args.model_json or not args.workdir:
             raise SystemExit("--resimulate needs --workdir of an earlier run and no --model-json")
-        run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
-                     *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
+        calibrate(args, w, model_json)
     elif args.model_json:  # calibrated before (same --engine): every rate is out of sample
         for rate in rates:
             measure(args, rate, w(f"measured-{rate:g}.json"), None, tmp)
@@ -108,8 +114,7 @@ def main() -> int:
                      "--no-progress"])
         for rate in [args.calib_rate] + [r for r in rates if r != args.calib_rate]:
             measure(args, rate, w(f"measured-{rate:g}.json"), w("served.csv") if rate == args.calib_rate else None, tmp)
-        run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
-                     *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
+        calibrate(args, w, model_json)
     model = json.load(open(model_json))
     table = []
     for rate in rates:

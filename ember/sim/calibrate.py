@@ -27,6 +27,7 @@ SCHEMA = 1
 FOLDS = 5  # blocked cross-validation: each fold holds out a fifth of the steps, contiguous
 BUSY_GAP_S = 0.05  # a longer pause between steps is the engine waiting for work, not overhead
 MIN_ROWS = 10
+FITS = {"linear": fit_nonnegative_linear, "split-linear": fit_split_linear, "tree": fit_tree}
 
 
 def read_table(path: str, need: tuple[str, ...]) -> tuple[dict[str, int], list[list[str]]]:
@@ -72,7 +73,7 @@ def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0, kind: str = "auto") -
     keeps that one (step-level error is not end-to-end error: benchmarks/README.md). `seed` is
     kept for the record; the folds are fixed.
     """
-    fits = {"linear": fit_nonnegative_linear, "split-linear": fit_split_linear, "tree": fit_tree}
+    fits = FITS
     if kind != "auto" and kind not in fits:
         raise ValueError(f"--kind must be auto, {', '.join(fits)}, got {kind!r}")
     errors: dict[str, list[float]] = {k: [] for k in fits}
@@ -84,6 +85,7 @@ def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0, kind: str = "auto") -
             errors[name].append(mape(model, X[test], y[test]))
             totals[name].append(sum(model.predict(*map(int, row)) for row in X[test]) / float(y[test].sum()))
     mean = {k: float(np.mean(v)) for k, v in errors.items()}
+    selected_by = "held-out step error" if kind == "auto" else "--kind"
     if kind == "auto":
         kind = min(mean, key=mean.get)
     model = fits[kind](X, y)
@@ -91,7 +93,7 @@ def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0, kind: str = "auto") -
                     "holdout_total_time_ratio": float(np.mean(totals[k]))} for k in fits}
     return {"kind": kind, "features": list(FEATURES), **model.to_json(), "holdout_mape_pct": mean[kind],
             "holdout_total_time_ratio": compared[kind]["holdout_total_time_ratio"], "compared": compared,
-            "rows": int(len(y)), "holdout": f"{FOLDS} contiguous folds", "seed": seed}
+            "rows": int(len(y)), "holdout": f"{FOLDS} contiguous folds", "seed": seed, "selected_by": selected_by}
 
 
 def read_profiles(paths: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -103,11 +105,31 @@ def read_profiles(paths: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
             float(np.median(gaps)) if gaps else 0.0)
 
 
-def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0, kind: str = "auto") -> dict:
+def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0, kind: str = "auto",
+                     replay: tuple | None = None) -> dict:
+    """The model JSON. `replay` = (EngineConfig, Capacity, runs of replay.replay_runs): every kind
+    also simulates the profiled runs, and "auto" keeps the kind that reproduces them best."""
     from ember.sim.phases import fit_phases
 
     X, y, gap = read_profiles(profiles)
     fitted = calibrate(X, y, seed, kind)
+    if replay:
+        from ember.sim.replay import replay_error
+
+        scores = {}
+        for name, entry in fitted["compared"].items():
+            predict = FITS[name](X, y).predict
+            scores[name], entry["replay"] = replay_error(lambda *f, p=predict: p(*f) + gap, *replay)
+            entry["replay_error_pct"] = scores[name]
+        if kind == "auto" and min(scores, key=scores.get) != fitted["kind"]:
+            chosen = min(scores, key=scores.get)
+            for key in ("intercept", "coefficients", "nodes", "decode_only", "with_prefill"):
+                fitted.pop(key, None)
+            entry = fitted["compared"][chosen]
+            fitted.update(kind=chosen, **FITS[chosen](X, y).to_json(), holdout_mape_pct=entry["holdout_mape_pct"],
+                          holdout_total_time_ratio=entry["holdout_total_time_ratio"])
+        if kind == "auto":
+            fitted["selected_by"] = "replay of the profiled runs"
     return {"ember_sim_model": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profiles": list(profiles), "engine": engine, "inter_step_s": gap, **fitted,
             "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)},

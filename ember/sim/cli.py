@@ -29,7 +29,11 @@ def add_sim_parser(subparsers) -> None:
                         "is recorded with the model (engine flags given here override it)")
     c.add_argument("--plot", default=None, metavar="PRED.png", help="predicted against measured step time")
     c.add_argument("--kind", choices=("auto", "linear", "split-linear", "tree"), default="auto",
-                   help="the model kept: auto (the lower held-out error), or this kind (both are scored)")
+                   help="the model kept: auto (the best replay with --replay, else the lowest held-out step "
+                        "error), or this kind (every kind is scored)")
+    c.add_argument("--replay", action="append", default=[], metavar="BENCH.json",
+                   help="an `ember bench throughput` or `serve` report of a profiled run (repeatable): every kind "
+                        "simulates it, scored on mean TTFT, TPOT and output throughput")
     add_engine_args(c, overrides_only=True)
     c.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
     c.set_defaults(func=_guard("cmd_calibrate"))

@@ -35,7 +35,15 @@ def cmd_calibrate(args) -> int:
         engine.update(recorded)
     engine.update(engine_overrides(args))
     EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})  # checks the values
-    data = build_model_json(args.profiles, engine, args.seed, args.kind)
+    replay = None
+    if args.replay:
+        from ember.bench.report import load_report
+        from ember.sim.replay import replay_runs
+        from ember.sim.runner import replica_capacity
+
+        config = EngineConfig(**{k: v for k, v in engine.items() if k in EngineConfig.__dataclass_fields__})
+        replay = (config, replica_capacity(config), replay_runs([load_report(p) for p in args.replay]))
+    data = build_model_json(args.profiles, engine, args.seed, args.kind, replay)
     data["engine_source"] = (f"report {args.report}" if args.report else "defaults") + \
         (" + flags" if engine_overrides(args) else "")
     if not args.report and not engine_overrides(args):
@@ -45,6 +53,9 @@ def cmd_calibrate(args) -> int:
         json.dump(data, f, indent=1)
         f.write("\n")
     other = {k: v["holdout_mape_pct"] for k, v in data["compared"].items()}
+    if args.replay:
+        print("replay of the profiled runs, mean error of TTFT, TPOT and throughput: " + ", ".join(
+            f"{k} {v['replay_error_pct']:.1f}%" for k, v in data["compared"].items()), file=sys.stderr)
     print(f"kept the {data['kind']} model: held-out MAPE {data['holdout_mape_pct']:.2f}% "
           f"({', '.join(f'{k} {v:.2f}%' for k, v in other.items())}; {data['rows']} steps, "
           f"{data['holdout']}); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
