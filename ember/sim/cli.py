@@ -54,7 +54,8 @@ def add_sim_parser(subparsers) -> None:
                    help="CSV of arrival_s, prompt_tokens, output_tokens[, hash_ids][, user]")
     g.add_argument("--trace-block-tokens", type=int, default=512, help="tokens per hash id of the trace (default: 512)")
     g = r.add_argument_group("load and cluster")
-    g.add_argument("--request-rate", type=_rate, default=math.inf, help="Poisson arrivals per second, or inf (default)")
+    g.add_argument("--request-rate", "--rate", dest="request_rate", type=_rate, default=math.inf,
+                   help="Poisson arrivals per second, or inf (default)")
     g.add_argument("--sweep-rate", type=_list(_rate), default=None, metavar="R1,R2,...", help="one run per rate")
     g.add_argument("--seed", type=int, default=0, help="workload and arrival seed")
     g.add_argument("--replicas", type=int, default=1, help="engines behind the router (default: 1)")
