@@ -163,7 +163,7 @@ def cmd_info(args) -> int:
 
 def cmd_eval_ppl(args) -> int:
     from ember.eval.perplexity import default_eval_text, evaluate_perplexity
-    from ember.loader import load_model
+    from ember.loader import dtype_name, load_model
 
     cfg = engine_config(args)
     if args.text:
@@ -175,7 +175,11 @@ def cmd_eval_ppl(args) -> int:
     else:
         text = default_eval_text()
     cfg.apply_threads()
-    lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
+    lm = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json)
+    cfg = dataclasses.replace(cfg, linear=lm.linear, dtype=dtype_name(lm.model.dtype))  # `auto` resolved
+    if not args.json:
+        for note in lm.auto_notes:
+            print(note, file=sys.stderr)
     result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,
                                  score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json,
                                  decode=args.decode, fused_decode=cfg.fused_decode != "off",
@@ -187,7 +191,7 @@ def cmd_eval_ppl(args) -> int:
         print(json.dumps(data))
     else:
         print(f"perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens scored "
-              f"({result.windows} windows of {args.context}, score={args.score}, dtype={cfg.dtype}, "
+              f"({result.windows} windows of {args.context}, score={args.score}, linear={cfg.linear}, dtype={cfg.dtype}, "
               f"{'' if cfg.kv_cache_dtype == 'auto' else f'kv {cfg.kv_cache_dtype}, '}"
               f"{'decode, ' if args.decode else ''}"
               f"{result.seconds:.1f} s)")

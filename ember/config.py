@@ -34,8 +34,8 @@ def parse_bytes(text: str | int) -> int:
 @dataclass
 class EngineConfig:
     model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
-    dtype: str = field(default="fp32", metadata={"help": "compute dtype: fp32 or bf16"})
-    linear: str = field(default="dense", metadata={"help": "LinearMethod for the projections"})
+    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 where this CPU has native bf16 arithmetic and the chosen linear method measured faster in it; fp32 elsewhere), fp32 or bf16"})
+    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4"})
     attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
     fused_decode: str = field(default="auto", metadata={"help": "decode steps (and, with int4, prefill chunks) as one C call: auto (when the model, dtype, linear method and attention allow), on (fail if they don't), off (the PyTorch path)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
@@ -69,10 +69,10 @@ class EngineConfig:
         from ember.kernels.attention import ATTENTION_BACKENDS
         from ember.kernels.linear import LINEAR_METHODS
 
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of: fp32, bf16")
-        if self.linear not in LINEAR_METHODS:
-            raise ValueError(f"linear {self.linear!r} is not one of: {', '.join(LINEAR_METHODS.names())}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
+        if self.linear != "auto" and self.linear not in LINEAR_METHODS:
+            raise ValueError(f"linear {self.linear!r} is not one of: auto, {', '.join(LINEAR_METHODS.names())}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention {self.attention!r} is not one of: {', '.join(ATTENTION_BACKENDS.names())}")
         from ember.kv.codecs import KV_CODECS
@@ -111,6 +111,8 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":  # a caller's bug: the engine and `ember info` resolve it first
+            raise ValueError("dtype 'auto' has no torch dtype until the model file resolves it (ember/loader/auto.py)")
         return DTYPES[self.dtype]
 
     @classmethod

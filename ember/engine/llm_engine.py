@@ -8,6 +8,7 @@ detokenizing, sampling and logprobs stay here: the scheduler runs without a mode
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ember.kv.manager import KVCacheManager
 from ember.kv.press import KV_PRESSES, parse_press
 from ember.kv.press.compact import compact
 from ember.kv.spec import kv_cache_spec
-from ember.loader import LoadedModel, load_model
+from ember.loader import LoadedModel, dtype_name, load_model
 from ember.request import Request, RequestStatus
 from ember.sampling_params import SamplingParams
 from ember.structured.backend import GrammarBackend
@@ -49,9 +50,14 @@ class LLMEngine:
         config.apply_threads()
         policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         if loaded is None:
-            loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
-        elif loaded.model.dtype != config.torch_dtype:
+            loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress)
+        elif config.dtype != "auto" and loaded.model.dtype != config.torch_dtype:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
+        # `auto` options become what the loader chose; the notes say why (`ember serve` prints them)
+        self.config = config = dataclasses.replace(
+            config, dtype=dtype_name(loaded.model.dtype),
+            linear=loaded.linear if config.linear == "auto" else config.linear)
+        self.auto_notes = loaded.auto_notes
         self.loaded = loaded
         self.model, self.tokenizer, self.model_config = self.loaded.model, self.loaded.tokenizer, self.loaded.config
         spec = kv_cache_spec(config, self.model_config)
