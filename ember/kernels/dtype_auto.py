@@ -12,14 +12,15 @@ from ember.kernels.linear.auto import AutoChoice
 # native bf16 arithmetic. A method not listed stays fp32 until someone measures it.
 BF16_MEASURED: dict[str, tuple[bool, str]] = {
     "dense": (True, "native bf16 GEMM (AMX/AVX512-BF16) measured faster than fp32 for dense weights"),
+    "int8": (True, "int8's prefill GEMM runs on native bf16 (AMX/AVX512-BF16); measured faster than fp32"),
     "int4": (False, "the int4 kernels compute in fp32 with int8 activations; bf16 measured no faster"),
-    "int8": (False, "the int8 kernels compute in fp32; bf16 measured no faster"),
 }
 
 
 def choose_dtype(linear: str) -> AutoChoice:
     """The compute dtype for `--dtype auto` beside the (already resolved) linear method."""
     if not native.cpu_has_bf16_gemm():
-        return AutoChoice("fp32", "this CPU has no native bf16 arithmetic (no avx512_bf16 or amx_bf16)")
+        return AutoChoice("fp32", "no native bf16 arithmetic here (no avx512_bf16 or amx_bf16 flag, "
+                                  "or EMBER_BF16_GEMM=native)")
     faster, why = BF16_MEASURED.get(linear, (False, f"bf16 not measured for linear {linear!r}"))
     return AutoChoice("bf16" if faster else "fp32", why)

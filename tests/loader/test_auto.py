@@ -43,7 +43,8 @@ def test_dtype_follows_the_cpu_and_the_measurements(monkeypatch, bf16_cpu):
         if not bf16_cpu:
             assert "no native bf16 arithmetic" in choice.reason
     # what the measurements on a Sapphire Rapids said (benchmarks/README.md)
-    assert dtype_auto.BF16_MEASURED["dense"][0] and not dtype_auto.BF16_MEASURED["int4"][0]
+    assert dtype_auto.BF16_MEASURED["dense"][0] and dtype_auto.BF16_MEASURED["int8"][0]
+    assert not dtype_auto.BF16_MEASURED["int4"][0]
 
 
 def test_explicit_values_pass_through_without_notes():
