@@ -43,7 +43,7 @@ class EngineConfig:
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
     kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block)"})
-    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm; empty: none"})
+    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm, snapkv, tova, observed, expected-attention; empty: none"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})

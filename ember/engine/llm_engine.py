@@ -223,7 +223,7 @@ class LLMEngine:
         after preemption comes back unpressed; one swapped out keeps its compacted blocks."""
         for request in requests:
             if len(request.output_token_ids) == 1 and not request.is_finished and not request.num_dropped_tokens:
-                compact(self.press, self.kv_cache, self.kv, request)
+                compact(self.press, self.kv_cache, self.kv, request, self.model)
 
     def _timed_add_text(self, clock):
         """_add_text that charges detokenization to its own phase of the step profile."""

@@ -47,7 +47,11 @@ def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("press", ["streaming", "knorm"])
+# observed and expected-attention re-run the whole prompt (30 s each here): slow; their scores
+# are held to the oracle in tests/kv/test_attention_presses.py in the default suite
+@pytest.mark.parametrize("press", ["streaming", "knorm", "snapkv", "tova",
+                                   pytest.param("observed", marks=pytest.mark.slow),
+                                   pytest.param("expected-attention", marks=pytest.mark.slow)])
 def test_press_in_the_serving_path(make_llm, mixed_prompts, press):
     """press:0.5 on a mixed batch: the fused step and the batched backend agree with the
     torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the
@@ -94,7 +98,7 @@ def test_press_survives_swap_preemption(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: knorm, streaming"),
+@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: expected-attention, knorm, observed, snapkv"),
                                            ("streaming:1.5", r"share of entries removed, in \[0, 1\)"),
                                            ("streaming:x", "must be a number")])
 def test_bad_press_is_a_clear_error(spec, message):

@@ -1,10 +1,13 @@
 """The KVPress seam: which of a sequence's cache entries stay once its prompt is in the cache.
 
-A press looks at one layer's keys and values (decoded, [T, Hkv, D]) and names the entries
-to keep, in cache order. One selection serves every KV head of a layer (kvpress keeps a
-ragged set per head; a shared set keeps the paged layout: one block table per sequence).
-Every layer keeps the same number of entries, so one table and one count cover them all.
-`compact` applies a press to a running sequence: the kept entries are copied into fresh
+A press scores one layer's entries per KV head (`score`, [Hkv, T], higher kept first, the
+shape kvpress scores in) from the decoded keys and values [T, Hkv, D] and, for presses that
+read attention, the queries of the prompt's last tokens (`window`, observed by re-running
+those tokens over the cache: press/window.py). One selection serves every KV head of a layer
+(kvpress keeps a ragged set per head; a shared set keeps the paged layout: one block table
+per sequence), so `select` keeps the entries with the highest score averaged over the KV
+heads. Every layer keeps the same number of entries, so one table and one count cover them
+all. `compact` applies a press to a running sequence: the kept entries are copied into fresh
 private blocks and the old ones are released (prefix-cache blocks stay cached for others).
 """
 
@@ -27,9 +30,20 @@ class KVPress:
         """kvpress's rule: keep int(T * (1 - ratio)) entries."""
         return int(num_entries * (1.0 - self.ratio))
 
-    def select(self, layer: int, keys: torch.Tensor, values: torch.Tensor, num_kept: int) -> torch.Tensor:
-        """Cache indexes to keep (sorted, `num_kept` of them) of one layer's keys/values [T, Hkv, D]."""
+    def window(self, num_entries: int) -> int:
+        """How many of the prompt's last queries `score` reads (0: none; the whole prompt at most)."""
+        return 0
+
+    def score(self, layer: int, keys: torch.Tensor, values: torch.Tensor, window) -> torch.Tensor:
+        """Importance [Hkv, T] of one layer's entries (keys/values [T, Hkv, D]); `window` is a
+        press.window.QueryWindow when `self.window(T)` > 0, else None."""
         raise NotImplementedError
+
+    def select(self, layer: int, keys: torch.Tensor, values: torch.Tensor, num_kept: int,
+               window=None) -> torch.Tensor:
+        """Cache indexes to keep (sorted, `num_kept` of them) of one layer's keys/values [T, Hkv, D]."""
+        score = self.score(layer, keys, values, window).float().mean(dim=0)
+        return score.topk(num_kept).indices.sort().values
 
 
 KV_PRESSES: Registry[KVPress] = Registry("KV press")
