@@ -1,4 +1,4 @@
-"""`ember` command line: serve | generate | chat | info | eval ppl | bench."""
+"""`ember` command line: serve | generate | chat | info | eval ppl | eval kv | bench."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", help="evaluations (ppl)", description="Evaluations.")
+    p = sub.add_parser("eval", help="evaluations (ppl, kv)", description="Evaluations.")
     esub = p.add_subparsers(dest="eval_command", metavar="EVAL")
     esub.required = True
     e = esub.add_parser("ppl", help="perplexity over non-overlapping windows",
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_args(e)
     e.set_defaults(func=cmd_eval_ppl)
+    from ember.eval.kv.cli import add_kv_eval_parser
+    add_kv_eval_parser(esub)
     from ember.bench.cli import add_bench_parser
     add_bench_parser(sub)
     return parser
