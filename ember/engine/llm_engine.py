@@ -66,7 +66,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
-        self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
+        self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences

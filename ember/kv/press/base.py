@@ -21,7 +21,8 @@ from ember.registry import Registry
 class KVPress:
     name = ""
 
-    def __init__(self, ratio: float):
+    def __init__(self, ratio: float, config=None):
+        """`config`: the EngineConfig, for presses with options (None: their defaults)."""
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"a press ratio is the share of entries removed, in [0, 1); got {ratio}")
         self.ratio = ratio
@@ -44,6 +45,12 @@ class KVPress:
         """Cache indexes to keep (sorted, `num_kept` of them) of one layer's keys/values [T, Hkv, D]."""
         score = self.score(layer, keys, values, window).float().mean(dim=0)
         return score.topk(num_kept).indices.sort().values
+
+    def gather(self, layer: int, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor, window=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept entries' keys and values, as the new cache will hold them (a merging press
+        folds the evicted ones in here)."""
+        return keys[index], values[index]
 
 
 KV_PRESSES: Registry[KVPress] = Registry("KV press")

@@ -32,7 +32,7 @@ def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Re
     for layer in range(cache.num_layers):
         keys, values = cache.gather(layer, table, total)
         index = press.select(layer, keys, values, keep, window)
-        kept.append((keys[index], values[index]))
+        kept.append(press.gather(layer, keys, values, index, window))
     blocks = kv.reallocate(request, keep)
     bs = cache.block_size
     slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).flatten()[:keep]
