@@ -42,7 +42,7 @@ class EngineConfig:
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
-    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block), bfp4, bfp8 (block floating point: 32 channels share an 8-bit exponent; PyTorch path only)"})
+    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block), bfp4, bfp8 (block floating point: per token, 32 channels share an 8-bit exponent)"})
     kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm, snapkv, tova, observed, expected-attention, kvcrush, merge; empty: none"})
     kv_press_base: str = field(default="snapkv", metadata={"help": "kvcrush, merge: the scoring press they build on"})
     kvcrush_share: float = field(default=0.25, metadata={"help": "kvcrush: share of the kept entries given to representatives of the evicted ones"})

@@ -1,7 +1,7 @@
 """`bfp4`, `bfp8` KV codecs: contents equal ember/numerics/bfp.py's encoding (itself held to
 its own reference in tests/numerics/test_bfp.py), the packing round trips, sizes, and the
-codec in the serving path (swap, prefix cache, n > 1) on the PyTorch path the fused step
-leaves it to."""
+codec in the serving path (swap, prefix cache, n > 1) on the fused C step and on the
+PyTorch path. The C store and attention are held to the codec in test_codecs.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ember import SamplingParams
+from ember.kernels import native
 from ember.kv.cache import PagedKVCache
 from ember.kv.codecs import get_kv_codec
 from ember.kv.codecs.bfp import pack_nibbles, unpack_nibbles
@@ -54,16 +55,17 @@ def test_bad_head_dim_is_a_clear_error():
         get_kv_codec("bfp4", BS, HKV, 48, torch.float32)
 
 
-def test_bfp8_in_the_serving_path(make_llm, mixed_prompts):
-    """The fused step has no bfp layout, so auto falls back to the PyTorch path; swap,
-    chunked prefill, prefix hits and n > 1 end as one request alone does."""
+@pytest.mark.parametrize("fused", ["auto", "off"])
+def test_bfp8_in_the_serving_path(make_llm, mixed_prompts, fused):
+    """On the fused C step and the PyTorch path: swap, chunked prefill, prefix hits and n > 1
+    end as one request alone does; 8-bit mantissas stay close to fp32 KV."""
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=5)
     prompts = [{"prompt_token_ids": p["prompt_token_ids"][:64]} for p in mixed_prompts[:8]]
-    alone = make_llm(max_num_seqs=1, enable_prefix_caching=False, kv_cache_dtype="bfp8")
-    assert alone.engine.runner.decoder is None
+    alone = make_llm(max_num_seqs=1, enable_prefix_caching=False, kv_cache_dtype="bfp8", fused_decode=fused)
+    assert (alone.engine.runner.decoder is not None) == (fused == "auto" and native.available())
     reference = [alone.generate(p, params)[0].outputs[0] for p in prompts]
     llm = make_llm(kv_cache_tokens=16 * 12, max_num_seqs=8, max_num_batched_tokens=32, preemption="swap",
-                   swap_space="16MiB", kv_cache_dtype="bfp8")
+                   swap_space="16MiB", kv_cache_dtype="bfp8", fused_decode=fused)
     outs = [o.outputs[0] for o in llm.generate(prompts, params)]
     assert llm.engine.scheduler.preemptor.num_swapped_in > 0
     outs += [o.outputs[0] for o in llm.generate(prompts[-2:], params)]

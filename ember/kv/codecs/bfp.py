@@ -8,8 +8,8 @@ bfp4 mantissas (-7..7) are stored as two's-complement nibbles, two per byte, cha
 the low nibble. The paper also sorts key channels by norm (the same permutation folded into
 W_q and W_k) so outlier channels share groups; not done here (groups are consecutive channels).
 
-No native kind yet: the fused C step refuses these codecs (fused_decode auto falls back to the
-PyTorch path), which reads them through `read`.
+csrc/attention_paged.h's bfp kinds store the same bytes (held to `write` bit for bit) and
+attend over the codes, scaling each group's partial sums by its power of two in registers.
 
 Per block (Hkv heads, D channels, bs tokens, G = min(32, D)):
   k, v          int8 [bs, Hkv, D] (bfp8) or uint8 [bs, Hkv, D/2] (bfp4)
@@ -41,6 +41,10 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 class BFPCodec(KVCodec):
     mantissa_bits: int
+
+    @property
+    def native_kind(self) -> str | None:
+        return self.name if self.head_dim % GROUP == 0 else None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
