@@ -164,18 +164,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval_ppl(args) -> int:
-    from ember.eval.perplexity import default_eval_text, evaluate_perplexity
+    from ember.eval.perplexity import evaluate_perplexity, load_eval_text
     from ember.loader import load_model
 
     cfg = engine_config(args)
-    if args.text:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise SystemExit(f"error: --text: cannot read {args.text}: {exc.strerror}")
-    else:
-        text = default_eval_text()
+    text = load_eval_text(args.text)
     cfg.apply_threads()
     lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
     result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,

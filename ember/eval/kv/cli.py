@@ -50,7 +50,7 @@ def cmd_eval_kv(args) -> int:
     from ember.eval.kv.methods import KVMethod
     from ember.eval.kv.plot import plot_kv_eval
     from ember.eval.kv.run import run_kv_eval
-    from ember.eval.perplexity import default_eval_text
+    from ember.eval.perplexity import load_eval_text
     from ember.loader import load_model
 
     methods = [KVMethod.parse(m) for m in args.methods.split(",") if m.strip()]
@@ -63,14 +63,7 @@ def cmd_eval_kv(args) -> int:
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"--passkey-depths must lie in [0, 1], got {args.passkey_depths!r}")
     cfg = engine_config(args)
-    if args.text:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ValueError(f"--text: cannot read {args.text}: {exc.strerror}") from None
-    else:
-        text = default_eval_text()
+    text = load_eval_text(args.text)
     cfg.apply_threads()
     loaded = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
     longest = max([args.context + args.continuation] + lengths)

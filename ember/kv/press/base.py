@@ -53,6 +53,17 @@ class KVPress:
         return keys[index], values[index]
 
 
+class OnBasePress(KVPress):
+    """A press built on another press's scores (`--kv-press-base`, default snapkv)."""
+
+    def __init__(self, ratio: float, config=None):
+        super().__init__(ratio, config)
+        self.base = KV_PRESSES.create(getattr(config, "kv_press_base", "snapkv"), ratio, config)
+
+    def window(self, num_entries: int) -> int:
+        return self.base.window(num_entries)
+
+
 KV_PRESSES: Registry[KVPress] = Registry("KV press")
 
 

@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from ember.kv.press.base import KV_PRESSES, KVPress
+from ember.kv.press.base import KV_PRESSES, OnBasePress
 
 
 @KV_PRESSES.register("kvcrush")
-class KVCrushPress(KVPress):
+class KVCrushPress(OnBasePress):
     name = "kvcrush"
 
     def __init__(self, ratio: float, config=None):
         super().__init__(ratio, config)
-        self.base = KV_PRESSES.create(getattr(config, "kv_press_base", "snapkv"), ratio, config)
         self.share = getattr(config, "kvcrush_share", 0.25)
-
-    def window(self, num_entries: int) -> int:
-        return self.base.window(num_entries)
 
     def select(self, layer, keys, values, num_kept, window=None):
         scores = self.base.score(layer, keys, values, window).float()  # [Hkv, T]

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from ember.kv.press.base import KV_PRESSES, KVPress
+from ember.kv.press.base import KV_PRESSES, OnBasePress
 
 SINKS = 4
 
 
 @KV_PRESSES.register("merge")
-class MergePress(KVPress):
+class MergePress(OnBasePress):
     name = "merge"
-
-    def __init__(self, ratio: float, config=None):
-        super().__init__(ratio, config)
-        self.base = KV_PRESSES.create(getattr(config, "kv_press_base", "snapkv"), ratio, config)
-
-    def window(self, num_entries: int) -> int:
-        return self.base.window(num_entries)
 
     def select(self, layer, keys, values, num_kept, window=None):
         score = self.base.score(layer, keys, values, window).float().mean(dim=0)
