@@ -47,11 +47,11 @@ def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-# observed and expected-attention re-run the whole prompt (30 s each here): slow; their scores
-# are held to the oracle in tests/kv/test_attention_presses.py in the default suite
-@pytest.mark.parametrize("press", ["streaming", "knorm", "snapkv", "tova", "kvcrush", "merge",
-                                   pytest.param("observed", marks=pytest.mark.slow),
-                                   pytest.param("expected-attention", marks=pytest.mark.slow)])
+# snapkv stands for the presses that read queries; the others are slow to keep `make test`
+# short (their scores are held to the oracle in tests/kv/test_attention_presses.py, kvcrush's and
+# merge's rules below, in the default suite)
+@pytest.mark.parametrize("press", ["streaming", "knorm", "snapkv"] + [
+    pytest.param(name, marks=pytest.mark.slow) for name in ("tova", "kvcrush", "merge", "observed", "expected-attention")])
 def test_press_in_the_serving_path(make_llm, mixed_prompts, press):
     """press:0.5 on a mixed batch: the fused step and the batched backend agree with the
     torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the

@@ -32,7 +32,8 @@ def forward_nll(model, window: list[int]) -> torch.Tensor:
     return token_nll(model, hidden[CONTEXT - 1:-1], torch.tensor(window[CONTEXT:]))
 
 
-@pytest.mark.parametrize("options", [{}, {"fused_decode": "off"}, {"kv_press": "snapkv:0"}])
+@pytest.mark.parametrize("options", [{}, pytest.param({"fused_decode": "off"}, marks=pytest.mark.slow),
+                                     {"kv_press": "snapkv:0"}])
 def test_continuation_equals_the_no_cache_forward(ember_lm, windows, options):
     """Uncompressed, teacher-forced decoding through the engine (chunked prefill, paged cache, the
     fused step or the PyTorch path; a press that removes nothing) scores each token as one

@@ -55,7 +55,7 @@ def test_bad_head_dim_is_a_clear_error():
         get_kv_codec("bfp4", BS, HKV, 48, torch.float32)
 
 
-@pytest.mark.parametrize("fused", ["auto", "off"])
+@pytest.mark.parametrize("fused", ["auto", pytest.param("off", marks=pytest.mark.slow)])
 def test_bfp8_in_the_serving_path(make_llm, mixed_prompts, fused):
     """On the fused C step and the PyTorch path: swap, chunked prefill, prefix hits and n > 1
     end as one request alone does; 8-bit mantissas stay close to fp32 KV."""
