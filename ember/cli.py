@@ -1,4 +1,4 @@
-"""`ember` command line: serve | generate | chat | info | eval ppl | bench."""
+"""`ember` command line: serve | generate | chat | info | eval ppl | eval kv | bench."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", help="evaluations (ppl)", description="Evaluations.")
+    p = sub.add_parser("eval", help="evaluations (ppl, kv)", description="Evaluations.")
     esub = p.add_subparsers(dest="eval_command", metavar="EVAL")
     esub.required = True
     e = esub.add_parser("ppl", help="perplexity over non-overlapping windows",
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_args(e)
     e.set_defaults(func=cmd_eval_ppl)
+    from ember.eval.kv.cli import add_kv_eval_parser
+    add_kv_eval_parser(esub)
     from ember.bench.cli import add_bench_parser
     add_bench_parser(sub)
     return parser
@@ -162,18 +164,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval_ppl(args) -> int:
-    from ember.eval.perplexity import default_eval_text, evaluate_perplexity
+    from ember.eval.perplexity import evaluate_perplexity, load_eval_text
     from ember.loader import dtype_name, load_model
 
     cfg = engine_config(args)
-    if args.text:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise SystemExit(f"error: --text: cannot read {args.text}: {exc.strerror}")
-    else:
-        text = default_eval_text()
+    text = load_eval_text(args.text)
     cfg.apply_threads()
     lm = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json)
     cfg = dataclasses.replace(cfg, linear=lm.linear, dtype=dtype_name(lm.model.dtype))  # `auto` resolved

@@ -42,8 +42,10 @@ class EngineConfig:
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
-    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block)"})
-    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm; empty: none"})
+    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block), bfp4, bfp8 (block floating point: per token, 32 channels share an 8-bit exponent)"})
+    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm, snapkv, tova, observed, expected-attention, kvcrush, merge; empty: none"})
+    kv_press_base: str = field(default="snapkv", metadata={"help": "kvcrush, merge: the scoring press they build on"})
+    kvcrush_share: float = field(default=0.25, metadata={"help": "kvcrush: share of the kept entries given to representatives of the evicted ones"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
@@ -87,6 +89,13 @@ class EngineConfig:
                 raise ValueError(f"kv_press {name!r} is not one of: {', '.join(KV_PRESSES.names())}")
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"kv_press {self.kv_press!r}: the ratio is the share of entries removed, in [0, 1)")
+        from ember.kv.press import KV_PRESSES
+
+        if self.kv_press_base not in KV_PRESSES or self.kv_press_base in ("kvcrush", "merge", "streaming"):
+            raise ValueError(f"kv_press_base {self.kv_press_base!r} is not a scoring press: "
+                             f"{', '.join(n for n in KV_PRESSES.names() if n not in ('kvcrush', 'merge', 'streaming'))}")
+        if not 0.0 <= self.kvcrush_share <= 1.0:
+            raise ValueError(f"kvcrush_share must lie in [0, 1], got {self.kvcrush_share}")
         # the policy's name and its client-weights file are checked where the engine builds the
         # policy, before the model loads (the config stays below the engine)
         for name in ("vtc_input_weight", "vtc_output_weight", "slo_ttft_ms", "slo_tpot_ms", "continuum_ttl"):

@@ -72,7 +72,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
-        self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
+        self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
@@ -229,7 +229,7 @@ class LLMEngine:
         after preemption comes back unpressed; one swapped out keeps its compacted blocks."""
         for request in requests:
             if len(request.output_token_ids) == 1 and not request.is_finished and not request.num_dropped_tokens:
-                compact(self.press, self.kv_cache, self.kv, request)
+                compact(self.press, self.kv_cache, self.kv, request, self.model)
 
     def _timed_add_text(self, clock):
         """_add_text that charges detokenization to its own phase of the step profile."""
