@@ -63,9 +63,12 @@ def model_path(model: str | None = None) -> str:
 
 
 def load_ember(dtype: str, threads: int, model: str | None = None, **config):
-    """An `ember.LLM` with prefix caching off unless asked (repeated prompts must not hit the cache)."""
+    """An `ember.LLM` with prefix caching off unless asked (repeated prompts must not hit the cache),
+    and dense weights unless asked: the scripts compare like for like with transformers' dense
+    model, and their figures were taken so (the engine's own default is `--linear auto`)."""
     from ember import LLM
     config.setdefault("enable_prefix_caching", False)
+    config.setdefault("linear", "dense")
     return LLM(model=model_path(model), dtype=dtype, threads=threads, **config)
 
 

@@ -1,4 +1,4 @@
-"""`ember` command line: serve | generate | chat | info | eval ppl | bench | sim."""
+"""`ember` command line: serve | generate | chat | info | eval ppl | eval kv | bench | sim."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", help="evaluations (ppl)", description="Evaluations.")
+    p = sub.add_parser("eval", help="evaluations (ppl, kv)", description="Evaluations.")
     esub = p.add_subparsers(dest="eval_command", metavar="EVAL")
     esub.required = True
     e = esub.add_parser("ppl", help="perplexity over non-overlapping windows",
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_args(e)
     e.set_defaults(func=cmd_eval_ppl)
+    from ember.eval.kv.cli import add_kv_eval_parser
+    add_kv_eval_parser(esub)
     from ember.bench.cli import add_bench_parser
     add_bench_parser(sub)
     from ember.sim.cli import add_sim_parser
@@ -164,20 +166,17 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval_ppl(args) -> int:
-    from ember.eval.perplexity import default_eval_text, evaluate_perplexity
-    from ember.loader import load_model
+    from ember.eval.perplexity import evaluate_perplexity, load_eval_text
+    from ember.loader import dtype_name, load_model
 
     cfg = engine_config(args)
-    if args.text:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise SystemExit(f"error: --text: cannot read {args.text}: {exc.strerror}")
-    else:
-        text = default_eval_text()
+    text = load_eval_text(args.text)
     cfg.apply_threads()
-    lm = load_model(cfg.model, cfg.torch_dtype, cfg.linear, cfg.attention, progress=not args.json)
+    lm = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json)
+    cfg = dataclasses.replace(cfg, linear=lm.linear, dtype=dtype_name(lm.model.dtype))  # `auto` resolved
+    if not args.json:
+        for note in lm.auto_notes:
+            print(note, file=sys.stderr)
     result = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.context, max_tokens=args.max_tokens,
                                  score=args.score, windows_per_batch=args.windows_per_batch, progress=not args.json,
                                  decode=args.decode, fused_decode=cfg.fused_decode != "off",
@@ -189,7 +188,7 @@ def cmd_eval_ppl(args) -> int:
         print(json.dumps(data))
     else:
         print(f"perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens scored "
-              f"({result.windows} windows of {args.context}, score={args.score}, dtype={cfg.dtype}, "
+              f"({result.windows} windows of {args.context}, score={args.score}, linear={cfg.linear}, dtype={cfg.dtype}, "
               f"{'' if cfg.kv_cache_dtype == 'auto' else f'kv {cfg.kv_cache_dtype}, '}"
               f"{'decode, ' if args.decode else ''}"
               f"{result.seconds:.1f} s)")

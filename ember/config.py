@@ -34,16 +34,18 @@ def parse_bytes(text: str | int) -> int:
 @dataclass
 class EngineConfig:
     model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
-    dtype: str = field(default="fp32", metadata={"help": "compute dtype: fp32 or bf16"})
-    linear: str = field(default="dense", metadata={"help": "LinearMethod for the projections"})
+    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 where this CPU has native bf16 arithmetic and the chosen linear method measured faster in it; fp32 elsewhere), fp32 or bf16"})
+    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4"})
     attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
     fused_decode: str = field(default="auto", metadata={"help": "decode steps (and, with int4, prefill chunks) as one C call: auto (when the model, dtype, linear method and attention allow), on (fail if they don't), off (the PyTorch path)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
     block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
     kv_cache_tokens: int = field(default=0, metadata={"help": "KV-cache capacity in tokens (0: from kv_cache_memory)"})
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
-    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block)"})
-    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm; empty: none"})
+    kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block), bfp4, bfp8 (block floating point: per token, 32 channels share an 8-bit exponent)"})
+    kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm, snapkv, tova, observed, expected-attention, kvcrush, merge; empty: none"})
+    kv_press_base: str = field(default="snapkv", metadata={"help": "kvcrush, merge: the scoring press they build on"})
+    kvcrush_share: float = field(default=0.25, metadata={"help": "kvcrush: share of the kept entries given to representatives of the evicted ones"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
@@ -69,10 +71,10 @@ class EngineConfig:
         from ember.kernels.attention import ATTENTION_BACKENDS
         from ember.kernels.linear import LINEAR_METHODS
 
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of: fp32, bf16")
-        if self.linear not in LINEAR_METHODS:
-            raise ValueError(f"linear {self.linear!r} is not one of: {', '.join(LINEAR_METHODS.names())}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
+        if self.linear != "auto" and self.linear not in LINEAR_METHODS:
+            raise ValueError(f"linear {self.linear!r} is not one of: auto, {', '.join(LINEAR_METHODS.names())}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention {self.attention!r} is not one of: {', '.join(ATTENTION_BACKENDS.names())}")
         from ember.kv.codecs import KV_CODECS
@@ -87,6 +89,13 @@ class EngineConfig:
                 raise ValueError(f"kv_press {name!r} is not one of: {', '.join(KV_PRESSES.names())}")
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"kv_press {self.kv_press!r}: the ratio is the share of entries removed, in [0, 1)")
+        from ember.kv.press import KV_PRESSES
+
+        if self.kv_press_base not in KV_PRESSES or self.kv_press_base in ("kvcrush", "merge", "streaming"):
+            raise ValueError(f"kv_press_base {self.kv_press_base!r} is not a scoring press: "
+                             f"{', '.join(n for n in KV_PRESSES.names() if n not in ('kvcrush', 'merge', 'streaming'))}")
+        if not 0.0 <= self.kvcrush_share <= 1.0:
+            raise ValueError(f"kvcrush_share must lie in [0, 1], got {self.kvcrush_share}")
         # the policy's name and its client-weights file are checked where the engine builds the
         # policy, before the model loads (the config stays below the engine)
         for name in ("vtc_input_weight", "vtc_output_weight", "slo_ttft_ms", "slo_tpot_ms", "continuum_ttl"):
@@ -111,6 +120,8 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":  # a caller's bug: the engine and `ember info` resolve it first
+            raise ValueError("dtype 'auto' has no torch dtype until the model file resolves it (ember/loader/auto.py)")
         return DTYPES[self.dtype]
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -9,12 +10,15 @@ import torch
 from ember.config import EngineConfig
 from ember.kernels import native
 from ember.kv.spec import kv_cache_spec
-from ember.loader import read_model_config, resolve_model_path
+from ember.loader import describe_model, resolve_model_path
+from ember.loader.auto import resolve_auto
 
 
 def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
     path = resolve_model_path(cfg.model)
-    mc, fmt = read_model_config(path)
+    mc, fmt, stored = describe_model(path)
+    resolved = resolve_auto(cfg.linear, cfg.dtype, fmt, stored)
+    cfg = dataclasses.replace(cfg, linear=resolved.linear, dtype=resolved.dtype)
     dtype = cfg.torch_dtype
     spec = kv_cache_spec(cfg, mc)
     params = mc.num_parameters()
@@ -46,6 +50,7 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "file_bytes": file_bytes,
         "dtype": cfg.dtype,
         "linear": cfg.linear,
+        "auto": list(resolved.notes),
         "weight_bytes_loaded": _loaded_weight_bytes(mc, cfg.linear, dtype),
         "kv_cache_dtype": cfg.kv_cache_dtype,
         "kv_bytes_per_token": spec.bytes_per_token,
@@ -119,6 +124,7 @@ def format_info(info: dict) -> str:
     if info["weight_bytes_loaded"] is not None:
         lines.append(f"weights       {_size(info['weight_bytes_loaded'])} once loaded (linear {info['linear']}, "
                      f"dtype {info['dtype']})")
+    lines.extend(f"auto          {note}" for note in info["auto"])
     lines.append("layer shapes  " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in info["layer_shapes"].items()))
     kv_dtype = info["kv_cache_dtype"] if info["kv_cache_dtype"] != "auto" else info["dtype"]
     lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included)")

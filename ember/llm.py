@@ -18,6 +18,7 @@ class LLM:
     def __init__(self, model: str | None = None, progress: bool = False, loaded=None, **config):
         self.config = EngineConfig.from_kwargs(model=model, **config)
         self.engine = LLMEngine(self.config, progress=progress, loaded=loaded)
+        self.config = self.engine.config  # `auto` options resolved
         self.tokenizer = self.engine.tokenizer
 
     # --- offline batch ------------------------------------------------------------------------

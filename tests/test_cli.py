@@ -40,3 +40,23 @@ def test_structured_output_flags(ember_lm, tmp_path, capsys, monkeypatch):
     assert err.startswith("error: ") and "unclosed group" in err and "Traceback" not in err
     assert main(["generate", "x", "--regex", "a", "--choice", "b"] + base) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--linear", "int3", "error: linear 'int3' is not one of: auto, dense"),
+    ("--dtype", "fp16", "error: dtype 'fp16' is not one of: auto, fp32, bf16"),
+])
+def test_a_bad_linear_or_dtype_names_the_value(capsys, flag, value, message):
+    assert main(["info", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_info_prints_the_auto_choices(default_gguf_path, capsys):
+    assert main(["info", "--model", default_gguf_path]) == 0
+    out = capsys.readouterr().out
+    assert "linear auto -> int4 (GGUF Q4_1 projections kept as stored)" in out
+    assert "dtype auto -> " in out
+    assert main(["info", "--model", default_gguf_path, "--linear", "dense", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "auto ->" not in out and "(linear dense, dtype fp32)" in out

@@ -8,6 +8,7 @@ detokenizing, sampling and logprobs stay here: the scheduler runs without a mode
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ember.kv.cache import PagedKVCache
 from ember.kv.press import KV_PRESSES, parse_press
 from ember.kv.press.compact import compact
 from ember.kv.spec import kv_cache_spec
-from ember.loader import LoadedModel, load_model
+from ember.loader import LoadedModel, dtype_name, load_model
 from ember.request import Request, RequestStatus
 from ember.sampling_params import SamplingParams
 from ember.structured.backend import GrammarBackend
@@ -48,9 +49,14 @@ class LLMEngine:
         config.apply_threads()
         policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         if loaded is None:
-            loaded = load_model(config.model, config.torch_dtype, config.linear, config.attention, progress=progress)
-        elif loaded.model.dtype != config.torch_dtype:
+            loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress)
+        elif config.dtype != "auto" and loaded.model.dtype != config.torch_dtype:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
+        # `auto` options become what the loader chose; the notes say why (`ember serve` prints them)
+        self.config = config = dataclasses.replace(
+            config, dtype=dtype_name(loaded.model.dtype),
+            linear=loaded.linear if config.linear == "auto" else config.linear)
+        self.auto_notes = loaded.auto_notes
         self.loaded = loaded
         self.model, self.tokenizer, self.model_config = self.loaded.model, self.loaded.tokenizer, self.loaded.config
         spec = kv_cache_spec(config, self.model_config)
@@ -64,7 +70,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
-        self.press = KV_PRESSES.create(*parse_press(config.kv_press)) if config.kv_press else None
+        self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
@@ -221,7 +227,7 @@ class LLMEngine:
         after preemption comes back unpressed; one swapped out keeps its compacted blocks."""
         for request in requests:
             if len(request.output_token_ids) == 1 and not request.is_finished and not request.num_dropped_tokens:
-                compact(self.press, self.kv_cache, self.kv, request)
+                compact(self.press, self.kv_cache, self.kv, request, self.model)
 
     def _timed_add_text(self, clock):
         """_add_text that charges detokenization to its own phase of the step profile."""

@@ -43,6 +43,17 @@ def default_eval_text() -> str:
     return "\n\n".join(topics.values())
 
 
+def load_eval_text(path: str | None) -> str:
+    """The text of a UTF-8 file, or the default evaluation text when `path` is None."""
+    if not path:
+        return default_eval_text()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"--text: cannot read {path}: {exc.strerror}") from None
+
+
 @dataclass
 class PerplexityResult:
     perplexity: float

@@ -81,7 +81,9 @@ def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
 
 
 def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
-    ptr = lambda name: tensors[name].data_ptr() if name in tensors else None  # noqa: E731
+    """The bfp codecs' exponents (`k_exp`, `v_exp`, int8) travel in the scale pointers."""
+    tensors = {"k_scale": tensors.get("k_exp"), "v_scale": tensors.get("v_exp")} | tensors
+    ptr = lambda name: tensors[name].data_ptr() if tensors.get(name) is not None else None  # noqa: E731
     return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full")))
 
 

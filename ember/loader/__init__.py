@@ -9,6 +9,8 @@ import torch
 
 from ember.kernels.attention import get_attention_backend
 from ember.kernels.linear import get_linear_method
+from ember.config import DTYPES
+from ember.loader.auto import resolve_auto
 from ember.loader.default_model import default_model_path
 from ember.loader.errors import ModelLoadError
 from ember.loader.tokenizer import EmberTokenizer
@@ -22,6 +24,8 @@ class LoadedModel:
     config: ModelConfig
     path: str
     source_format: str  # "gguf" or "hf"
+    linear: str = "dense"  # the projections' LinearMethod
+    auto_notes: tuple[str, ...] = ()  # what `auto` options chose and why (loader/auto.py)
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -32,28 +36,54 @@ def resolve_model_path(model: str | None) -> str:
 
 
 def read_model_config(path: str) -> tuple[ModelConfig, str]:
+    config, fmt, _ = describe_model(path)
+    return config, fmt
+
+
+def describe_model(path: str) -> tuple[ModelConfig, str, set[str]]:
+    """The model's shape, its format ("gguf" or "hf") and its projections' storage types (GGUF
+    type names; empty for a Hugging Face directory), read without loading tensors."""
     if os.path.isdir(path):
         from ember.loader import hf_dir
-        return hf_dir.read_config(path), "hf"
+        return hf_dir.read_config(path), "hf", set()
     from ember.loader.gguf import GGUFFile
-    return GGUFFile(path).model_config(), "gguf"
+    gguf_file = GGUFFile(path)
+    return gguf_file.model_config(), "gguf", gguf_file.projection_types()
 
 
-def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, linear: str = "dense",
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """A dtype as config.DTYPES names it ("fp32", "bf16"), or "auto"; a bad one raises ValueError."""
+    if isinstance(dtype, torch.dtype):
+        names = [name for name, dt in DTYPES.items() if dt == dtype]
+        if not names:
+            raise ValueError(f"dtype {dtype} is not one of: auto, fp32, bf16")
+        return names[0]
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of: auto, fp32, bf16")
+    return dtype
+
+
+def load_model(model: str | None = None, dtype: torch.dtype | str = torch.float32, linear: str = "dense",
                attention: str = "torch", progress: bool = False) -> LoadedModel:
+    """`dtype`: a torch dtype or a name ("fp32", "bf16"); `linear`: a LinearMethod's name.
+    Either may be "auto", resolved from the file's storage and this CPU (loader/auto.py); the
+    LoadedModel says what was chosen and why."""
     path = resolve_model_path(model)
     if os.path.isdir(path):
         from ember.loader import hf_dir
         config = hf_dir.read_config(path)
         tokenizer = EmberTokenizer.from_dir(path)
-        weights_iter, total, fmt = hf_dir.iter_weights(path, torch.float32), None, "hf"
+        weights_iter, total, fmt, stored = hf_dir.iter_weights(path, torch.float32), None, "hf", set()
     else:
         from ember.loader.gguf import GGUFFile
         gguf_file = GGUFFile(path)
         config = gguf_file.model_config()
         tokenizer = EmberTokenizer.from_gguf_metadata(gguf_file.metadata)
         weights_iter, total, fmt = gguf_file.weights(config, torch.float32, keep_blocks=True), gguf_file.num_tensors(), "gguf"
+        stored = gguf_file.projection_types()
         del gguf_file  # with weights_iter below: the reader and its metadata go before packing
+    resolved = resolve_auto(linear, dtype_name(dtype), fmt, stored)
+    linear, dtype = resolved.linear, DTYPES[resolved.dtype]
     if progress:
         from tqdm import tqdm
         weights_iter = tqdm(weights_iter, total=total, desc=f"loading {os.path.basename(path)}", unit="tensor", leave=False)
@@ -66,7 +96,7 @@ def load_model(model: str | None = None, dtype: torch.dtype = torch.float32, lin
     except ValueError as exc:  # missing tensors, shapes the config does not expect: the file's fault
         raise ModelLoadError(str(exc)) from exc
     net.eval()
-    return LoadedModel(net, tokenizer, config, path, fmt)
+    return LoadedModel(net, tokenizer, config, path, fmt, linear, resolved.notes)
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "read_model_config", "resolve_model_path", "default_model_path"]
+__all__ = ["LoadedModel", "ModelLoadError", "describe_model", "dtype_name", "load_model", "read_model_config", "resolve_model_path", "default_model_path"]

@@ -134,6 +134,10 @@ class GGUFFile:
     def tensor_type(self, name: str) -> str:
         return self._tensors[name].tensor_type.name
 
+    def projection_types(self) -> set[str]:
+        """The storage types of the layers' projections (attention and MLP), e.g. {"Q4_1"}."""
+        return {self.tensor_type(n) for n in self._tensors if (hf_name(n) or "").endswith("proj.weight")}
+
     def raw(self, name: str):
         """The gguf ReaderTensor, for kernels that repack quantized blocks without going through float."""
         return self._tensors[name]

@@ -122,17 +122,26 @@ def _uvicorn_server(asgi, cfg: ServerConfig, on_ready):
     return Server(config)
 
 
+def startup_report(engine) -> list[str]:
+    """What the engine chose that a user did not spell out: each `auto` option's choice and why,
+    then which path decode steps take and why."""
+    lines = list(engine.auto_notes)
+    off, decoder = engine.fused_decode_off_reason, engine.runner.decoder
+    if off is not None:
+        lines.append(f"decode steps: the PyTorch path ({off})")
+    else:
+        prefill = "prefill chunks too" if decoder.takes_prefill else "prefill chunks on the PyTorch path"
+        lines.append(f"decode steps: fused, one C call per step ({prefill})")
+    return lines
+
+
 def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
     print(f"loading {engine_cfg.model or 'the default model'} ...", file=sys.stderr, flush=True)
     asgi, app, async_engine = build_server_app(engine_cfg, cfg, progress=True)
     name = app.state.served.options.model_names[0]
-    off, decoder = async_engine.engine.fused_decode_off_reason, async_engine.engine.runner.decoder
-    if off is not None:
-        print(f"decode steps: the PyTorch path ({off})", file=sys.stderr, flush=True)
-    else:
-        prefill = "prefill chunks too" if decoder.takes_prefill else "prefill chunks on the PyTorch path"
-        print(f"decode steps: fused, one C call per step ({prefill})", file=sys.stderr, flush=True)
+    for line in startup_report(async_engine.engine):
+        print(line, file=sys.stderr, flush=True)
     if cfg.profile:
         print(f"step profile: one row per engine step to {cfg.profile}", file=sys.stderr, flush=True)
 

@@ -47,7 +47,11 @@ def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("press", ["streaming", "knorm"])
+# snapkv stands for the presses that read queries; the others are slow to keep `make test`
+# short (their scores are held to the oracle in tests/kv/test_attention_presses.py, kvcrush's and
+# merge's rules below, in the default suite)
+@pytest.mark.parametrize("press", ["streaming", "knorm", "snapkv"] + [
+    pytest.param(name, marks=pytest.mark.slow) for name in ("tova", "kvcrush", "merge", "observed", "expected-attention")])
 def test_press_in_the_serving_path(make_llm, mixed_prompts, press):
     """press:0.5 on a mixed batch: the fused step and the batched backend agree with the
     torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the
@@ -94,7 +98,7 @@ def test_press_survives_swap_preemption(make_llm, mixed_prompts):
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: knorm, streaming"),
+@pytest.mark.parametrize("spec, message", [("nope", "kv_press 'nope' is not one of: expected-attention, knorm, kvcrush, merge"),
                                            ("streaming:1.5", r"share of entries removed, in \[0, 1\)"),
                                            ("streaming:x", "must be a number")])
 def test_bad_press_is_a_clear_error(spec, message):
@@ -110,3 +114,53 @@ def test_knorm_keeps_the_smallest_key_norms():
     norms = keys.norm(dim=-1).mean(dim=-1)
     assert kept.tolist() == sorted(kept.tolist()) and len(kept) == 20
     assert norms[kept].max() <= norms[[i for i in range(40) if i not in kept.tolist()]].min()
+
+
+def test_bad_press_base_is_a_clear_error():
+    with pytest.raises(ValueError, match="kv_press_base 'streaming' is not a scoring press: expected-attention"):
+        EngineConfig(kv_press="kvcrush", kv_press_base="streaming")
+    with pytest.raises(ValueError, match="kvcrush_share must lie in"):
+        EngineConfig(kvcrush_share=1.5)
+
+
+def scored(seed=0, total=64, heads=3):
+    torch.manual_seed(seed)
+    keys = torch.randn(total, heads, 64) * (0.5 + torch.rand(total, heads, 1) * 4)
+    return keys, torch.randn(total, heads, 64)
+
+
+def test_kvcrush_keeps_the_base_top_and_spreads_the_rest():
+    """With share 0 KVCrush is its base press; with share s, the base's top (1-s) of the budget
+    stays, and the rest are evicted entries picked evenly along the Hamming-distance order."""
+    keys, values = scored()
+    config = EngineConfig(kv_press_base="knorm", kvcrush_share=0.0)
+    base = KV_PRESSES.create("knorm", 0.5).select(0, keys, values, 32)
+    assert torch.equal(KV_PRESSES.create("kvcrush", 0.5, config).select(0, keys, values, 32), base)
+    config.kvcrush_share = 0.25
+    kept = KV_PRESSES.create("kvcrush", 0.5, config).select(0, keys, values, 32)
+    assert len(kept) == 32 and kept.tolist() == sorted(set(kept.tolist()))
+    top = set(KV_PRESSES.create("knorm", 0.5).select(0, keys, values, 24).tolist())
+    assert top <= set(kept.tolist())
+    # the rule written out with loops: signatures over heads, majority anchor, distance order
+    score = -keys.norm(dim=-1).T  # knorm's [Hkv, T]
+    evicted = [t for t in score.mean(0).argsort(descending=True).tolist()[24:]]
+    top_half = [set(score[h].argsort(descending=True)[:32].tolist()) for h in range(3)]
+    sig = {t: [t in top_half[h] for h in range(3)] for t in evicted}
+    anchor = [sum(sig[t][h] for t in evicted) / len(evicted) > 0.5 for h in range(3)]
+    order = sorted(evicted, key=lambda t: sum(a != b for a, b in zip(sig[t], anchor)))  # stable
+    step = len(order) // 8
+    assert set(kept.tolist()) - top == {order[i * step] for i in range(8)}
+
+
+def test_merge_folds_evicted_values_into_the_nearest_kept_entry():
+    """Sinks and the last entry stay; each kept value is the mean of itself and the evicted
+    values nearest to it, so the values' sum weighted by group size is preserved."""
+    keys, values = scored(1)
+    press = KV_PRESSES.create("merge", 0.5, EngineConfig(kv_press_base="knorm"))
+    index = press.select(0, keys, values, 32)
+    assert {0, 1, 2, 3, 63} <= set(index.tolist())
+    k, v = press.gather(0, keys, values, index)
+    assert torch.equal(k, keys[index])
+    owner = torch.tensor([min(range(32), key=lambda j: (abs(int(index[j]) - t), j)) for t in range(64)])
+    for j in range(32):
+        assert torch.allclose(v[j], values[owner == j].mean(0), atol=1e-6)

@@ -122,7 +122,7 @@ def test_copy_blocks_moves_every_tensor(name):
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8"])
+@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8", "bfp4", "bfp8"])
 def test_c_store_equals_the_codec_write(name, cpu_variant):
     """The fused step's store (csrc/attention_paged.h), called on its own, leaves the same bytes
     as the codec's PyTorch write: whole blocks, partial runs across a block boundary, a growing
@@ -153,7 +153,7 @@ def test_pow2_scale():
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8"])
+@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8", "bfp4", "bfp8"])
 def test_c_attention_equals_softmax_over_the_codec_read(name, cpu_variant):
     """The fused step's paged attention on its own (csrc/llama_decode.c's ember_kv_attend): 1..3
     query heads per KV head over a scattered block table, contexts ending mid-block and on a

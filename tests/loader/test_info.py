@@ -10,11 +10,25 @@ from ember.info import format_info, model_info
 
 @pytest.mark.parametrize("linear, fixture", [("dense", "ember_lm"), ("int8", "ember_lm_int8"), ("int4", "ember_lm_int4")])
 def test_predicted_weight_bytes_match_the_loaded_model(request, linear, fixture):
-    info = model_info(EngineConfig(linear=linear))
+    info = model_info(EngineConfig(linear=linear, dtype="fp32"))
+    assert info["auto"] == []  # nothing was left to `auto`
     assert info["weight_bytes_loaded"] == request.getfixturevalue(fixture).model.weight_bytes()
     assert f"once loaded (linear {linear}, dtype fp32)" in format_info(info)
 
 
 def test_quantized_weights_are_smaller():
-    sizes = {lin: model_info(EngineConfig(linear=lin))["weight_bytes_loaded"] for lin in ("dense", "int8", "int4")}
+    sizes = {lin: model_info(EngineConfig(linear=lin, dtype="fp32"))["weight_bytes_loaded"] for lin in ("dense", "int8", "int4")}
     assert sizes["int4"] < sizes["int8"] < sizes["dense"] / 2
+
+
+def test_info_says_what_auto_chose_and_why():
+    from ember.kernels.dtype_auto import choose_dtype
+
+    info = model_info(EngineConfig())  # the defaults: linear auto, dtype auto
+    dtype = choose_dtype("int4")
+    assert (info["linear"], info["dtype"]) == ("int4", dtype.value)
+    assert info["auto"] == ["linear auto -> int4 (GGUF Q4_1 projections kept as stored)",
+                            f"dtype auto -> {dtype.value} ({dtype.reason})"]
+    text = format_info(info)
+    assert "auto          linear auto -> int4 (GGUF Q4_1 projections kept as stored)" in text
+    assert f"once loaded (linear int4, dtype {dtype.value})" in text

@@ -35,7 +35,7 @@
 
 /* The kinds in order; their names are what the codecs' `native_kind` says (checked at load). */
 #define EMBER_KV_KINDS(X) X(F32, f32) X(BF16, bf16) X(FP8_E4M3, fp8_e4m3) X(FP8_E5M2, fp8_e5m2) X(INT8, int8) \
-    X(KIVI4, kivi4) X(KIVI2, kivi2)
+    X(KIVI4, kivi4) X(KIVI2, kivi2) X(BFP4, bfp4) X(BFP8, bfp8)
 #define EMBER_KV_ENUM(id, name) EMBER_KV_##id,
 enum { EMBER_KV_KINDS(EMBER_KV_ENUM) EMBER_KV_NUM_KINDS };
 #define EMBER_KV_NAME(id, name) #name ","
@@ -62,8 +62,11 @@ typedef struct {  /* one layer's tensors */
 
 static inline int kv_quantized(int64_t kind) { return kind >= EMBER_KV_FP8_E4M3; }
 static inline int kv_kivi(int64_t kind) { return kind == EMBER_KV_KIVI4 || kind == EMBER_KV_KIVI2; }
+static inline int kv_bfp(int64_t kind) { return kind == EMBER_KV_BFP4 || kind == EMBER_KV_BFP8; }
 /* Kinds whose rows are stored one token at a time, independently (any order, any thread). */
-static inline int kv_per_token_store(int64_t kind) { return kind <= EMBER_KV_BF16 || kind == EMBER_KV_INT8; }
+static inline int kv_per_token_store(int64_t kind) {
+    return kind <= EMBER_KV_BF16 || kind == EMBER_KV_INT8 || kv_bfp(kind);
+}
 
 /* --- stores ------------------------------------------------------------------------------- */
 /* Round to nearest even onto the fp8 grid (man mantissa bits, exponent bias), |x| <= max:
@@ -98,11 +101,49 @@ static void store_row_plain(void* cache, int64_t at, const float* row, long n, i
     for (long i = 0; i < n; i++) out[i] = f32_to_bf16(row[i]);
 }
 
-/* One token's row of one tensor (k or v) at `slot`, for the per-token kinds (float, int8). */
+/* Block floating point (ember/numerics/bfp.py's shared_exponent_quantize, for one group of n
+ * floats): s = floor(log2 amax) - (m - 2), plus 1 if amax / 2^s rounds above qmax, clamped to
+ * [-128, 127]; q = round(x / 2^s) ties to even, clamped to +-qmax. Scaling by 2^-s is exact
+ * (ldexp in double, as the reference computes in float64). */
+static void bfp_quantize_group(const float* x, long n, int m, int8_t* q, int8_t* exponent) {
+    const double qmax = (double)((1 << (m - 1)) - 1);
+    float amax = 0.0f;
+    for (long i = 0; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    int e = -1000000;  /* zero: below every exponent, clamped to -128 */
+    if (amax > 0.0f) {
+        frexpf(amax, &e);
+        e -= 1;
+    }
+    long s = (long)e - (m - 2);
+    s = s < -128 ? -128 : s > 127 ? 127 : s;
+    if (nearbyint(ldexp((double)amax, (int)-s)) > qmax) s = s + 1 > 127 ? 127 : s + 1;
+    for (long i = 0; i < n; i++) {
+        double r = nearbyint(ldexp((double)x[i], (int)-s));
+        q[i] = (int8_t)(r > qmax ? qmax : r < -qmax ? -qmax : r);
+    }
+    *exponent = (int8_t)s;
+}
+
+/* One token's row of one tensor (k or v) at `slot`, for the per-token kinds (float, int8, bfp). */
 static void kv_store_token(const ember_kv_layout* L, void* data, float* scales, int64_t slot, const float* row) {
     const long Hkv = L->num_kv_heads, Dh = L->head_dim, KV = Hkv * Dh;
     if (L->kind == EMBER_KV_F32 || L->kind == EMBER_KV_BF16) {
         store_row_plain(data, slot * KV, row, KV, L->kind == EMBER_KV_BF16);
+        return;
+    }
+    if (kv_bfp(L->kind)) {  /* groups of 32 channels; bfp4 codes as nibbles, channel 2i low */
+        const int m = L->kind == EMBER_KV_BFP4 ? 4 : 8;
+        int8_t q[32];
+        int8_t* exps = (int8_t*)scales + slot * (KV / 32);
+        for (long g = 0; g < KV / 32; g++) {
+            bfp_quantize_group(row + g * 32, 32, m, q, exps + g);
+            if (m == 8) {
+                memcpy((int8_t*)data + slot * KV + g * 32, q, 32);
+            } else {
+                uint8_t* out = (uint8_t*)data + (slot * KV + g * 32) / 2;
+                for (int i = 0; i < 16; i++) out[i] = (uint8_t)((q[2 * i] & 15) | ((q[2 * i + 1] & 15) << 4));
+            }
+        }
         return;
     }
     for (long h = 0; h < Hkv; h++) {  /* INT8 */
@@ -245,7 +286,7 @@ static void kv_store_seq(const ember_kv_layout* L, const ember_kv_layer* C, cons
 /* Where row t's scale sits in k_scale/v_scale (before adding the KV head), from its slot; KIVI
  * kinds take the slot itself (attend_heads_kivi finds its block, scales and codes from it). */
 static inline int64_t kv_scale_base(const ember_kv_layout* L, int64_t slot) {
-    if (kv_kivi(L->kind)) return slot;
+    if (kv_kivi(L->kind) || kv_bfp(L->kind)) return slot;
     return L->kind == EMBER_KV_INT8 ? slot * L->num_kv_heads : slot / L->block_size * L->num_kv_heads;
 }
 
@@ -413,6 +454,73 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
     }
 }
 
+/* 8 block-floating-point codes from channel c of a row, widened to fp32: bfp8 int8 codes, or
+ * bfp4 two's-complement nibbles (channel 2i in the low nibble), sign-extended. */
+static inline __m256 bfp_codes8(const void* row, long c, int bits) {
+    if (bits == 8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)((const int8_t*)row + c))));
+    uint32_t w;
+    memcpy(&w, (const uint8_t*)row + c / 2, 4);
+    __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    x = _mm256_sub_epi32(_mm256_xor_si256(_mm256_and_si256(x, _mm256_set1_epi32(15)), _mm256_set1_epi32(8)),
+                         _mm256_set1_epi32(8));
+    return _mm256_cvtepi32_ps(x);
+}
+
+/* attend_heads for the bfp kinds: entry t is at slot soff[t]; each 32-channel group of its K
+ * and V rows is codes * 2^exponent (k_scale/v_scale hold the int8 exponents, one per token,
+ * KV head and group). Keys: the group's q.codes partial sums scaled by 2^e before they join
+ * the total; values: p * 2^e per group and token. */
+static inline __attribute__((always_inline)) void attend_heads_bfp(
+        const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
+        long L, float scale, float* scores, long ld, float* out, int bits) {
+    const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, groups = Dh / 32;
+    const int8_t* ke = (const int8_t*)C->k_scale;
+    const int8_t* ve = (const int8_t*)C->v_scale;
+    for (long t = 0; t < L; t++) {
+        const int64_t slot = soff[t], at = slot * KV + kvh * Dh, e0 = (slot * Hkv + kvh) * groups;
+        const void* row = bits == 8 ? (const void*)((const int8_t*)C->k + at) : (const void*)((const uint8_t*)C->k + at / 2);
+        __m256 a[HEADS_PER_PASS];
+        for (int h = 0; h < HEADS_PER_PASS; h++) a[h] = _mm256_setzero_ps();
+        for (long g = 0; g < groups; g++) {
+            __m256 part[HEADS_PER_PASS];
+            for (int h = 0; h < HEADS_PER_PASS; h++) part[h] = _mm256_setzero_ps();
+            for (long c = g * 32; c < g * 32 + 32; c += 8) {
+                __m256 x = bfp_codes8(row, c, bits);
+                for (int h = 0; h < HEADS_PER_PASS; h++)
+                    if (h < nh) part[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, part[h]);
+            }
+            __m256 sg = _mm256_set1_ps(ldexpf(1.0f, ke[e0 + g]));
+            for (int h = 0; h < HEADS_PER_PASS; h++)
+                if (h < nh) a[h] = _mm256_fmadd_ps(part[h], sg, a[h]);
+        }
+        for (int h = 0; h < nh; h++) scores[h * ld + t] = hsum_ps(a[h]) * scale;
+    }
+    float inv[HEADS_PER_PASS];
+    for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
+    for (long c = 0; c < Dh; c += 32) {
+        __m256 acc[HEADS_PER_PASS][4];
+        for (int h = 0; h < HEADS_PER_PASS; h++)
+            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
+        for (long t = 0; t < L; t++) {
+            const int64_t slot = soff[t], at = slot * KV + kvh * Dh;
+            const void* row = bits == 8 ? (const void*)((const int8_t*)C->v + at) : (const void*)((const uint8_t*)C->v + at / 2);
+            const float sv = ldexpf(1.0f, ve[(slot * Hkv + kvh) * groups + c / 32]);
+            __m256 x[4];
+            for (int i = 0; i < 4; i++) x[i] = bfp_codes8(row, c + 8 * i, bits);
+            for (int h = 0; h < HEADS_PER_PASS; h++) {
+                if (h < nh) {
+                    __m256 p = _mm256_set1_ps(scores[h * ld + t] * sv);
+                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, x[i], acc[h][i]);
+                }
+            }
+        }
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < 4; i++)
+                _mm256_storeu_ps(out + h * Dh + c + 8 * i, _mm256_mul_ps(acc[h][i], _mm256_set1_ps(inv[h])));
+    }
+}
+
 /* attend_heads on one layer's cache, dispatched once per call on the layout's kind. */
 static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh,
                          const int64_t* off, const int64_t* soff, long L, float scale, float* scores, long ld,
@@ -428,10 +536,15 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
         else attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 0);
         return;
     }
+    if (kv_bfp(Lk->kind)) {
+        if (Lk->kind == EMBER_KV_BFP4) attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4);
+        else attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 8);
+        return;
+    }
     switch (Lk->kind) {
 #define EMBER_KV_ATTEND(id, name) \
         case EMBER_KV_##id: { \
-            if (kv_kivi(EMBER_KV_##id)) break; \
+            if (kv_kivi(EMBER_KV_##id) || kv_bfp(EMBER_KV_##id)) break; \
             const int es = EMBER_KV_##id == EMBER_KV_F32 ? 4 : EMBER_KV_##id == EMBER_KV_BF16 ? 2 : 1; \
             attend_heads(q, nh, (const char*)C->k + at * es, (const char*)C->v + at * es, off, L, Dh, scale, \
                          scores, ld, out, EMBER_KV_##id, Lk->fp8_table, ks, vs, soff); \

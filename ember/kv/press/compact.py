@@ -7,12 +7,14 @@ import torch
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
 from ember.kv.press.base import KVPress
+from ember.kv.press.window import observe_window
 from ember.request import Request
 
 
-def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Request) -> bool:
+def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Request, model=None) -> bool:
     """Keep what `press` selects of the request's cache entries, layer by layer; the request keeps
-    its positions. False (nothing changed) when nothing would go or there is no room.
+    its positions. False (nothing changed) when nothing would go or there is no room. `model`
+    runs the window of prompt queries that attention-scored presses read (press/window.py).
 
     The kept entries are read out first (decoded: a quantizing codec encodes them again in
     their new blocks), then the old blocks are released, so a full pool still has room."""
@@ -21,11 +23,16 @@ def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Re
     if keep >= total or not kv.can_reallocate(request, keep):
         return False
     table = torch.tensor(request.block_ids, dtype=torch.long)
+    window = None
+    if press.window(total) > 0:
+        if model is None:
+            raise ValueError(f"press {press.name!r} reads attention: compact() needs the model")
+        window = observe_window(model, cache, request.token_slice(0, total), request.block_ids, press.window(total))
     kept = []
     for layer in range(cache.num_layers):
         keys, values = cache.gather(layer, table, total)
-        index = press.select(layer, keys, values, keep)
-        kept.append((keys[index], values[index]))
+        index = press.select(layer, keys, values, keep, window)
+        kept.append(press.gather(layer, keys, values, index, window))
     blocks = kv.reallocate(request, keep)
     bs = cache.block_size
     slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).flatten()[:keep]

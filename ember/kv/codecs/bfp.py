@@ -1,0 +1,91 @@
+"""`bfp4`, `bfp8`: block floating point (arXiv 2403.20137): each token's K and V rows, per KV
+head, in groups of 32 channels sharing one 8-bit power-of-two exponent, with 4- or 8-bit
+sign-magnitude mantissas (ember/numerics/bfp.py: round to nearest even, the group's largest
+value using the top mantissa bit). Per-token groups make the contents independent of how a
+sequence's tokens were split into writes, and need no residual.
+
+bfp4 mantissas (-7..7) are stored as two's-complement nibbles, two per byte, channel 2i in
+the low nibble. The paper also sorts key channels by norm (the same permutation folded into
+W_q and W_k) so outlier channels share groups; not done here (groups are consecutive channels).
+
+csrc/attention_paged.h's bfp kinds store the same bytes (held to `write` bit for bit) and
+attend over the codes, scaling each group's partial sums by its power of two in registers.
+
+Per block (Hkv heads, D channels, bs tokens, G = min(32, D)):
+  k, v          int8 [bs, Hkv, D] (bfp8) or uint8 [bs, Hkv, D/2] (bfp4)
+  k_exp, v_exp  int8 [bs, Hkv, D/G]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ember.kv.codecs.base import KV_CODECS, KVCodec
+from ember.numerics.bfp import bfp_decode, bfp_encode, BFPTensor
+
+GROUP = 32
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes in -8..7 [..., D] -> uint8 [..., D/2], channel 2i in the low nibble."""
+    c = (codes.to(torch.int16) & 0xF).reshape(*codes.shape[:-1], -1, 2)
+    return (c[..., 0] | (c[..., 1] << 4)).to(torch.uint8)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """pack_nibbles' inverse: int8 codes [..., 2n]."""
+    p = packed.to(torch.int16)
+    pair = torch.stack([p & 0xF, p >> 4], dim=-1)
+    return torch.where(pair > 7, pair - 16, pair).to(torch.int8).flatten(-2)
+
+
+class BFPCodec(KVCodec):
+    mantissa_bits: int
+
+    @property
+    def native_kind(self) -> str | None:
+        return self.name if self.head_dim % GROUP == 0 else None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = min(GROUP, self.head_dim)
+        if self.head_dim % self.group or self.head_dim * self.mantissa_bits % 8:
+            raise ValueError(f"{self.name}: head_dim {self.head_dim} does not split into groups of {self.group}")
+
+    def tensor_specs(self):
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        codes = ((bs, h, d), torch.int8) if self.mantissa_bits == 8 else ((bs, h, d // 2), torch.uint8)
+        exps = ((bs, h, d // self.group), torch.int8)
+        return {"k": codes, "v": codes, "k_exp": exps, "v_exp": exps}
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [..., D] -> (stored codes, exponents [..., D/G])."""
+        t = bfp_encode(x.float(), self.group, self.mantissa_bits)
+        codes = t.codes.flatten(-2)
+        return (codes if self.mantissa_bits == 8 else pack_nibbles(codes)), t.exponents
+
+    def decode(self, codes: torch.Tensor, exps: torch.Tensor) -> torch.Tensor:
+        q = codes if self.mantissa_bits == 8 else unpack_nibbles(codes)
+        t = BFPTensor(q.reshape(*exps.shape, self.group), exps, self.mantissa_bits, self.head_dim)
+        return bfp_decode(t).reshape(*exps.shape[:-1], self.head_dim)
+
+    def write(self, tensors, slots, k, v):
+        h = self.num_kv_heads
+        for name, x in (("k", k), ("v", v)):
+            codes, exps = self.encode(x)
+            tensors[name].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
+            tensors[name + "_exp"].view(-1, h, exps.shape[-1]).index_copy_(0, slots, exps)
+
+    def read(self, tensors, blocks):
+        return tuple(self.decode(tensors[n][blocks], tensors[n + "_exp"][blocks]).to(self.model_dtype)
+                     for n in ("k", "v"))
+
+
+@KV_CODECS.register("bfp4")
+class BFP4Codec(BFPCodec):
+    name, mantissa_bits = "bfp4", 4
+
+
+@KV_CODECS.register("bfp8")
+class BFP8Codec(BFPCodec):
+    name, mantissa_bits = "bfp8", 8
