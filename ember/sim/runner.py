@@ -27,10 +27,12 @@ def replica_capacity(config: EngineConfig) -> Capacity:
     """KV blocks, block size and longest sequence of one replica, as the engine would size them
     (reads the model file's metadata, not its weights)."""
     from ember.kv.spec import kv_cache_spec
-    from ember.loader import read_model_config, resolve_model_path
+    from ember.loader import describe_model, resolve_model_path
+    from ember.loader.auto import resolve_auto
 
-    mc, _ = read_model_config(resolve_model_path(config.model))
-    spec = kv_cache_spec(config, mc)
+    mc, fmt, stored = describe_model(resolve_model_path(config.model))
+    resolved = resolve_auto(config.linear, config.dtype, fmt, stored)  # `auto` as the engine would load it
+    spec = kv_cache_spec(dataclasses.replace(config, linear=resolved.linear, dtype=resolved.dtype), mc)
     return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len, spec.bytes_per_token)
 
 
