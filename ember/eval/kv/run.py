@@ -7,6 +7,7 @@ import time
 
 from tqdm import tqdm
 
+from ember.config import parse_bytes
 from ember.eval.kv.continuation import continuation_nll
 from ember.eval.kv.methods import KVMethod, bf16_bytes_per_token
 from ember.eval.kv.retrieval import passkey_accuracy, passkey_cases
@@ -35,8 +36,13 @@ def evaluate_method(loaded, config: dict, method: KVMethod, windows, context: in
     bf16 = -(-(context + 1) // spec.block_size) * spec.block_size * bf16_bytes_per_token(engine.model_config)
     row.update(bytes_per_token_stored=spec.bytes_per_token, bytes_per_context_token=held / (context + 1),
                compression_vs_bf16=bf16 / held)
-    seq_tokens = int(context * method.kept_share) + (len(windows[0]) - context)
-    row["sequences_fit"] = spec.num_blocks // -(-seq_tokens // spec.block_size)
+    # sequences of this shape that fit in --kv-cache-memory (or --kv-cache-tokens), counted
+    # from the bytes, not from the blocks this run allocated (capped by max_num_seqs)
+    seq_blocks = -(-(int(context * method.kept_share) + len(windows[0]) - context) // spec.block_size)
+    if config.get("kv_cache_tokens"):
+        row["sequences_fit"] = -(-config["kv_cache_tokens"] // spec.block_size) // seq_blocks
+    else:
+        row["sequences_fit"] = parse_bytes(config["kv_cache_memory"]) // (seq_blocks * spec.bytes_per_block)
     if cases:
         row["passkey"] = passkey_accuracy(llm, cases)
     bar.update(1)
