@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from common import base_parser, corpus_token_ids, environment, set_threads, write_json  # noqa: I001
+from common import base_parser, corpus_token_ids, environment, log, set_threads, write_json  # noqa: I001
 
 import torch
 
@@ -51,12 +51,18 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--kv-cache-memory", default="64MiB")
     p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--linear", default="auto", help="LinearMethod of the model (auto: as the file stores it)")
     args = p.parse_args()
     set_threads(args.threads)
-    loaded = load_model(args.model, dtype=torch.float32 if args.dtype == "fp32" else torch.bfloat16)
+    loaded = load_model(args.model, dtype=torch.float32 if args.dtype == "fp32" else torch.bfloat16, linear=args.linear)
     ids = corpus_token_ids(loaded.tokenizer)
     prompts = [ids[i * args.prompt_len:(i + 1) * args.prompt_len] for i in range(args.requests)]
-    rows = [run(loaded, KVMethod.parse(m), prompts, args.output_len, args) for m in args.methods.split(",")]
+    rows = []
+    for name in args.methods.split(","):
+        log(f"{name}: {args.requests} requests of {args.prompt_len} + {args.output_len} tokens ...")
+        rows.append(run(loaded, KVMethod.parse(name), prompts, args.output_len, args))
+        log(f"{name}: {rows[-1]['output_tok_s']:.1f} output tok/s, {rows[-1]['seconds']:.0f} s, "
+            f"peak {rows[-1]['peak_running']} sequences")
     base = next((r for r in rows if r["method"] == "bf16"), rows[0])
     print(f"{'method':18} {'B/token':>8} {'cache tok':>9} {'peak seqs':>9} {'preempt':>7} {'out tok/s':>9} {'vs bf16':>7}")
     for r in rows:

@@ -7,6 +7,8 @@ import json
 import math
 import os
 
+from ember.json_file import read_json
+
 SCHEMA = 1
 LATENCIES = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2el_ms", "E2EL"))
 STATS = ("mean", "median", "p90", "p99", "max")
@@ -37,13 +39,7 @@ def save_report(report: dict, path: str) -> None:
 
 def load_report(path: str) -> dict:
     """A report written by save_report; a clear ValueError for anything else."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("ember_bench") != SCHEMA or not isinstance(data.get("runs"), list):
         raise ValueError(f"{path} is not an `ember bench` report (schema {SCHEMA})")
     for run in data["runs"]:

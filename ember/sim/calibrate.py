@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 
 import numpy as np
 
+from ember.json_file import read_json
 from ember.sim.fitting import fit_nonnegative_linear, fit_split_linear, fit_tree, mape
 from ember.sim.step_model import FEATURES, model_from_json
 
@@ -138,13 +138,7 @@ def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0, ki
 
 def load_model_json(path: str) -> dict:
     """A model JSON written by `ember sim calibrate`, checked; `["model"]` holds the predictor."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("ember_sim_model") != SCHEMA:
         raise ValueError(f"{path} is not an `ember sim calibrate` model (schema {SCHEMA})")
     data["model"] = model_from_json(data)
