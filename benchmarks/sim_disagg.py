@@ -20,11 +20,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from common import write_json  # noqa: E402
-from ember.bench.workloads import WorkloadSpec  # noqa: E402
-from ember.sim.calibrate import load_model_json  # noqa: E402
-from ember.sim.runner import engine_config, replica_capacity  # noqa: E402
 from ember.sim.simulator import Disaggregation  # noqa: E402
-from sim_sweep import plot_sweeps, print_sweep, sweep  # noqa: E402
+from sim_sweep import add_sweep_args, plot_sweeps, print_sweep, sweep, sweep_setup  # noqa: E402
 
 
 def layouts(machines: int) -> list[tuple[str, int]]:
@@ -34,24 +31,11 @@ def layouts(machines: int) -> list[tuple[str, int]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-json", default=os.path.join(ROOT, "benchmarks", "results", "sim", "model.json"))
     p.add_argument("--machines", type=int, default=4)
-    p.add_argument("--rates", default="1,1.5,2,2.25,2.5,2.75,3,3.25,3.5,4")
-    p.add_argument("--num-prompts", type=int, default=400)
-    p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
-    p.add_argument("--slo-tpot-ms", type=float, default=150.0)
     p.add_argument("--link-gbps", type=float, default=25.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    p.add_argument("--plot", default=None)
+    add_sweep_args(p, rates="1,1.5,2,2.25,2.5,2.75,3,3.25,3.5,4")
     args = p.parse_args()
-    model = load_model_json(args.model_json)
-    config = engine_config(model, {})
-    capacity = replica_capacity(config)
-    spec = WorkloadSpec(name="chat-like", num_prompts=args.num_prompts, max_input_len=512, max_output_len=64,
-                        seed=args.seed)
-    slos = {"ttft": args.slo_ttft_ms, "tpot": args.slo_tpot_ms}
-    rates = [float(r) for r in args.rates.split(",")]
+    model, config, capacity, spec, slos, rates = sweep_setup(args)
     results = {}
     for name, prefill in layouts(args.machines):
         disagg = Disaggregation(prefill, args.link_gbps * 1e9 / 8) if prefill else None

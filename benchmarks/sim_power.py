@@ -22,35 +22,19 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from common import write_json  # noqa: E402
-from ember.bench.workloads import WorkloadSpec  # noqa: E402
-from ember.sim.calibrate import load_model_json  # noqa: E402
 from ember.sim.power import parse_power  # noqa: E402
-from ember.sim.runner import engine_config, replica_capacity  # noqa: E402
-from sim_sweep import plot_sweeps, print_sweep, sweep  # noqa: E402
+from sim_sweep import add_sweep_args, plot_sweeps, print_sweep, sweep, sweep_setup  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-json", default=os.path.join(ROOT, "benchmarks", "results", "sim", "model.json"))
     p.add_argument("--power", default="idle=100,prefill=400,decode=300", help="watts per state (assumed)")
     p.add_argument("--cap-sensitivity", default="prefill=1,decode=0.5")
     p.add_argument("--base-machines", type=int, default=4, help="uncapped machines the budget provisions")
     p.add_argument("--extra", default="1,2,3", help="machines added under the same budget, capped")
-    p.add_argument("--rates", default="2,2.5,3,3.5,4,4.5,5,5.5,6")
-    p.add_argument("--num-prompts", type=int, default=400)
-    p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
-    p.add_argument("--slo-tpot-ms", type=float, default=150.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    p.add_argument("--plot", default=None)
+    add_sweep_args(p, rates="2,2.5,3,3.5,4,4.5,5,5.5,6")
     args = p.parse_args()
-    model = load_model_json(args.model_json)
-    config = engine_config(model, {})
-    capacity = replica_capacity(config)
-    spec = WorkloadSpec(name="chat-like", num_prompts=args.num_prompts, max_input_len=512, max_output_len=64,
-                        seed=args.seed)
-    slos = {"ttft": args.slo_ttft_ms, "tpot": args.slo_tpot_ms}
-    rates = [float(r) for r in args.rates.split(",")]
+    model, config, capacity, spec, slos, rates = sweep_setup(args)
     peak = parse_power(args.power, 0.0, args.cap_sensitivity)
     budget = args.base_machines * peak.prefill_w
     results = {}

@@ -10,12 +10,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ember.bench.metrics import compute_metrics  # noqa: E402
+from ember.bench.workloads import WorkloadSpec  # noqa: E402
+from ember.sim.calibrate import load_model_json  # noqa: E402
 from ember.sim.power import energy_report  # noqa: E402
-from ember.sim.runner import step_seconds  # noqa: E402
+from ember.sim.runner import engine_config, replica_capacity, step_seconds  # noqa: E402
 from ember.sim.simulator import Simulator  # noqa: E402
 from ember.sim.workload import bench_sessions  # noqa: E402
 
 ATTAINMENT = 0.9  # DistServe's figure: the highest rate at which 90% of requests meet every SLO
+
+
+def add_sweep_args(p, rates: str) -> None:
+    """The options every rate-sweep scenario takes: the step model, the rates, the chat-like
+    workload's size and seed, the SLOs, and where results go."""
+    p.add_argument("--model-json", default=os.path.join(ROOT, "benchmarks", "results", "sim", "model.json"))
+    p.add_argument("--rates", default=rates)
+    p.add_argument("--num-prompts", type=int, default=400)
+    p.add_argument("--slo-ttft-ms", type=float, default=3000.0)
+    p.add_argument("--slo-tpot-ms", type=float, default=150.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    p.add_argument("--plot", default=None)
+
+
+def sweep_setup(args):
+    """(step model, engine config, one replica's capacity, workload, SLOs, rates) from add_sweep_args' options."""
+    model = load_model_json(args.model_json)
+    config = engine_config(model, {})
+    spec = WorkloadSpec(name="chat-like", num_prompts=args.num_prompts, max_input_len=512, max_output_len=64,
+                        seed=args.seed)
+    slos = {"ttft": args.slo_ttft_ms, "tpot": args.slo_tpot_ms}
+    return model, config, replica_capacity(config), spec, slos, [float(r) for r in args.rates.split(",")]
 
 
 def sweep(config, capacity, model: dict, spec, rates: list[float], slos: dict, replicas: int, machines: int,
