@@ -50,6 +50,9 @@ class EngineConfig:
     max_num_seqs: int = field(default=64, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step (chunked prefill)"})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "share KV blocks between requests with equal prefixes"})
+    enable_chunk_cache: bool = field(default=True, metadata={"help": "reuse the KV of prompt parts marked as chunks (documents) wherever they stand, blended in as CacheBlend does"})
+    blend_recompute_ratio: float = field(default=0.16, metadata={"help": "chunk cache: share of a blended chunk's tokens computed again, those whose values deviate most from the cached ones (CacheBlend's default)"})
+    blend_check_layer: int = field(default=1, metadata={"help": "chunk cache: the layer where the tokens to recompute are chosen; layers before it are computed for every token"})
     policy: str = field(default="fcfs", metadata={"help": "scheduling policy: fcfs, priority, vtc (fair share per `user`), lpm (longest cached prefix first), past-future or conservative (admission by predicted KV peak), slo (earliest deadline first), continuum (agent programs: KV pinned across tool calls)"})
     client_weights: str = field(default="", metadata={"help": "vtc: JSON file of client (`user`) -> weight; a client with weight 2 gets twice the service"})
     vtc_input_weight: float = field(default=1.0, metadata={"help": "vtc: counter charge per prompt token"})
@@ -94,6 +97,10 @@ class EngineConfig:
         if self.kv_press_base not in KV_PRESSES or self.kv_press_base in ("kvcrush", "merge", "streaming"):
             raise ValueError(f"kv_press_base {self.kv_press_base!r} is not a scoring press: "
                              f"{', '.join(n for n in KV_PRESSES.names() if n not in ('kvcrush', 'merge', 'streaming'))}")
+        if not 0.0 <= self.blend_recompute_ratio <= 1.0:
+            raise ValueError(f"blend_recompute_ratio must lie in [0, 1], got {self.blend_recompute_ratio}")
+        if self.blend_check_layer < 0:
+            raise ValueError(f"blend_check_layer must not be negative, got {self.blend_check_layer}")
         if not 0.0 <= self.kvcrush_share <= 1.0:
             raise ValueError(f"kvcrush_share must lie in [0, 1], got {self.kvcrush_share}")
         # the policy's name and its client-weights file are checked where the engine builds the

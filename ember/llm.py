@@ -24,7 +24,8 @@ class LLM:
     # --- offline batch ------------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = False, priority: int | list[int] = 0) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order. A prompt is a string or {"prompt_token_ids": [...]}.
+        """One RequestOutput per prompt, in order. A prompt is a string, {"prompt_token_ids": [...]},
+        or {"documents": [...], "prompt": str} to reuse the documents' KV wherever they stand.
         `priority` (one for all, or one per prompt): lower runs sooner under the `priority` policy."""
         single = isinstance(prompts, (str, dict))
         prompts = [prompts] if single else list(prompts)
@@ -54,6 +55,10 @@ class LLM:
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         return encode_chat(self.tokenizer, messages, add_generation_prompt)
+
+    def warm_chunks(self, documents: list[str]) -> dict:
+        """Precompute documents into the chunk cache before queries cite them (LLMEngine.warm_chunks)."""
+        return self.engine.warm_chunks(documents)
 
     def stream(self, prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text pieces of one prompt's first sequence as they are generated."""

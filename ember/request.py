@@ -60,6 +60,11 @@ class Request:
     num_computed_tokens: int = 0  # tokens run through the model: the next RoPE position
     num_dropped_tokens: int = 0  # of those, entries taken out of the cache (a press, a window)
     block_ids: list[int] = field(default_factory=list)
+    # prompt token ranges marked as reusable chunks (documents): their KV may come from the
+    # chunk cache wherever they stand (kv/chunks.py); `blend` is the plan for this step's
+    # admission, set by the KV manager and consumed by the model runner
+    chunk_spans: list[tuple[int, int]] = field(default_factory=list)
+    blend: Any = None
     num_preemptions: int = 0
     stop_reason: int | str | None = None
     output_logprobs: list = field(default_factory=list)

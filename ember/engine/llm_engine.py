@@ -19,7 +19,9 @@ from ember.config import EngineConfig, parse_bytes
 from ember.engine.detokenize import TextState
 from ember.engine.model_runner import ModelRunner
 from ember.engine.policies import POLICIES
+from ember.engine.blend import Blender
 from ember.engine.profile import NO_CLOCK, StepProfiler
+from ember.engine.prompts import EncodedPrompt, encode_prompt
 from ember.engine.sampling import Sampler
 from ember.engine.scheduling_setup import build_scheduler
 from ember.kernels.attention import get_attention_backend
@@ -67,7 +69,8 @@ class LLMEngine:
                                          preemptor=self._make_preemptor())
         self.kv = self.scheduler.kv
         attention = get_attention_backend(config.attention)
-        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
+        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention),
+                                  self._make_blender(attention))
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
         self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
@@ -100,6 +103,15 @@ class LLMEngine:
             self.fused_decode_off_reason = str(e)
             return None
 
+    def _make_blender(self, attention) -> Blender | None:
+        """What fills and blends chunk-cache entries; None (and chunk marks ignored) when the
+        cache is off or the model has no blend prefill."""
+        if not self.config.enable_chunk_cache or getattr(self.model, "blend_prefill", None) is None:
+            self.kv.enable_chunk_cache = False
+            return None
+        return Blender(self.model, self.kv_cache, attention, self.config.blend_recompute_ratio,
+                       self.config.blend_check_layer)
+
     def _make_preemptor(self):
         if self.config.preemption == "swap":
             from ember.kv.swap import SwapPreemptor
@@ -107,19 +119,8 @@ class LLMEngine:
         return None
 
     # --- requests -----------------------------------------------------------------------------
-    def encode_prompt(self, prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
-        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            ids = list(prompt["prompt_token_ids"])
-            vocab = self.model_config.vocab_size
-            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
-            return prompt.get("prompt"), ids
-        if isinstance(prompt, dict) and "prompt" in prompt:
-            return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
-        raise ValueError(f"a prompt is a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
+    def encode_prompt(self, prompt) -> EncodedPrompt:
+        return encode_prompt(self.tokenizer, self.model_config.vocab_size, prompt)
 
     def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None,
                     user: str | None = None, priority: int = 0, slo_ttft_ms: float = 0.0,
@@ -137,7 +138,8 @@ class LLMEngine:
         for name, value in (("program_id", program_id), ("tool_call", tool_call)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {value!r}")
-        text, ids = self.encode_prompt(prompt)
+        encoded = self.encode_prompt(prompt)
+        text, ids = encoded.text, encoded.token_ids
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.max_model_len:
@@ -156,7 +158,8 @@ class LLMEngine:
                           eos_token_id=self.tokenizer.eos_token_id, prompt=text, index=index, user=user,
                           priority=priority, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
                           program_id=program_id, tool_call=tool_call, group_id=request_id,
-                          arrival_order=next(self._order), matcher=grammar.matcher() if grammar is not None else None)
+                          arrival_order=next(self._order), matcher=grammar.matcher() if grammar is not None else None,
+                          chunk_spans=list(encoded.chunk_spans))
             self._text[seq.request_id] = TextState(self.tokenizer, params.stop, params.skip_special_tokens)
             self.requests[seq.request_id] = seq
             seqs.append(seq)
@@ -164,6 +167,26 @@ class LLMEngine:
         self.total_prompt_tokens += len(ids)
         self.scheduler.add(seqs[0], forks=seqs[1:])  # the others fork from the first once its prompt is in the cache
         return request_id
+
+    def warm_chunks(self, documents: list[str]) -> dict:
+        """Compute the KV of documents ahead of the queries that will cite them (sleep-time
+        compute), into the chunk cache; what it cost. Call between steps."""
+        if self.runner.blender is None:
+            raise ValueError("the chunk cache is off (enable_chunk_cache)")
+        if not isinstance(documents, list) or not documents or not all(isinstance(d, str) and d for d in documents):
+            raise ValueError("documents must be a non-empty list of non-empty strings")
+        t0 = time.perf_counter()
+        token_lists = [tuple(self.tokenizer.encode(d)) for d in documents]
+        uses, cached = self.kv.reserve_chunks(token_lists)
+        computed = False
+        try:
+            self.runner.blender.fill(uses)
+            computed = True
+        finally:
+            self.kv.store_chunks(uses, computed)
+        return {"documents": len(documents), "already_cached": cached, "computed": len(uses),
+                "tokens_computed": sum(len(u.tokens) for u in uses),
+                "tokens": sum(len(t) for t in token_lists), "seconds": round(time.perf_counter() - t0, 4)}
 
     def abort_request(self, request_id: str) -> None:
         for seq in self.groups.get(request_id, []):

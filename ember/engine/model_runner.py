@@ -22,19 +22,37 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend, decoder=None):
+    def __init__(self, model, kv_cache: PagedKVCache, block_size: int, attention: AttentionBackend, decoder=None,
+                 blender=None):
         """`decoder`: the model's fused decode step (input_ids, positions, meta) -> hidden, used
-        for the single-token rows of a batch; None: every row goes through the model's forward."""
+        for the single-token rows of a batch; None: every row goes through the model's forward.
+        `blender`: fills the chunk cache and runs blend plans (engine/blend.py); None: no plans."""
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
-        self.attention, self.decoder = attention, decoder
+        self.attention, self.decoder, self.blender = attention, decoder, blender
 
-    def prepare(self, batch: SchedulerOutput):
+    def _blend(self, batch: SchedulerOutput) -> list[tuple[Request, int, int]]:
+        """Run the step's blend plans; the rest of the work: (request, tokens already done by
+        its blend, tokens left for the usual forward) of each request with tokens left."""
+        plans = [(r.prompt_token_ids, r.block_ids, r.blend) for r, _ in batch.scheduled if r.blend is not None]
+        if plans:
+            if self.blender is None:
+                raise RuntimeError("a request carries a blend plan, but this runner has no blender")
+            self.blender(plans)
+        work = []
+        for request, n in batch.scheduled:
+            done = request.blend.end - request.num_computed_tokens if request.blend is not None else 0
+            if n > done:
+                work.append((request, done, n - done))
+        return work
+
+    def prepare(self, work: list[tuple[Request, int, int]]):
+        """Flat tensors for `work`: (request, tokens skipped past its computed ones, new tokens)."""
         ids, positions, slots, query_lens, context_lens, tables = [], [], [], [], [], []
         bs = self.block_size
-        for request, n in batch.scheduled:
+        for request, skip, n in work:
             # RoPE positions continue from the tokens computed; cache slots and the context
             # attended to count the entries held, fewer once some were dropped.
-            start, cached = request.num_computed_tokens, request.num_cached_tokens
+            start, cached = request.num_computed_tokens + skip, request.num_cached_tokens + skip
             ids.extend(request.token_slice(start, start + n))
             positions.extend(range(start, start + n))
             blocks = request.block_ids
@@ -79,16 +97,20 @@ class ModelRunner:
     def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = (), clock=NO_CLOCK) -> StepResult:
         """`clock`: the step's StepClock (engine/profile.py), marked after prepare, forward and logits."""
         self.kv_cache.copy_blocks(list(block_copies))
-        input_ids, positions, meta = self.prepare(batch)
+        work = self._blend(batch)
+        if not work:  # only blends this step: no token reached its end
+            clock.mark("forward")
+            return StepResult([], None, {})
+        input_ids, positions, meta = self.prepare(work)
         clock.mark("prepare")
         hidden = self._forward(input_ids, positions, meta)
         clock.mark("forward")
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
-        for request, n in batch.scheduled:
+        for request, skip, n in work:
             start_row = end
             end += n
-            first = request.num_computed_tokens
+            first = request.num_computed_tokens + skip
             if request.params.prompt_logprobs is not None and first < request.num_prompt_tokens:
                 # logits at positions first..first+n-1 predict tokens first+1..first+n
                 prompt_logits[request.request_id] = (self.model.compute_logits(hidden[start_row:end]), first)

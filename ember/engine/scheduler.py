@@ -150,8 +150,15 @@ class Scheduler:
             if hit:
                 self.kv.take_cached(request, blocks, hit)
         num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+        plan = self.kv.plan_blend(request, hit) if looked_up else None
+        if plan is not None:
+            # a blend is one piece of work: its range goes in this step whatever the budget
+            num_new = max(num_new, plan.end - request.num_computed_tokens)
+            reserve = self.kv.blocks_needed(request.num_cached_tokens + num_new) - len(request.block_ids)
+            if not self.kv.take_blend(request, plan, reserve):
+                num_new = min(request.num_tokens - request.num_computed_tokens, budget)  # no room: prefill it all
         if not self.kv.allocate_slots(request, num_new):
-            if hit:  # give the hits back; the blocks stay cached for the next try
+            if hit or request.blend is not None:  # give the hits back; the blocks stay cached for the next try
                 self.kv.free(request)
                 request.num_computed_tokens = request.num_dropped_tokens = 0
             return 0
@@ -195,6 +202,8 @@ class Scheduler:
         returns the stop string the token completed, if any (the engine's detokenizer).
         """
         for request, n in out.scheduled:
+            if request.blend is not None:
+                self.kv.release_blend(request, computed=True)
             request.num_computed_tokens += n
             self.kv.cache_full_blocks(request)
         for parent, child in out.forks:

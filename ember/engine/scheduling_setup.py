@@ -20,6 +20,7 @@ def build_scheduler(config, num_blocks: int, block_size: int, eos_token_ids: Ite
     config.policy (pass one already built to fail on a bad name before slow work); `clock`
     stamps request metrics and is what policies read as "now" (a simulator passes its own)."""
     policy = policy if policy is not None else POLICIES.create(config.policy, config)
-    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=config.enable_prefix_caching)
+    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=config.enable_prefix_caching,
+                        enable_chunk_cache=config.enable_chunk_cache)
     return Scheduler(kv, policy, config.max_num_seqs, config.max_num_batched_tokens, preemptor=preemptor,
                      eos_token_ids=eos_token_ids, clock=clock)

@@ -88,6 +88,10 @@ class BlockPool:
             return None
         return block
 
+    def lookup_key(self, block_hash: int) -> int | None:
+        """The cached block registered under this hash, unverified (for counting what is held)."""
+        return self._cached.get(block_hash)
+
     def cache(self, block: int, block_hash: int, tokens: tuple[int, ...]) -> None:
         """Register a full block under its hash (first writer wins: a duplicate stays uncached)."""
         if self.block_hash[block] is not None or block_hash in self._cached:

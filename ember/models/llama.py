@@ -151,6 +151,11 @@ class LlamaForCausalLM(nn.Module):
         from ember.models.llama_native import NativeDecoder
         return NativeDecoder(self, kv_cache, attention)
 
+    def blend_prefill(self, kv_cache, token_ids, block_ids, plan, ratio: float, check_layer: int = 1) -> int:
+        """CacheBlend's prefill of plan's range from cached chunk KV (models/llama_blend.py)."""
+        from ember.models.llama_blend import blend_prefill
+        return blend_prefill(self, kv_cache, token_ids, block_ids, plan, ratio, check_layer)
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [N, vocab] for the given hidden states."""

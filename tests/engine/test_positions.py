@@ -109,7 +109,7 @@ def test_drop_blocks_bookkeeping(make_llm, mixed_prompts):
     assert seq.num_cached_tokens == 16 and seq.num_computed_tokens == 48
     # The next chunk: positions go on from 48, its entries land in cache slots 16..31.
     assert engine.kv.allocate_slots(seq, 16)
-    ids, positions, meta = engine.runner.prepare(SchedulerOutput(scheduled=[(seq, 16)]))
+    ids, positions, meta = engine.runner.prepare([(seq, 0, 16)])
     assert ids.tolist() == seq.token_slice(48, 64) and positions.tolist() == list(range(48, 64))
     assert meta.context_lens == [32] and meta.slot_mapping.tolist() == [seq.block_ids[1] * 16 + i for i in range(16)]
     while engine.has_unfinished():
