@@ -150,6 +150,27 @@ class AsyncEngine:
             if not finished:
                 self._post(("abort", request_id))
 
+    async def run_in_engine(self, fn):
+        """fn(engine) on the engine thread, between steps (the engine is not thread-safe); its
+        result, or its exception raised here."""
+        if not self._accepting:
+            raise EngineStoppedError("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._post(("call", fn, loop, future))
+        return await future
+
+    def _call(self, fn, loop, future) -> None:
+        def settle(method, value):
+            if not future.done():  # the caller may have gone away
+                method(value)
+        try:
+            result = fn(self.engine)
+        except Exception as exc:
+            loop.call_soon_threadsafe(settle, future.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(settle, future.set_result, result)
+
     def _post(self, command) -> None:
         self._inbox.append(command)
         self._wake.set()
@@ -178,6 +199,8 @@ class AsyncEngine:
             command = self._inbox.popleft()
             if command[0] == "add":
                 self._add(*command[1:])
+            elif command[0] == "call":
+                self._call(*command[1:])
             else:
                 self._abort(command[1])
 
@@ -185,7 +208,9 @@ class AsyncEngine:
         with self._count_lock:
             self._num_posted -= 1
         try:
-            self.engine.add_request({"prompt_token_ids": ids}, params, request_id=request_id, user=user, **hints)
+            hints = dict(hints)
+            prompt = {"prompt_token_ids": ids, "chunk_spans": hints.pop("chunk_spans", [])}
+            self.engine.add_request(prompt, params, request_id=request_id, user=user, **hints)
         except ValueError as exc:
             stream.push(RequestUpdate([], error=RequestRejectedError(str(exc))))
             return

@@ -100,7 +100,7 @@ class ChunkCache:
             n = -(-length // self.block_size)
             found = sum(self.pool.lookup_key(_block_key(key, i)) is not None for i in range(n))
             if found == 0:
-                del self._lengths[key]  # wholly evicted: forget it
+                self._lengths.pop(key, None)  # wholly evicted: forget it
             live += found
         return live
 

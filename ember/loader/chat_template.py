@@ -61,11 +61,16 @@ def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
                 tools: list[dict] | None = None) -> list[int]:
     """Token ids of a conversation rendered with the tokenizer's own chat template (`tools`: the
     OpenAI tool objects, for a template that renders them itself)."""
+    return tokenizer.encode(render_chat_text(tokenizer, messages, add_generation_prompt, tools), add_bos=False)
+
+
+def render_chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                     tools: list[dict] | None = None) -> str:
+    """The conversation as the tokenizer's own chat template renders it (before tokenizing)."""
     if not tokenizer.chat_template:
         raise ChatTemplateError("this model has no chat template; use a raw prompt")
     tok = tokenizer
-    text = render_chat(tok.chat_template, messages, add_generation_prompt,
+    return render_chat(tok.chat_template, messages, add_generation_prompt,
                        bos_token=tok.token_text(tok.bos_token_id) if tok.bos_token_id is not None else "",
                        eos_token=tok.token_text(tok.eos_token_id) if tok.eos_token_id is not None else "",
                        **({"tools": tools} if tools else {}))
-    return tok.encode(text, add_bos=False)

@@ -64,8 +64,9 @@ async def updates(served: Served, prompts: list[Prompt], params_list, request_id
     async def pump(i: int, prompt: Prompt, params):
         try:
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            marks = {"chunk_spans": prompt.chunk_spans} if prompt.chunk_spans else {}
             async with aclosing(served.engine.generate(prompt.token_ids, params, rid, user, arrival,
-                                                       hints)) as updates:
+                                                       {**(hints or {}), **marks})) as updates:
                 async for update in updates:
                     await queue.put((i, update, None))
         except asyncio.CancelledError:

@@ -6,13 +6,14 @@ reaches it: the engine thread only sees work it can run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from ember.loader.chat_template import ChatTemplateError, encode_chat
+from ember.loader.chat_template import ChatTemplateError, render_chat_text
 from ember.loader.tokenizer import EmberTokenizer
 from ember.sampling_params import SamplingParams
+from ember.serve.chunks import ChunkMarks, part_text, with_documents
 from ember.serve.errors import bad_request
 from ember.serve.tools import ToolSetup, render_generic, render_native, template_has_tools
 from ember.serve.protocol import (UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION, ChatCompletionRequest,
@@ -25,6 +26,7 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 class Prompt:
     text: str | None  # None when given as token ids
     token_ids: list[int]
+    chunk_spans: list[tuple[int, int]] = field(default_factory=list)  # marked chunks (serve/chunks.py)
 
 
 def check_unsupported(body: BaseModel, table: dict[str, tuple]) -> None:
@@ -48,18 +50,21 @@ def completion_prompts(body: CompletionRequest, tokenizer: EmberTokenizer, vocab
     for item in items:
         if isinstance(item, str):
             prompts.append(Prompt(item, tokenizer.encode(item)))
+            if body.documents:  # the chunks' text comes first; `text` is what echo gives back
+                ids, spans = with_documents(tokenizer, body.documents, prompts[-1].token_ids)
+                prompts[-1] = Prompt("".join(body.documents) + item, ids, spans)
         else:
             bad = [t for t in item if not 0 <= t < vocab_size]
             if bad:
                 raise bad_request(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
                                   param="prompt")
-            prompts.append(Prompt(None, list(item)))
+            prompts.append(Prompt(None, *with_documents(tokenizer, body.documents, list(item))))
         if not prompts[-1].token_ids:
             raise bad_request("prompt must not be empty", param="prompt")
     return prompts
 
 
-def chat_messages(body: ChatCompletionRequest) -> list[dict]:
+def chat_messages(body: ChatCompletionRequest, marks: ChunkMarks | None = None) -> list[dict]:
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
     out = []
@@ -77,9 +82,9 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict]:
         message = {"role": role}
         if m.tool_calls:
             message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
-            message["content"] = None if m.content is None else _content_text(m.content, where)
+            message["content"] = None if m.content is None else _content_text(m.content, where, marks)
         else:
-            message["content"] = _content_text(m.content, where)
+            message["content"] = _content_text(m.content, where, marks)
         if role == "tool":
             if m.tool_call_id is None:
                 raise bad_request(f"{where}.tool_call_id is required on tool messages", param=f"{where}.tool_call_id")
@@ -90,7 +95,7 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict]:
     return out
 
 
-def _content_text(content, where: str) -> str:
+def _content_text(content, where: str, marks: ChunkMarks | None = None) -> str:
     if content is None:
         raise bad_request(f"{where}.content must not be empty", param=f"{where}.content")
     if isinstance(content, str):
@@ -100,23 +105,24 @@ def _content_text(content, where: str) -> str:
         if part.type != "text" or part.text is None:
             raise bad_request(f"{where}.content[{j}] of type {part.type!r} is not supported (text only)",
                               param=f"{where}.content", code="unsupported_parameter")
-        texts.append(part.text)
+        texts.append(part_text(part, f"{where}.content[{j}]", marks))
     return "\n".join(texts)
 
 
 def chat_prompt(body: ChatCompletionRequest, tokenizer: EmberTokenizer, setup: ToolSetup | None = None) -> Prompt:
     """The conversation through the model's template; tools and tool turns as serve/tools.py says."""
     setup = setup or ToolSetup("none")
-    messages = chat_messages(body)
+    marks = ChunkMarks()
+    messages = chat_messages(body, marks)
     if not tokenizer.chat_template:
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
     try:
         if template_has_tools(tokenizer.chat_template):
-            ids = encode_chat(tokenizer, render_native(messages), body.add_generation_prompt,
-                              tools=setup.tools if setup.active else None)
+            text = render_chat_text(tokenizer, render_native(messages), body.add_generation_prompt,
+                                    tools=setup.tools if setup.active else None)
         else:
-            ids = encode_chat(tokenizer, render_generic(messages, setup), body.add_generation_prompt)
-        return Prompt(None, ids)
+            text = render_chat_text(tokenizer, render_generic(messages, setup), body.add_generation_prompt)
+        return Prompt(None, *marks.encode(tokenizer, text))
     except ChatTemplateError as exc:
         raise bad_request(str(exc), param="messages")
 

@@ -42,6 +42,20 @@ class _EngineCollector:
                                   value=e.kv.stats.queries)
         yield CounterMetricFamily("ember:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
                                   value=e.kv.stats.hits)
+        chunks = e.kv.chunks
+        yield CounterMetricFamily("ember:chunk_cache_queries", "Marked chunks looked up in the chunk cache.",
+                                  value=chunks.stats.lookups)
+        yield CounterMetricFamily("ember:chunk_cache_hits", "Marked chunks found in the chunk cache.",
+                                  value=chunks.stats.hits)
+        yield CounterMetricFamily("ember:chunk_cache_tokens_reused", "Chunk tokens whose KV came from the chunk cache.",
+                                  value=chunks.stats.tokens_reused)
+        yield CounterMetricFamily("ember:chunk_cache_tokens_recomputed",
+                                  "Chunk tokens a blend computed again (those that deviated most).",
+                                  value=chunks.stats.tokens_recomputed)
+        yield CounterMetricFamily("ember:chunk_cache_blends", "Prompts blended from cached chunks.",
+                                  value=chunks.stats.blends)
+        yield GaugeMetricFamily("ember:chunk_cache_bytes", "KV bytes the chunk cache holds (evictable).",
+                                value=chunks.cached_blocks() * e.kv_spec.bytes_per_block)
         yield CounterMetricFamily("ember:prompt_tokens", "Prompt tokens received.", value=e.total_prompt_tokens)
         yield CounterMetricFamily("ember:generation_tokens", "Tokens generated.", value=e.total_generated_tokens)
         yield CounterMetricFamily("ember:num_preemptions", "Preemptions.", value=e.scheduler.num_preemptions)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from ember import __version__
 from ember.engine.async_engine import AsyncEngine
 from ember.serve.chat import handle_chat
+from ember.serve.chunks import WarmChunksRequest, handle_warm
 from ember.serve.completions import handle_completions
 from ember.serve.context import ServeOptions, Served
 from ember.serve.errors import install_error_handlers
@@ -63,5 +64,9 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, options: ServeOptions
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await handle_chat(served, body, request)
+
+    @app.post("/v1/chunks")
+    async def warm_chunks(body: WarmChunksRequest):
+        return await handle_warm(served, body)
 
     return ApiGuard(app, options.api_key, options.max_request_bytes), app

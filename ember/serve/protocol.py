@@ -110,6 +110,7 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
+    documents: list[str] | None = Field(None, max_length=256)  # chunks before the prompt (serve/chunks.py)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
@@ -120,6 +121,7 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: str
     text: str | None = None
+    cache_control: dict[str, Any] | None = None  # {"type": "chunk"}: reuse its KV anywhere (serve/chunks.py)
     image_url: Any = None
     input_audio: Any = None
     file: Any = None
