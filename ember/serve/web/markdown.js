@@ -4,7 +4,8 @@
 // createTextNode, so `<img src=x onerror=...>` shows as those characters. Links keep only
 // http(s) targets (no javascript: or data: URLs). What it knows: fenced code blocks
 // (``` or ~~~, unclosed ones too, as a stream leaves them), headings, bullet and numbered
-// lists, block quotes, rules, paragraphs; inline code, **bold**, *italic*, [text](url).
+// lists, block quotes, rules, paragraphs; inline code, **bold** (__bold__ between word
+// boundaries, so snake__case names stay text), *italic*, [text](url).
 
 const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
 const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
@@ -13,7 +14,7 @@ const NUMBERED = /^\s{0,3}(\d{1,9})[.)]\s+(.*)$/;
 const QUOTE = /^\s{0,3}>\s?(.*)$/;
 const RULE = /^\s{0,3}([-*_])(\s*\1){2,}\s*$/;
 const INLINE =
-  /(`+)([\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|__(?=\S)([\s\S]*?\S)__|\*(?=[^\s*])([\s\S]*?[^\s*])\*|\[([^\]\n]+)\]\(([^()\s]+)\)/g;
+  /(`+)([\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|(?<!\w)__(?=\S)([\s\S]*?\S)__(?!\w)|\*(?=[^\s*])([\s\S]*?[^\s*])\*|\[([^\]\n]+)\]\(([^()\s]+)\)/g;
 
 function el(tag, className) {
   const node = document.createElement(tag);
