@@ -28,8 +28,9 @@ export function formatNumber(value) {
   if (abs >= 1e6) return `${(value / 1e6).toFixed(1)}M`;
   if (abs >= 1e3) return `${(value / 1e3).toFixed(1)}k`;
   if (abs >= 10) return value.toFixed(0);
-  if (abs >= 1) return value.toFixed(1);
-  return value.toFixed(2);
+  // String(Number(...)) drops trailing zeros: 6, not 6.0; 0.5, not 0.50
+  if (abs >= 1) return String(Number(value.toFixed(1)));
+  return String(Number(value.toFixed(2)));
 }
 
 // A "nice" upper bound for the y axis: 1, 2 or 5 times a power of ten.
@@ -40,8 +41,9 @@ function niceMax(value) {
   return 10 * power;
 }
 
-// series: [{label, values: [number], color?}], all the same length (oldest first).
-export function lineChart(canvas, series, { yMax, unit = "" } = {}) {
+// series: [{label, values: [number], color?}], all the same length (oldest first), drawn
+// right-aligned on an axis of `slots` points so that time runs at the same pace as it fills.
+export function lineChart(canvas, series, { yMax, unit = "", slots = 120 } = {}) {
   const { ctx, width, height } = prepare(canvas);
   const fg = style("--muted", "#777");
   const pad = { left: 38, right: 8, top: 18, bottom: 8 };
@@ -65,11 +67,12 @@ export function lineChart(canvas, series, { yMax, unit = "" } = {}) {
   series.forEach((s, k) => {
     const color = s.color || COLORS[k % COLORS.length];
     const n = s.values.length;
+    const step = plotW / Math.max(1, slots - 1);
     ctx.strokeStyle = color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     s.values.forEach((v, i) => {
-      const x = pad.left + (n <= 1 ? plotW : (plotW * i) / (n - 1));
+      const x = pad.left + plotW - (n - 1 - i) * step;
       const y = pad.top + plotH - (plotH * Math.min(v, top)) / top;
       if (i === 0) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);

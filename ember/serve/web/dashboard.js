@@ -113,15 +113,16 @@ export class Dashboard {
 
   draw(s) {
     const h = this.history;
+    const slots = HISTORY;
     lineChart($("chart-requests"), [
       { label: "running", values: h.running },
       { label: "waiting", values: h.waiting },
-    ]);
-    lineChart($("chart-kv"), [{ label: "KV cache use %", values: h.kv }], { yMax: 100, unit: "%" });
+    ], { slots });
+    lineChart($("chart-kv"), [{ label: "KV cache use %", values: h.kv }], { yMax: 100, unit: "%", slots });
     lineChart($("chart-tokens"), [
       { label: "prompt tok/s", values: h.prompt },
       { label: "generation tok/s", values: h.generation },
-    ]);
+    ], { slots });
     histogramChart($("chart-ttft"), s.latency.ttft);
     histogramChart($("chart-itl"), s.latency.itl, { color: "#76b041" });
   }
