@@ -119,7 +119,7 @@ export function histogramChart(canvas, hist, { color = COLORS[1] } = {}) {
     if (b.count) ctx.fillText(formatNumber(b.count), x + barW / 2, pad.top + plotH - h - 1);
     ctx.textBaseline = "top";
     // every label where they fit, else every other one
-    if (barW > 34 || i % 2 === 0) ctx.fillText(`≤${b.label}`, x + barW / 2, pad.top + plotH + 3);
+    if (barW > 44 || i % 2 === 0) ctx.fillText(`≤${b.label}`, x + barW / 2, pad.top + plotH + 3);
   });
 }
 
