@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ember.serve.web_page import WEB_DIR
+from tests.serve.browser import launch_chromium
+from tests.serve.test_load import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +73,21 @@ def test_the_page_ships_as_package_data():
     for js in WEB_DIR.glob("*.js"):
         for target in re.findall(r'from\s+"\./([^"]+)"', js.read_text()):
             assert (WEB_DIR / target).is_file(), f"{js.name} imports {target}"
+
+
+def test_dashboard_polls_stay_out_of_the_info_log(web_server, caplog):
+    with caplog.at_level(logging.DEBUG, logger="ember.access"):
+        httpx.get(web_server.base_url + "/stats.json")
+        httpx.get(web_server.base_url + "/version")
+        wait_for(lambda: any('"GET /version"' in r.getMessage() for r in caplog.records), timeout=10)
+        wait_for(lambda: any('"GET /stats.json"' in r.getMessage() for r in caplog.records), timeout=10)
+    levels = {r.getMessage().split('"')[1]: r.levelno for r in caplog.records if r.name == "ember.access"}
+    assert levels["GET /stats.json"] == logging.DEBUG and levels["GET /version"] == logging.INFO
+
+
+def test_no_browser_fails_saying_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("EMBER_CHROMIUM", raising=False)
+    monkeypatch.delenv("EMBER_CHROMEDRIVER", raising=False)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium chromium-driver"):
+        launch_chromium()
