@@ -50,6 +50,7 @@ def launch_chromium():
     profile = tempfile.mkdtemp(prefix="ember-chromium-")
     for flag in FLAGS + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})  # console errors, for page_errors
     try:
         driver = webdriver.Chrome(options=options, service=Service(driver_path))
     except Exception as exc:  # selenium's errors carry the browser's own words
