@@ -19,6 +19,7 @@ from tests.serve.conftest import assert_no_leak
 from tests.serve.test_load import scrape
 
 pytestmark = pytest.mark.usefixtures("web_server")
+QUESTION = "Write a short poem about the sea."  # greedy, it runs past 24 tokens: enough to see it stream
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +100,17 @@ def test_page_asks_for_the_key_then_streams_an_answer(browser, web_server):
 
     set_field(browser, "temperature", 0)
     set_field(browser, "max_tokens", 24)
-    # count repaints of the answer while it streams: one paint would mean no streaming
-    js(browser, """window.__paints = 0;
-        new MutationObserver(() => window.__paints++).observe(document.getElementById('messages'),
-                                                              {childList: true, subtree: true});""")
-    send(browser, "What is the capital of France?")
+    # the answer's text as each repaint leaves it: several partial texts mean it streamed
+    js(browser, """window.__partials = new Set();
+        new MutationObserver(() => {
+            const view = document.querySelector('.message.assistant.streaming .content');
+            if (view && view.textContent) window.__partials.add(view.textContent);
+        }).observe(document.getElementById('messages'), {childList: true, subtree: true});""")
+    send(browser, QUESTION)
     answer = wait_answer(browser, 1)
     expected = httpx.post(web_server.base_url + "/v1/chat/completions", timeout=60,
                           headers={"Authorization": f"Bearer {web_server.api_key}"},
-                          json={"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                          json={"messages": [{"role": "user", "content": QUESTION}],
                                 "temperature": 0, "max_tokens": 24}).json()
     assert answer["stored"] == expected["choices"][0]["message"]["content"]
     assert answer["shown"].strip()
@@ -116,20 +119,33 @@ def test_page_asks_for_the_key_then_streams_an_answer(browser, web_server):
     assert int(stats["promptTokens"]) == expected["usage"]["prompt_tokens"]
     assert stats["approximate"] == "false" and float(stats["ttftMs"]) > 0 and float(stats["tokensPerS"]) > 0
     assert stats["finishReason"] == expected["choices"][0]["finish_reason"]
-    assert js(browser, "return window.__paints") > 3
+    assert js(browser, "return window.__partials.size") >= 3
     assert browser.find_element("css selector", ".answer-stats").text.count("tok/s") == 1
     screenshot(browser, "chat")
     assert page_errors(browser) == []
 
 
-def test_max_tokens_and_seed_reach_the_server(browser, web_server):
+def test_settings_reach_the_server_and_seed_repeats_an_answer(browser, web_server):
     open_page(browser, web_server, key=web_server.api_key)
-    set_field(browser, "temperature", 1.0)
-    set_field(browser, "max_tokens", 5)
-    set_field(browser, "seed", 1234)
+    js(browser, """const fetch0 = window.fetch; window.__bodies = [];
+        window.fetch = (url, init) => {
+            if (String(url).endsWith('/chat/completions')) window.__bodies.push(JSON.parse(init.body));
+            return fetch0(url, init);
+        };""")
+    settings = {"system": "You are a storyteller.", "temperature": 1.0, "top_p": 0.95, "top_k": 40, "max_tokens": 5,
+                "seed": 1234, "stop": "THE END\nFIN"}
+    for name, value in settings.items():
+        set_field(browser, name, value)
     send(browser, "Tell me a story about a dragon.")
     first = wait_answer(browser, 1)
     assert first["stats"]["completionTokens"] == "5" and first["stats"]["finishReason"] == "length"
+    body = js(browser, "return window.__bodies[0]")
+    assert body["messages"] == [{"role": "system", "content": "You are a storyteller."},
+                                {"role": "user", "content": "Tell me a story about a dragon."}]
+    assert {k: body[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "stream")} == {
+        "temperature": 1.0, "top_p": 0.95, "top_k": 40, "max_tokens": 5, "seed": 1234, "stop": ["THE END", "FIN"],
+        "stream": True}
+    assert body["model"] == web_server.model
     js(browser, "document.querySelector('.message.assistant').dataset.old = 'yes'")  # the view is replaced
     browser.find_element("id", "regenerate").click()  # the same seed: the same sample
     wait_until(lambda: js(browser, "return !!document.querySelector('.message.assistant:not([data-old]) .answer-stats')"),
