@@ -148,8 +148,8 @@ def test_settings_reach_the_server_and_seed_repeats_an_answer(browser, web_serve
     assert body["model"] == web_server.model
     js(browser, "document.querySelector('.message.assistant').dataset.old = 'yes'")  # the view is replaced
     browser.find_element("id", "regenerate").click()  # the same seed: the same sample
-    wait_until(lambda: js(browser, "return !!document.querySelector('.message.assistant:not([data-old]) .answer-stats')"),
-               60, "the regenerated answer")
+    regenerated = "return !!document.querySelector('.message.assistant:not([data-old]) .answer-stats')"
+    wait_until(lambda: js(browser, regenerated), 60, "the regenerated answer")
     again = last_answer(browser)
     assert again["stored"] == first["stored"]
     # the conversation survives a reload (localStorage)
