@@ -22,7 +22,7 @@ def engine_config(engine: LLMEngine, model_name: str) -> dict:
     c = engine.config
     kv_codec = c.kv_cache_dtype if c.kv_cache_dtype != "auto" else f"{c.dtype} (auto)"
     return {
-        "model": model_name, "model_path": engine.loaded.path, "dtype": c.dtype, "linear": c.linear,
+        "model": model_name, "dtype": c.dtype, "linear": c.linear,  # no file path: the feed is public
         "attention": c.attention, "kv_codec": kv_codec, "kv_press": c.kv_press or None, "policy": c.policy,
         "preemption": c.preemption, "block_size": engine.kv_spec.block_size, "num_blocks": engine.num_blocks,
         "kv_cache_bytes": engine.kv_cache_bytes, "max_model_len": engine.max_model_len,

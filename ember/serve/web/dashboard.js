@@ -130,7 +130,6 @@ export class Dashboard {
   showConfig(config) {
     const rows = [
       ["model", config.model],
-      ["file", config.model_path],
       ["dtype", config.dtype],
       ["linear method", config.linear],
       ["attention", config.attention],
