@@ -14,6 +14,9 @@ import time
 from ember.serve.errors import error_bytes
 
 access_log = logging.getLogger("ember.access")
+# Polled once a second by an open dashboard (serve/web/): logged at debug level when they
+# succeed, so that a watched dashboard does not bury the requests in the log.
+QUIET_PATHS = frozenset({"/stats.json"})
 
 
 class ApiGuard:
@@ -77,7 +80,8 @@ class ApiGuard:
         for key in ("request_id", "prompt_tokens", "completion_tokens", "finish_reason"):
             if key in state:
                 fields.append(f"{key}={state[key]}")
-        access_log.info(" ".join(fields))
+        quiet = scope.get("path") in QUIET_PATHS and status < 400
+        access_log.log(logging.DEBUG if quiet else logging.INFO, " ".join(fields))
 
 
 def _replay(body: bytes, receive):

@@ -2,7 +2,8 @@
 
 Handlers validate and tokenize (serve/inputs.py), hand the request to the AsyncEngine, and
 turn its updates into response bodies or server-sent events (serve/outputs.py). A client
-that goes away mid-request, streaming or not, aborts its request at once.
+that goes away mid-request, streaming or not, aborts its request at once. `/` is the web
+page (serve/web_page.py); `/stats.json` feeds its dashboard (serve/stats.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ember.serve.errors import install_error_handlers
 from ember.serve.metrics import ServerMetrics
 from ember.serve.middleware import ApiGuard
 from ember.serve.protocol import ChatCompletionRequest, CompletionRequest
+from ember.serve.stats import engine_config, snapshot
+from ember.serve.web_page import mount_web_page
 
 
 def build_app(engine: AsyncEngine, metrics: ServerMetrics, options: ServeOptions) -> FastAPI:
@@ -51,6 +54,13 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, options: ServeOptions
     async def prometheus_metrics():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    config = engine_config(engine.engine, options.model_names[0])
+
+    @app.get("/stats.json")
+    async def stats():
+        """The dashboard's feed (serve/stats.py): public, like /metrics."""
+        return JSONResponse(snapshot(engine.engine, metrics, config))  # plain json.dumps: no encoder pass
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [
@@ -68,5 +78,7 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, options: ServeOptions
     @app.post("/v1/chunks")
     async def warm_chunks(body: WarmChunksRequest):
         return await handle_warm(served, body)
+
+    mount_web_page(app)  # last: its /web mount must not shadow an API route
 
     return ApiGuard(app, options.api_key, options.max_request_bytes), app

@@ -149,6 +149,7 @@ def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
         base = f"http://{cfg.host}:{port}"
         auth = f" -H 'Authorization: Bearer {cfg.api_key}'" if cfg.api_key else ""
         print(f"Ember is serving {name!r} at {base}/v1 (OpenAI-compatible); Ctrl-C stops it.\n"
+              f"Chat and dashboard in a browser: {base}/\n"
               f"Try:\n  curl {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
               f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
               flush=True)

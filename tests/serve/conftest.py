@@ -97,3 +97,13 @@ def make_server(ember_lm):
         options.setdefault("kv_cache_tokens", 2048)
         return running_server(ember_lm, **options)
     return make
+
+
+WEB_API_KEY = "web-page-test-key"
+
+
+@pytest.fixture(scope="session")
+def web_server(ember_lm):
+    """A server with an API key, for the web page's tests: the page must ask for it and send it."""
+    with running_server(ember_lm, api_key=WEB_API_KEY, max_num_seqs=8, kv_cache_tokens=4096) as s:
+        yield s
