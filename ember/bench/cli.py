@@ -67,6 +67,12 @@ def _add_workload_args(p, serve: bool) -> None:
         g.add_argument("--think-time", type=float, default=1.0, help="multi-turn: mean seconds between turns; agent: scales the tool durations")
     g.add_argument("--tenants", default="a:3:64:32,b:1:256:128",
                    help="multi-tenant: NAME:WEIGHT:INPUT:OUTPUT,... (share of requests, lengths)")
+    g.add_argument("--num-docs", type=int, default=16, help="rag: documents in the pool")
+    g.add_argument("--doc-len", type=int, default=256, help="rag: tokens per document")
+    g.add_argument("--docs-per-request", type=int, default=4, help="rag: documents before each question")
+    g.add_argument("--doc-reuse", type=float, default=1.0, help="rag: chance a document comes from the pool (else a fresh one)")
+    g.add_argument("--chunk-marks", action=argparse.BooleanOptionalAction, default=True,
+                   help="rag: send documents as reusable chunks (Ember's extension) or, with --no-chunk-marks, as plain text")
 
 
 def _add_serve(sub) -> None:

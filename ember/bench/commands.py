@@ -14,7 +14,8 @@ def _spec(args):
                         output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
                         max_output_len=args.max_output_len, num_prefixes=args.num_prefixes, prefix_len=args.prefix_len,
                         turns=getattr(args, "turns", 1), think_time=getattr(args, "think_time", 0.0),
-                        tenants=parse_tenants(args.tenants))
+                        tenants=parse_tenants(args.tenants), num_docs=args.num_docs, doc_len=args.doc_len,
+                        docs_per_request=args.docs_per_request, doc_reuse=args.doc_reuse)
 
 
 def _check_output(args) -> None:
@@ -67,7 +68,7 @@ def cmd_serve(args) -> int:
         raise ValueError("--temperature must not be negative and --timeout must be positive")
     cfg = ClientConfig(args.base_url, args.endpoint, args.model, args.request_rate, args.max_concurrency,
                        args.ignore_eos, args.temperature, args.seed, args.timeout, args.api_key, extra,
-                       args.warmup_requests)
+                       args.warmup_requests, args.chunk_marks)
     if args.warmup_requests < 0:
         raise ValueError("--warmup-requests must not be negative")
     cfg.validate()
@@ -107,11 +108,12 @@ def cmd_throughput(args) -> int:
         check_profile_path(args.profile)
     llm = _engine(args)
     sessions = build_workload(spec, llm.tokenizer)
-    prompts_of(sessions)  # refuses what offline cannot run, before any work
+    prompts_of(sessions, args.chunk_marks)  # refuses what offline cannot run, before any work
     if args.profile:
         llm.engine.profiler.enable(args.profile)
     try:
-        run = run_throughput(llm, sessions, args.ignore_eos, args.temperature, args.seed, args.chat, args.progress)
+        run = run_throughput(llm, sessions, args.ignore_eos, args.temperature, args.seed, args.chat, args.progress,
+                             args.chunk_marks)
     finally:
         llm.engine.profiler.disable()
     if args.profile:

@@ -14,24 +14,33 @@ from ember.bench.metrics import RequestResult, compute_metrics, summarize
 from ember.bench.workloads import Session
 
 
-def prompts_of(sessions: list[Session]) -> list[tuple[str, int]]:
-    """(prompt text, max_tokens) per request; a shared prefix is the text before the question."""
+def prompts_of(sessions: list[Session], chunk_marks: bool = True) -> list[tuple[str | dict, int]]:
+    """(prompt, max_tokens) per request; a shared prefix is the text before the question; rag
+    documents come before it, as chunks ({"documents": [...], "prompt": ...}) unless not `chunk_marks`."""
     out = []
     for s in sessions:
         if len(s.turns) != 1:
             raise ValueError("multi-turn and agent need the server's replies between turns; run them with `ember bench serve`")
         t = s.turns[0]
-        out.append(("\n\n".join(p for p in (t.system, t.text) if p), t.output_len))
+        text = "\n\n".join(p for p in (t.system, t.text) if p)
+        docs = [d + "\n\n" for d in t.documents]
+        if docs and chunk_marks:
+            out.append(({"documents": docs, "prompt": text}, t.output_len))
+        else:
+            out.append(("".join(docs) + text, t.output_len))
     return out
 
 
 def run_throughput(llm, sessions: list[Session], ignore_eos: bool, temperature: float, seed: int,
-                   use_chat: bool = False, progress: bool = True) -> dict:
+                   use_chat: bool = False, progress: bool = True, chunk_marks: bool = True) -> dict:
     """Generate every request of `sessions`; returns the run (metrics and per-request records)."""
     from ember import SamplingParams
 
-    items = prompts_of(sessions)
+    items = prompts_of(sessions, chunk_marks)
     if use_chat:
+        if any(isinstance(p, dict) for p, _ in items):
+            raise ValueError("rag documents as chunks go through chat with `ember bench serve`; "
+                             "offline, drop --chat or pass --no-chunk-marks")
         prompts = [{"prompt_token_ids": llm.encode_chat([{"role": "user", "content": text}])} for text, _ in items]
     else:
         prompts = [text for text, _ in items]

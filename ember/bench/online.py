@@ -38,6 +38,7 @@ class ClientConfig:
     api_key: str | None = None
     extra_body: dict = field(default_factory=dict)
     warmup_requests: int = 0       # untimed requests sent one by one before the run (cold starts are not load)
+    chunk_marks: bool = True       # rag: documents as reusable chunks (Ember's extension), else plain text
 
     def validate(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -82,12 +83,23 @@ def build_payload(cfg: ClientConfig, turn: Turn, history: list[dict], user: str 
         body["ignore_eos"] = True
     if user is not None:
         body["user"] = user
+    docs = [d + "\n\n" for d in turn.documents]  # rag: each ends with its separator, so marks change no text
     if cfg.endpoint == "chat":
         system = [{"role": "system", "content": turn.system}] if turn.system else []
-        body["messages"] = system + history + [{"role": "user", "content": turn.text}]
+        content = turn.text
+        if docs and cfg.chunk_marks:
+            content = [{"type": "text", "text": d, "cache_control": {"type": "chunk"}} for d in docs]
+            content.append({"type": "text", "text": turn.text})
+        elif docs:
+            content = "".join(docs) + turn.text
+        body["messages"] = system + history + [{"role": "user", "content": content}]
     else:  # a raw prompt: history and system prompt are plain text before the new message
         parts = ([turn.system] if turn.system else []) + [m["content"] for m in history] + [turn.text]
         body["prompt"] = "\n\n".join(parts)
+        if docs and cfg.chunk_marks:
+            body["documents"] = docs
+        elif docs:
+            body["prompt"] = "".join(docs) + body["prompt"]
     body.update(turn.extra)
     body.update(cfg.extra_body)
     return body

@@ -23,6 +23,12 @@ Arrival times are not part of the workload: the runner draws them (Poisson at --
   1.5 s for `search`, 5 s for `code`, each x --think-time; the tool drawn uniformly), then sends
   the tool's result (an --input-len-token message) after the whole history. Every request
   carries `program_id` and, but the last, `tool_call` (for `--policy continuum`).
+- `rag`: retrieval-augmented requests. A pool of --num-docs documents of --doc-len tokens is cut
+  from the evaluation text; each request takes --docs-per-request of them in random order, then
+  a --input-len-token question. Each document comes from the pool with probability --doc-reuse,
+  else it is a fresh one no other request sees. Documents are sent as reusable chunks (chat
+  content parts with `cache_control: {"type": "chunk"}`, completions' `documents` field) unless
+  --no-chunk-marks, which sends them as plain text, for servers without a chunk cache.
 - `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT,... Each request belongs to a tenant drawn
   with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson arrivals at
   rate R this is exactly each tenant sending its own Poisson stream at R*WEIGHT/sum(WEIGHTS).
@@ -37,7 +43,7 @@ import numpy as np
 
 from ember.bench.corpus import PromptMaker
 
-WORKLOADS = ("random", "chat-like", "shared-prefix", "multi-turn", "agent", "multi-tenant")
+WORKLOADS = ("random", "chat-like", "shared-prefix", "multi-turn", "agent", "multi-tenant", "rag")
 TOOLS = (("lookup", 0.3), ("search", 1.5), ("code", 5.0))  # (name, median seconds) of the agent workload
 TOOL_SIGMA = 0.5
 CHAT_INPUT = (math.log(42.0), 1.0)    # (mu, sigma) of the lognormal input length
@@ -54,6 +60,8 @@ class Turn:
     system_len: int = 0
     think_time: float = 0.0        # seconds to wait after the previous turn's reply
     extra: dict = field(default_factory=dict)  # body fields of this turn (agent: program_id, tool_call)
+    documents: list[str] = field(default_factory=list)  # rag: the documents before the question
+    documents_len: int = 0
 
 
 @dataclass
@@ -78,17 +86,26 @@ class WorkloadSpec:
     turns: int = 3
     think_time: float = 1.0
     tenants: list[tuple[str, float, int, int]] = field(default_factory=lambda: [("a", 3.0, 64, 32), ("b", 1.0, 256, 128)])
+    num_docs: int = 16
+    doc_len: int = 256
+    docs_per_request: int = 4
+    doc_reuse: float = 1.0
 
     def validate(self) -> None:
         if self.name not in WORKLOADS:
             raise ValueError(f"--workload {self.name!r} is not one of: {', '.join(WORKLOADS)}")
-        for key in ("num_prompts", "input_len", "output_len", "max_input_len", "max_output_len", "num_prefixes", "turns"):
+        for key in ("num_prompts", "input_len", "output_len", "max_input_len", "max_output_len", "num_prefixes", "turns",
+                    "num_docs", "doc_len", "docs_per_request"):
             if getattr(self, key) < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.prefix_len < 0 or self.think_time < 0:
             raise ValueError("--prefix-len and --think-time must not be negative")
         if not 0.0 <= self.range_ratio < 1.0:
             raise ValueError(f"--range-ratio must be in [0, 1), got {self.range_ratio}")
+        if not 0.0 <= self.doc_reuse <= 1.0:
+            raise ValueError(f"--doc-reuse must be in [0, 1], got {self.doc_reuse}")
+        if self.name == "rag" and self.docs_per_request > self.num_docs:
+            raise ValueError(f"--docs-per-request {self.docs_per_request} is more than --num-docs {self.num_docs}")
         if not self.tenants:
             raise ValueError("--tenants: give at least one NAME:WEIGHT:INPUT:OUTPUT")
 
@@ -175,6 +192,8 @@ def build_workload(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
             sessions.append(Session(turns, group=len(sessions)))
             left -= k
         return sessions
+    if spec.name == "rag":
+        return _rag(spec, rng, maker, one)
     # multi-tenant
     weights = np.array([w for _, w, _, _ in spec.tenants], dtype=np.float64)
     picks = rng.choice(len(spec.tenants), size=n, p=weights / weights.sum())
@@ -183,6 +202,19 @@ def build_workload(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
         name, _, inp, outp = spec.tenants[int(k)]
         sessions.append(one(_uniform_len(rng, inp, spec.range_ratio), _uniform_len(rng, outp, spec.range_ratio),
                             user=name, group=int(k)))
+    return sessions
+
+
+def _rag(spec: WorkloadSpec, rng, maker, one) -> list[Session]:
+    pool = [maker.text(spec.doc_len) for _ in range(spec.num_docs)]
+    sessions = []
+    for _ in range(spec.num_prompts):
+        picks = rng.choice(spec.num_docs, size=spec.docs_per_request, replace=False)
+        docs = [pool[int(i)] if rng.random() < spec.doc_reuse else maker.text(spec.doc_len) for i in picks]
+        s = one(_uniform_len(rng, spec.input_len, spec.range_ratio), _uniform_len(rng, spec.output_len, spec.range_ratio))
+        s.turns[0].documents = [text for text, _ in docs]
+        s.turns[0].documents_len = sum(n for _, n in docs)
+        sessions.append(s)
     return sessions
 
 
@@ -198,5 +230,5 @@ def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
 def workload_summary(sessions: list[Session]) -> dict:
     turns = [t for s in sessions for t in s.turns]
     return {"sessions": len(sessions), "requests": len(turns),
-            "input_tokens": sum(t.input_len + t.system_len for t in turns),
+            "input_tokens": sum(t.input_len + t.system_len + t.documents_len for t in turns),
             "max_output_tokens": sum(t.output_len for t in turns)}

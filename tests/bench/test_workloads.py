@@ -122,3 +122,31 @@ def test_poisson_arrivals():
     gaps = np.diff(t)
     assert (gaps >= 0).all() and abs(gaps.mean() - 0.25) < 0.02
     assert abs(gaps.std() - 0.25) < 0.03  # exponential: std equals mean
+
+
+def test_rag_requests_combine_pool_documents_at_the_reuse_rate(bench_tokenizer):
+    from ember.bench.offline import prompts_of
+    from ember.bench.online import ClientConfig, build_payload
+
+    spec = WorkloadSpec(name="rag", num_prompts=40, num_docs=6, doc_len=48, docs_per_request=3, doc_reuse=1.0,
+                        input_len=12, output_len=4)
+    sessions = build_workload(spec, bench_tokenizer)
+    docs = [tuple(s.turns[0].documents) for s in sessions]
+    pool = {d for ds in docs for d in ds}
+    assert len(pool) == 6 and all(len(set(ds)) == 3 for ds in docs)
+    assert len(set(docs)) > 10  # combinations and orders vary
+    assert all(45 <= len(bench_tokenizer.encode(d)) <= 48 for d in pool)
+    fresh = build_workload(WorkloadSpec(name="rag", num_prompts=40, num_docs=6, doc_len=48, docs_per_request=3,
+                                        doc_reuse=0.5), bench_tokenizer)
+    seen = [d for s in fresh for d in s.turns[0].documents]
+    assert 0.3 < 1 - len(set(seen)) / len(seen) < 0.7  # about half the documents repeat
+    turn = sessions[0].turns[0]
+    chat = build_payload(ClientConfig("http://x", "chat"), turn, [], None)["messages"][-1]["content"]
+    assert [p.get("cache_control") for p in chat] == [{"type": "chunk"}] * 3 + [None]
+    plain = build_payload(ClientConfig("http://x", "completions", chunk_marks=False), turn, [], None)
+    marked = build_payload(ClientConfig("http://x", "completions"), turn, [], None)
+    assert "".join(marked["documents"]) + marked["prompt"] == plain["prompt"] and "documents" not in plain
+    prompt, _ = prompts_of(sessions[:1])[0]
+    assert prompt == {"documents": marked["documents"], "prompt": marked["prompt"]}
+    with pytest.raises(ValueError, match="docs-per-request"):
+        build_workload(WorkloadSpec(name="rag", num_docs=2, docs_per_request=3), bench_tokenizer)
