@@ -47,14 +47,22 @@ def _cached_entries(model, kv_cache, layer: int, plan: BlendPlan, n: int):
     return keys, values
 
 
-def _attend(q, keys, values, query_positions, scale):
-    """q [A, H, D] at `query_positions` over keys/values [E, Hkv, D] at positions 0..E-1, causal."""
-    groups = q.shape[1] // keys.shape[1]
-    mask = torch.arange(keys.shape[0])[None, :] <= query_positions[:, None]  # [A, E]
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), keys.repeat_interleave(groups, 1).transpose(0, 1),
-        values.repeat_interleave(groups, 1).transpose(0, 1), attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)
+def causal_mask(query_positions: torch.Tensor, num_keys: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask [A, E]: 0 where key position <= query position, -inf after it."""
+    mask = torch.zeros(len(query_positions), num_keys, dtype=dtype)
+    return mask.masked_fill_(torch.arange(num_keys)[None, :] > query_positions[:, None], -math.inf)
+
+
+def _attend(q, keys, values, mask, scale):
+    """q [A, H, D] over keys/values [E, Hkv, D] with the additive mask [A, E]. The query heads
+    that share a KV head are stacked into one matrix product (no repeated K/V)."""
+    a, h, d = q.shape
+    hkv = keys.shape[1]
+    g = h // hkv
+    qh = q.reshape(a, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * a, d)
+    scores = torch.baddbmm(mask.repeat(g, 1)[None], qh, keys.permute(1, 2, 0), alpha=scale)
+    out = torch.bmm(scores.softmax(dim=-1), values.transpose(0, 1))  # [Hkv, g*A, D]
+    return out.reshape(hkv, g, a, d).permute(2, 0, 1, 3).reshape(a, h, d)
 
 
 @torch.inference_mode()
@@ -79,11 +87,12 @@ def blend_prefill(model, kv_cache, token_ids: list[int], block_ids: list[int], p
     x = F.embedding(torch.tensor(token_ids[start:end], dtype=torch.long), model.embed)
     cos, sin = model.cos[positions], model.sin[positions]
     split = cfg.q_size + cfg.kv_size
+    last, mask = len(model.layers) - 1, None
     for index, layer in enumerate(model.layers):
         cached_k, cached_v = _cached_entries(model, kv_cache, index, plan, n)
         h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
         qkv = layer.qkv_proj(h)
-        qk = apply_rope(qkv[:, :split].view(-1, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), cos[rows], sin[rows])
+        qk = apply_rope(qkv[:, :split].view(-1, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), cos, sin)
         q, k = qk[:, :cfg.num_heads], qk[:, cfg.num_heads:]
         v = qkv[:, split:].view(-1, cfg.num_kv_heads, cfg.head_dim)
         if index == check_layer and keep < num_chunk:
@@ -91,13 +100,18 @@ def blend_prefill(model, kv_cache, token_ids: list[int], block_ids: list[int], p
             deviation[~in_chunk[rows]] = math.inf  # the tokens outside chunks always go on
             chosen = deviation.topk(len(rows) - num_chunk + keep).indices.sort().values
             rows, x, q, k, v = rows[chosen], x[chosen], q[chosen], k[chosen], v[chosen]
+            cos, sin, mask = cos[chosen], sin[chosen], None
         keys, values = cached_k, cached_v
         keys[rows], values[rows] = k, v
         kv_cache.write(index, slots, keys, values)
+        if index == last:
+            break  # only its entries are needed: no later layer reads its output
         if start:
             prefix_k, prefix_v = kv_cache.gather(index, table, start)
             keys, values = torch.cat([prefix_k, keys]), torch.cat([prefix_v, values])
-        attn = _attend(q, keys, values, positions[rows], layer.scale)
+        if mask is None:  # the same for every layer with the same rows
+            mask = causal_mask(positions[rows], end, q.dtype)
+        attn = _attend(q, keys, values, mask, layer.scale)
         x = x + layer.o_proj(attn.reshape(-1, cfg.q_size))
         h = rms_norm(x, layer.post_attention_norm, cfg.rms_norm_eps)
         gate, up = layer.gate_up_proj(h).chunk(2, dim=-1)
