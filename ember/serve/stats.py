@@ -28,6 +28,7 @@ def engine_config(engine: LLMEngine, model_name: str) -> dict:
         "kv_cache_bytes": engine.kv_cache_bytes, "max_model_len": engine.max_model_len,
         "max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens,
         "prefix_caching": c.enable_prefix_caching, "threads": c.threads,
+        "chunk_cache": c.enable_chunk_cache, "blend_recompute_ratio": c.blend_recompute_ratio,
         "fused_decode": engine.fused_decode_off_reason is None, "version": __version__,
     }
 
@@ -66,6 +67,9 @@ def snapshot(engine: LLMEngine, metrics: ServerMetrics, config: dict) -> dict:
         "kv_cache": {"usage": pool.usage(), "used_blocks": pool.num_used_blocks, "num_blocks": pool.num_blocks,
                      "cached_blocks": pool.num_cached_blocks, "pinned_blocks": sched.pins.num_blocks},
         "prefix_cache": {"queries": engine.kv.stats.queries, "hits": engine.kv.stats.hits},
+        "chunk_cache": {"queries": engine.kv.chunks.stats.lookups, "hits": engine.kv.chunks.stats.hits,
+                        "blends": engine.kv.chunks.stats.blends, "tokens_reused": engine.kv.chunks.stats.tokens_reused,
+                        "cached_chunks": engine.kv.chunks.num_chunks},
         "tokens": {"prompt": engine.total_prompt_tokens, "generation": engine.total_generated_tokens},
         "last_step": {"tokens": step.num_scheduled_tokens, "seqs": step.num_seqs, "seconds": step.seconds},
         "latency": {"ttft": histogram(metrics.ttft), "itl": histogram(metrics.itl), "e2e": histogram(metrics.e2e),
