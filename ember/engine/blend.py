@@ -1,7 +1,7 @@
 """The runner's part of chunk reuse: compute the chunks a step's plans miss, then blend.
 
 A missing chunk is computed alone, at positions 0..L-1, into the blocks the KV manager gave
-it (the model's usual forward, one sequence per chunk, all in one call); then each request's
+it (the runner's usual forward, one sequence per chunk, all in one call); then each request's
 plan runs the model's blend prefill over its own blocks (models/llama_blend.py).
 """
 
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from ember.kernels.attention import AttentionBackend, AttentionMetadata
+from ember.kernels.attention import AttentionMetadata
 from ember.kv.cache import PagedKVCache
 from ember.kv.chunks import BlendPlan, ChunkUse
 
 
 class Blender:
-    def __init__(self, model, kv_cache: PagedKVCache, attention: AttentionBackend, ratio: float, check_layer: int):
+    def __init__(self, model, kv_cache: PagedKVCache, forward, ratio: float, check_layer: int):
+        """`forward(input_ids, positions, meta) -> hidden`: the runner's own forward (the fused C
+        prefill where it applies), which computes the missing chunks."""
         if getattr(model, "blend_prefill", None) is None:
             raise ValueError(f"{type(model).__name__} has no blend prefill: the chunk cache can't serve it")
-        self.model, self.kv_cache, self.attention = model, kv_cache, attention
+        self.model, self.kv_cache, self.forward = model, kv_cache, forward
         self.ratio, self.check_layer = ratio, check_layer
 
     def fill(self, uses: list[ChunkUse]) -> None:
@@ -38,8 +40,7 @@ class Blender:
         for i, use in enumerate(uses):
             tables[i, :len(use.blocks)] = torch.tensor(use.blocks, dtype=torch.long)
         meta = AttentionMetadata(lengths, list(lengths), torch.tensor(slots, dtype=torch.long), tables)
-        self.model(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta,
-                   self.kv_cache, self.attention)
+        self.forward(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta)
 
     def __call__(self, plans: list[tuple[list[int], list[int], BlendPlan]]) -> None:
         """`plans`: (prompt token ids, block ids, plan) of each request blended this step."""

@@ -69,8 +69,8 @@ class LLMEngine:
                                          preemptor=self._make_preemptor())
         self.kv = self.scheduler.kv
         attention = get_attention_backend(config.attention)
-        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention),
-                                  self._make_blender(attention))
+        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
+        self.runner.blender = self._make_blender(self.runner)
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
         self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
@@ -103,13 +103,13 @@ class LLMEngine:
             self.fused_decode_off_reason = str(e)
             return None
 
-    def _make_blender(self, attention) -> Blender | None:
+    def _make_blender(self, runner: ModelRunner) -> Blender | None:
         """What fills and blends chunk-cache entries; None (and chunk marks ignored) when the
         cache is off or the model has no blend prefill."""
         if not self.config.enable_chunk_cache or getattr(self.model, "blend_prefill", None) is None:
             self.kv.enable_chunk_cache = False
             return None
-        return Blender(self.model, self.kv_cache, attention, self.config.blend_recompute_ratio,
+        return Blender(self.model, self.kv_cache, runner.forward, self.config.blend_recompute_ratio,
                        self.config.blend_check_layer)
 
     def _make_preemptor(self):

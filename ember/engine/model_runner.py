@@ -67,7 +67,7 @@ class ModelRunner:
         meta = AttentionMetadata(query_lens, context_lens, torch.tensor(slots, dtype=torch.long), block_tables)
         return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Final hidden states of a flat batch. With a fused decoder, sequences that bring one
         token go through it, and prefill chunks too where it takes them (`takes_prefill`);
         the others go through the model's forward: they write disjoint cache slots and read
@@ -103,7 +103,7 @@ class ModelRunner:
             return StepResult([], None, {})
         input_ids, positions, meta = self.prepare(work)
         clock.mark("prepare")
-        hidden = self._forward(input_ids, positions, meta)
+        hidden = self.forward(input_ids, positions, meta)
         clock.mark("forward")
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0
