@@ -50,8 +50,8 @@ def test_compaction_keeps_exactly_the_selected_entries(make_llm, mixed_prompts):
 # snapkv stands for the presses that read queries; the others are slow to keep `make test`
 # short (their scores are held to the oracle in tests/kv/test_attention_presses.py, kvcrush's and
 # merge's rules below, in the default suite)
-@pytest.mark.parametrize("press", ["streaming", "knorm", "snapkv"] + [
-    pytest.param(name, marks=pytest.mark.slow) for name in ("tova", "kvcrush", "merge", "observed", "expected-attention")])
+@pytest.mark.parametrize("press", ["knorm", "snapkv"] + [  # streaming runs in the swap test below and in tests/eval
+    pytest.param(name, marks=pytest.mark.slow) for name in ("streaming", "tova", "kvcrush", "merge", "observed", "expected-attention")])
 def test_press_in_the_serving_path(make_llm, mixed_prompts, press):
     """press:0.5 on a mixed batch: the fused step and the batched backend agree with the
     torch reference pressing the same way; a ratio of 0 changes nothing; the press changes the
