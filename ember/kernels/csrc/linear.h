@@ -14,7 +14,7 @@
  * int8_panels have their own blocked layouts and kernels (linear_int4.h, linear_int8_panels.h).
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
  * it shares that team (the fused decoder); alone it runs on one thread.
- * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
+ * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py, tmac_ref.py.
  */
 #ifndef EMBER_LINEAR_H
 #define EMBER_LINEAR_H
@@ -110,6 +110,7 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 #include "linear_int4.h"
 #include "linear_int8_panels.h"
 #include "linear_panels.h"
+#include "linear_tmac.h"
 
 /* From this many rows the 6 x 16 tile of linear_panels.h beats the row pairs below. */
 #define PANEL_MIN_ROWS 16
