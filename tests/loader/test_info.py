@@ -32,3 +32,14 @@ def test_info_says_what_auto_chose_and_why():
     text = format_info(info)
     assert "auto          linear auto -> int4 (GGUF Q4_1 projections kept as stored)" in text
     assert f"once loaded (linear int4, dtype {dtype.value})" in text
+
+
+def test_lookup_table_methods_predict_their_memory_and_energy():
+    """tmac-w2/w4: packed_bytes per projection (held to the packed tensors in
+    tests/kernels/test_linear_tmac.py), and an energy estimate priced as table lookups."""
+    infos = {lin: model_info(EngineConfig(linear=lin, dtype="fp32"), energy=True) for lin in ("int4", "tmac-w2", "tmac-w4")}
+    sizes = {lin: info["weight_bytes_loaded"] for lin, info in infos.items()}
+    assert sizes["tmac-w2"] < sizes["tmac-w4"] < sizes["int4"]
+    assert infos["tmac-w2"]["energy"]["linear_lookups"] * 2 == infos["tmac-w4"]["energy"]["linear_lookups"] > 0
+    assert infos["tmac-w2"]["energy"]["total_pj"] < infos["tmac-w4"]["energy"]["total_pj"] < infos["int4"]["energy"]["total_pj"]
+    assert "table lookups" in format_info(infos["tmac-w2"])

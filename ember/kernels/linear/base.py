@@ -50,6 +50,11 @@ class LinearMethod(ABC):
         decoder; None if this method's storage has no C kernel."""
         return None
 
+    def energy_model(self) -> dict | None:
+        """Keyword arguments of numerics.energy.estimate_decode_energy that price this method's
+        products (`ember info --energy`); None: priced as dense products in the model dtype."""
+        return None
+
     def kernel_takes_large_batches(self, params: dict[str, torch.Tensor]) -> bool:
         """Whether the C kernel of `native_weight` beats torch's GEMM at prefill-sized batches
         too (the fused step then takes prefill chunks, models/llama_native.py)."""

@@ -107,7 +107,7 @@ class LutLinear(WeightOnlyLinear):
         return F.linear(x2, dequantize_planes(params, x2.dtype))
 
     def energy_model(self) -> dict:
-        return {"linear": "lut", "lut_planes": self.bits, "weight_bits": self.bits + 32 / GROUP}
+        return {"linear": "lut", "lut_planes": self.bits, "lut_weight_bits": self.bits + 32 / GROUP}
 
 
 @LINEAR_METHODS.register("tmac-w2")

@@ -58,8 +58,12 @@ def table_indices(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes [N, K] -> int64 [bits, N, K/4]: for plane i and table t, the 4-bit index
     sum_j bit_i(q[n, 4t + j]) << j that picks that plane's sum of the table's 4 activations."""
     n, k = q.shape
-    planes = torch.stack([(q >> i) & 1 for i in range(bits)]).view(bits, n, k // TABLE, TABLE).long()
-    return sum(planes[..., j] << j for j in range(TABLE))
+    quads = q.to(torch.uint8).view(n, k // TABLE, TABLE)  # uint8 throughout: loading packs every projection
+    idx = torch.empty(bits, n, k // TABLE, dtype=torch.uint8)
+    for i in range(bits):
+        plane = (quads >> i) & 1
+        idx[i] = plane[..., 0] | (plane[..., 1] << 1) | (plane[..., 2] << 2) | (plane[..., 3] << 3)
+    return idx.long()
 
 
 def build_tables(x: torch.Tensor) -> torch.Tensor:
