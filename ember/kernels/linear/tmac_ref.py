@@ -84,7 +84,8 @@ def quantize_tables(tables: torch.Tensor, group: int = GROUP) -> tuple[torch.Ten
     per = group // TABLE
     g = tables.view(m, t // per, per * 16)
     amax = g.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    # a true division, as C's 127.0f / amax (torch computes `127 / t` as 127 * (1 / t))
+    inv = torch.where(amax > 0, torch.full_like(amax, 127) / amax, torch.zeros_like(amax))
     codes = torch.round(g * inv)
     return codes.view(m, t, 16), (amax / 127).squeeze(-1)
 
