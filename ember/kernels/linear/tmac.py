@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear.base import LINEAR_METHODS, WeightOnlyLinear
-from ember.kernels.linear.tmac_ref import (GROUP, code_plane_weights, dequantize, lut_linear, quantize_rtn,
+from ember.kernels.linear.tmac_ref import (GROUP, code_plane_scales, dequantize, lut_linear, quantize_rtn,
                                            table_indices)
 
 ROWS = 16  # output rows per block of the C kernel
@@ -66,7 +66,7 @@ def reference_apply(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.T
     """What the kernel computes, in plain torch (tmac_ref.lut_linear) plus the bias."""
     idx, scale, minimum = unpack_planes(params)
     x2 = x.reshape(-1, x.shape[-1]).float()
-    y = lut_linear(x2, idx, scale, minimum, code_plane_weights(idx.shape[0]))
+    y = lut_linear(x2, idx, code_plane_scales(scale, idx.shape[0]), minimum)
     if "bias" in params:
         y = y + params["bias"].double()
     return y.to(x.dtype).view(*x.shape[:-1], -1)

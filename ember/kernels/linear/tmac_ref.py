@@ -90,26 +90,26 @@ def quantize_tables(tables: torch.Tensor, group: int = GROUP) -> tuple[torch.Ten
     return codes.view(m, t, 16), (amax / 127).squeeze(-1)
 
 
-def lut_linear(x: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor,
-               plane_weights: list[float]) -> torch.Tensor:
-    """The kernel's product in float64 from its parts: x fp32 [M, K], idx [planes, N, K/4],
-    (scale, minimum) [N, G]; plane i's lookups weighted by plane_weights[i] (2^i for codes).
-    y[m, n] = sum_g scale d_g sum_i w_i sum_t Tq_t[idx_i] + minimum sum_{k in g} x[k]."""
+def lut_linear(x: torch.Tensor, idx: torch.Tensor, plane_scales: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """The kernels' product in float64 from its parts: x fp32 [M, K], idx [P, N, K/4] (plane i's
+    table indices), plane_scales [P, N, G] and minimum [N, G] (w = sum_i plane_scales_i bit_i
+    + minimum; round-to-nearest codes have plane_scales_i = 2^i scale):
+    y[m, n] = sum_g d_g sum_i plane_scales_i sum_t Tq_t[idx_i] + minimum sum_{k in g} x[k]."""
     m, k = x.shape
-    n, groups = scale.shape
+    planes, n, groups = plane_scales.shape
     tq, d = quantize_tables(build_tables(x), k // groups)
-    # The weighted one-hot of every (row, table): onehot[n, t, c] = sum of w_i over the planes
-    # whose index is c, so the lookups of a group are one matrix product over its (t, c).
-    onehot = torch.zeros(n, k // TABLE, 16, dtype=torch.float64)
-    for i, w in enumerate(plane_weights):
-        onehot.scatter_add_(2, idx[i].unsqueeze(-1), torch.full((n, k // TABLE, 1), float(w), dtype=torch.float64))
     tq = tq.double().view(m, groups, -1)
-    onehot = onehot.view(n, groups, -1)
-    lookups = torch.einsum("mgc,ngc->mng", tq, onehot)  # integer sums, exact in float64
-    xsum = x.double().view(m, groups, -1).sum(-1)  # [M, G]
-    y = (lookups * (scale.double()[None] * d.double()[:, None])).sum(-1) + xsum @ minimum.double().t()
+    y = x.double().view(m, groups, -1).sum(-1) @ minimum.double().t()  # the minimums' share
+    for i in range(planes):
+        # plane i's lookups of every (row, group) as one matrix product over its (table, entry)
+        # one-hot: integer sums, exact in float64
+        onehot = torch.zeros(n, k // TABLE, 16, dtype=torch.float64)
+        onehot.scatter_(2, idx[i].unsqueeze(-1), 1.0)
+        lookups = torch.einsum("mgc,ngc->mng", tq, onehot.view(n, groups, -1))
+        y = y + (lookups * (plane_scales[i].double()[None] * d.double()[:, None])).sum(-1)
     return y
 
 
-def code_plane_weights(bits: int) -> list[float]:
-    return [float(1 << i) for i in range(bits)]
+def code_plane_scales(scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round-to-nearest codes as planes: plane i weighs 2^i scale, [bits, N, G]."""
+    return torch.stack([scale.double() * (1 << i) for i in range(bits)])
