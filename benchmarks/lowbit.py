@@ -7,7 +7,9 @@ Per method (`--methods`, default int4,tmac-w4,tmac-w2,ternary):
   prefill  one 512-token prompt, one output token: 512 / time to first token (the fused step
            takes the chunk where the method's kernel serves large batches);
   decode   a 32-token prompt then 128 greedy tokens: 127 / (time of the 128-token call - time of
-           a 1-token call), as benchmarks/single_stream.py; median of --repeats after a warm-up;
+           a 1-token call), as benchmarks/single_stream.py; median of --repeats after a warm-up,
+           measured in rounds that visit every method (all models stay loaded), so a shared
+           machine's changing load falls on every method alike;
   NMSE     each layer's projections (layers 0, 15, 29) on real activations (the inputs the fp32
            dense model gives them over a 128-token prompt), the method's C kernel against
            (a) the float product of the same quantized weights (T-MAC's check) and (b) the
@@ -23,8 +25,8 @@ import gc
 
 import torch
 import torch.nn.functional as F
-from common import PromptMaker, base_parser, environment, log, print_table, set_threads, write_json
-from single_stream import run_engine, ember_time
+from common import PromptMaker, base_parser, environment, log, median, print_table, set_threads, write_json
+from single_stream import ember_time
 
 NMSE_LAYERS = (0, 15, 29)
 
@@ -105,33 +107,40 @@ def main() -> None:
 
     text = load_eval_text(None)
     rows, results = [], {"env": env, "args": vars(args), "results": []}
+    engines = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         log(f"[{name}] load")
         lm = load_model(path, dtype=torch.float32, linear=name)
         log(f"[{name}] perplexity over {args.ppl_tokens} tokens")
         ppl = evaluate_perplexity(lm.model, lm.tokenizer, text, context=512, max_tokens=args.ppl_tokens, progress=False)
-        llm = LLM(loaded=lm, threads=threads, linear=name, enable_prefix_caching=False, kv_cache_tokens=4096)
-        make = PromptMaker(llm.tokenizer, offset=1000 * (1 + args.seed))
-        n = args.repeats + 1
-        prompts_prefill = [make(args.prefill_len) for _ in range(n)]
-        prompts_decode = [make(32) for _ in range(n)]
-
-        def gen(ids, k):
-            dt, out = ember_time(llm, ids, k)
-            return dt, list(out.outputs[0].token_ids), None
-
-        log(f"[{name}] speed")
-        speed, _ = run_engine("ember", gen, prompts_prefill, prompts_decode, args.prefill_len, args.new_tokens)
         info = model_info(EngineConfig(model=path, linear=name, dtype="fp32"), energy=True)
         entry = {"method": name, "perplexity": ppl.perplexity, "ppl_tokens_scored": ppl.tokens_scored,
-                 "prefill_tok_s": speed["prefill_tok_s"], "decode_tok_s": speed["decode_tok_s"],
-                 "decode_tok_s_all": speed["decode_tok_s_all"], "weight_bytes_loaded": info["weight_bytes_loaded"],
+                 "weight_bytes_loaded": info["weight_bytes_loaded"],
                  "energy_uj_per_token": info["energy"]["total_pj"] / 1e6}
         if name not in ("int4", "dense", "int8"):
             entry.update(kernel_nmse(name, acts))
         results["results"].append(entry)
-        del llm, lm
-        gc.collect()
+        engines[name] = LLM(loaded=lm, threads=threads, linear=name, enable_prefix_caching=False, kv_cache_tokens=4096)
+
+    # Speed in rounds over all methods (round 0 warms up): on a shared machine, load that comes
+    # and goes then falls on every method alike instead of on whichever ran at the time.
+    make = PromptMaker(next(iter(engines.values())).tokenizer, offset=1000 * (1 + args.seed))
+    prefill_s = {name: [] for name in engines}
+    decode = {name: [] for name in engines}
+    for rnd in range(args.repeats + 1):
+        log(f"speed round {rnd} of {args.repeats} (0: warm-up)")
+        long_prompt, short_prompt = make(args.prefill_len), make(32)
+        for name, llm in engines.items():
+            dt, _ = ember_time(llm, long_prompt, 1)
+            t1, _ = ember_time(llm, short_prompt, 1)
+            tn, _ = ember_time(llm, short_prompt, args.new_tokens)
+            if rnd:
+                prefill_s[name].append(dt)
+                decode[name].append((args.new_tokens - 1) / max(tn - t1, 1e-9))
+    for entry in results["results"]:
+        name = entry["method"]
+        entry.update(prefill_tok_s=args.prefill_len / median(prefill_s[name]), decode_tok_s=median(decode[name]),
+                     decode_tok_s_all=decode[name], prefill_s_all=prefill_s[name])
     base = next((r for r in results["results"] if r["method"] == "int4"), None)
     for r in results["results"]:
         rows.append({"method": r["method"], "ppl": r["perplexity"], "decode tok/s": r["decode_tok_s"],
