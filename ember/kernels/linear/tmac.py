@@ -6,8 +6,8 @@ minimum, tmac_ref.quantize_rtn) and stored as bit planes, never dequantized: the
 (vpshufb), at every batch size, so prefill runs on it too and the fused step takes prefill
 chunks. Storage (blocks of 16 output rows; `pack_planes`): `lut_codes` uint8
 [N/16, K/64, bits/2, 8, 32], `lut_scale_min` fp16 [N/16, K/64, 2, 16]: bits/8 + 0.5/8 bytes
-per weight (2.5 bits at w2, 4.5 at w4). Odd widths (w1, w3) are not offered: the kernel adds
-planes in pairs inside one byte pair, so an odd plane would cost a padding plane's bytes.
+per weight (2.5 bits at w2, 4.5 at w4). The kernel adds planes in pairs inside one byte pair;
+odd widths (`tmac-w1`, `tmac-w3`) run planes.py's kernel, a scale per plane, instead.
 The reference is tmac_ref.lut_linear (the same tables, int8 quantization and lookups in
 float64); without the C kernels, the dequantized weight goes through F.linear.
 """
