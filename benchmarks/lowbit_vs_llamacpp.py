@@ -6,11 +6,13 @@ quantized with `llama_cpp.llama_model_quantize` (llama-cpp-python, its peer venv
 benchmarks/peers/llamacpp_env.sh) to Q2_K and Q3_K_M; for TQ2_0, the F16 GGUF is written
 from Ember's ternarized weights (`ternary`: absmean trits, gamma per group of 64; the trit
 times an fp16 gamma is exact in F16) so both engines run the same ternary model up to
-TQ2_0's own scale per 256 weights. Speed: benchmarks/cpu_vs_llamacpp.py's workers (prefill
-512, single-stream decode 128 after 32, decode at --concurrency sequences), each engine
-configuration in its own subprocess, one after the other. Perplexity: Ember's over the
-first --ppl-tokens of `ember eval ppl`'s text; llama.cpp's perplexity is not measured here
-(its worker has no scorer; see benchmarks/README.md).
+TQ2_0's own scale per 256 weights. llama.cpp's 256-wide block types (K-quants, TQ2_0) need
+rows that are a multiple of 256: on this model (hidden 576) every projection but ffn_down
+falls back to Q4_0/Q5_0 (`tensor_types` in the JSON). Speed: benchmarks/cpu_vs_llamacpp.py's
+workers (prefill 512, single-stream decode 128 after 32, decode at --concurrency sequences),
+each engine configuration in its own subprocess, one after the other. Perplexity: `ember
+eval ppl` over the first --ppl-tokens tokens, for llama.cpp's files too (Ember reads their
+Q4_0, Q5_0, K-quant and Q8_0 tensors, dequantized, fp32; not TQ2_0): one scorer for both.
 
     python benchmarks/lowbit_vs_llamacpp.py --output results/lowbit_vs_llamacpp.json
 """
@@ -82,14 +84,30 @@ def write_f16_gguf(src: str, dst: str, ternarize: bool = False) -> None:
     writer.close()
 
 
+def tensor_types(path: str) -> dict[str, int]:
+    """How many 2-D tensors of each type a GGUF holds: llama.cpp falls back from its 256-wide
+    block types where a row (576 here) is not a multiple of 256."""
+    import collections
+
+    import gguf
+
+    return dict(collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2))
+
+
 def quantize(python: str, src: str, dst: str, ftype: str, threads: int) -> None:
     subprocess.run([python, "-c", QUANTIZE, src, dst, str(FTYPES[ftype]), str(threads)], check=True,
                    capture_output=True, text=True)
 
 
-def ember_ppl(linear: str, tokens: int) -> float:
-    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ember"), "eval", "ppl", "--max-tokens", str(tokens), "--linear",
-                          linear, "--dtype", "fp32", "--json"], capture_output=True, text=True, check=True)
+def ember_ppl(linear: str, tokens: int, model: str | None = None) -> float | None:
+    """`ember eval ppl` of the default model under `linear`, or of another GGUF (`model`, read
+    by Ember: a llama.cpp file's own quantized weights, dequantized, in fp32); None where Ember
+    can't read the file's types (TQ2_0)."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ember"), "eval", "ppl", "--max-tokens", str(tokens),
+           "--linear", linear, "--dtype", "fp32", "--json"] + (["--model", model] if model else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])["perplexity"]
 
 
@@ -142,6 +160,8 @@ def main() -> None:
         log(f"llama.cpp {qtype}")
         res = run_worker(lcmd, dict(job, model=files[qtype]))
         res["file_bytes"] = os.path.getsize(files[qtype])
+        res["perplexity"] = ember_ppl("dense", args.ppl_tokens, files[qtype])
+        res["tensor_types"] = tensor_types(files[qtype])
         results[f"llama.cpp {qtype}"] = res
 
     rows = []
