@@ -35,7 +35,7 @@ def parse_bytes(text: str | int) -> int:
 class EngineConfig:
     model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
     dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 where this CPU has native bf16 arithmetic and the chosen linear method measured faster in it; fp32 elsewhere), fp32 or bf16"})
-    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4"})
+    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4, tmac-w1..w4 (T-MAC lookup tables over 1-4 bit planes, round-to-nearest), bcq-w2..w4 (ShiftAddLLM binary coding on the same tables), ternary (BitNet b1.58 absmean trits on the 2-bit lookup kernel)"})
     attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
     fused_decode: str = field(default="auto", metadata={"help": "decode steps (and, with int4, prefill chunks) as one C call: auto (when the model, dtype, linear method and attention allow), on (fail if they don't), off (the PyTorch path)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})

@@ -91,10 +91,13 @@ def _energy(mc, cfg: EngineConfig, context_len: int = 1024) -> dict:
     shape = DecoderShape(hidden=mc.hidden_size, intermediate=mc.intermediate_size, n_layers=mc.num_layers,
                          n_heads=mc.num_heads, n_kv_heads=mc.num_kv_heads, head_dim=mc.head_dim,
                          vocab=mc.vocab_size, tied_embeddings=mc.tie_embeddings)
+    from ember.kernels.linear import get_linear_method
+
     stored = {"fp32": "fp32", "bf16": "bf16"}[cfg.dtype]
     linear = "lmul" if cfg.linear == "lmul" else "dense"
-    estimate = estimate_decode_energy(shape, linear=linear, weight_dtype=stored, kv_dtype=stored,
-                                      context_len=context_len)
+    # A method with its own op-count model (the lookup-table ones) says how to price it.
+    model = {"linear": linear, "weight_dtype": stored} | (get_linear_method(cfg.linear).energy_model() or {})
+    estimate = estimate_decode_energy(shape, kv_dtype=stored, context_len=context_len, **model)
     data = estimate.as_dict()
     data["report"] = format_report(estimate)
     return data

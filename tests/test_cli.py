@@ -43,7 +43,7 @@ def test_structured_output_flags(ember_lm, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--linear", "int3", "error: linear 'int3' is not one of: auto, dense"),
+    ("--linear", "int3", "error: linear 'int3' is not one of: auto, bcq-w2"),
     ("--dtype", "fp16", "error: dtype 'fp16' is not one of: auto, fp32, bf16"),
 ])
 def test_a_bad_linear_or_dtype_names_the_value(capsys, flag, value, message):

@@ -96,6 +96,9 @@ def main() -> None:
     L.llama_backend_init()
     mp = L.llama_model_default_params()
     mp.n_gpu_layers = 0
+    # "extra_bufts": false turns off llama.cpp's repacked and AMX weight layouts (its AMX
+    # matmul crashes on Q4_0 in this VM: lowbit_vs_llamacpp.py); default: llama.cpp's choice.
+    mp.use_extra_bufts = job.get("extra_bufts", True)
     model = L.llama_model_load_from_file(job["model"].encode(), mp)
     if not model:
         raise RuntimeError("cannot load " + job["model"])

@@ -34,6 +34,15 @@ What is counted per generated token (one query at position ``context_len``):
     as many values, per query head (grouped-query heads share K/V reads);
   * bytes: every weight read once, the token's embedding row, the KV cache of
     ``context_len`` positions read and one position written, per layer.
+Lookup-table linears (``linear="lut"``, T-MAC: ember/kernels/linear/tmac.py), per layer
+of K inputs and N outputs with b bit planes (labelled estimates, no multiplier in the loop):
+  * N * K/4 * b table lookups, each a register byte select, priced as an int8 add; as
+    many int16 adds sum them (int32 add scaled to 16 bits, 0.05 pJ, as L-Mul's add is);
+  * per group of 64 inputs and output, 2 fp32 multiplies and 2 adds (scale, minimum);
+  * per token, K/4 tables of 16 fp32 sums, each entry quantized to int8 (16 adds and
+    16 multiplies a table), counted once per linear shape (q, k and v build their own);
+  * weights at ``lut_weight_bits`` per weight (scales included); the LM head, which these
+    methods keep in int8, at 8 bits with fp32 multiply-adds (the int8 C kernel's).
 Not counted: norms, RoPE, softmax, SiLU, residual adds, scale/dequantization
 steps (all O(hidden) per layer, about 1% of the ops for SmolLM2-135M), and
 on-chip activation traffic. Tied embeddings change the parameter count, not the
@@ -66,6 +75,8 @@ def _derived_pj() -> dict[tuple[str, str], float]:
         ("bf16", "mul"): HOROWITZ_45NM_PJ[("fp16", "mul")] * (8 / 11) ** 2,
         ("bf16", "add"): HOROWITZ_45NM_PJ[("fp16", "add")],
         ("fp8", "mul"): HOROWITZ_45NM_PJ[("fp16", "mul")] * (4 / 11) ** 2,
+        ("int16", "add"): HOROWITZ_45NM_PJ[("int32", "add")] * 16 / 32,
+        ("lut", "lookup"): HOROWITZ_45NM_PJ[("int8", "add")],
     }
 
 
@@ -93,6 +104,9 @@ WEIGHT_DTYPES: dict[str, tuple[float, str, str]] = {
     # GGUF Q4_1: 4-bit codes + fp16 scale and min per 32 weights = 5 bits; the
     # engine dequantizes at load and multiplies in fp32.
     "q4_1": (5, "fp32", "fp32"),
+    # Ember's `int4`: Q4_1's grid (5 bits with its scale and minimum), int8 activations and
+    # integer dots (csrc/linear_int4.h).
+    "int4-w4a8": (5, "int8", "int32"),
 }
 
 
@@ -142,6 +156,7 @@ class DecodeEnergy:
     linear_mul_kind: str
     attention_mul_kind: str
     context_len: int
+    linear_lookups: int = 0  # table lookups of linear="lut" (none otherwise)
 
     @property
     def multiplies(self) -> int:
@@ -173,12 +188,19 @@ def estimate_decode_energy(
     context_len: int = 1024,
     kv_dtype: str = "fp32",
     lmul_mantissa_bits: int = 4,
+    lut_planes: int = 2,
+    lut_weight_bits: float = 2.5,
+    head_weight_bits: float | None = None,
 ) -> DecodeEnergy:
     """Op counts and estimated pJ for one decode step.
 
     linear: "dense" (multiplies of the kind ``weight_dtype`` implies, see
     WEIGHT_DTYPES) or "lmul" (L-Mul products with ``lmul_mantissa_bits``,
-    fp32 accumulation; weights still stored as ``weight_dtype``).
+    fp32 accumulation; weights still stored as ``weight_dtype``) or "lut" (T-MAC's
+    lookup tables with ``lut_planes`` bit planes and ``lut_weight_bits`` bits per weight).
+    head_weight_bits: bits per weight the LM head is read with, where a method keeps it
+    in another storage than the body (int4 and the lookup-table methods keep it int8);
+    None: ``weight_dtype``'s (8 for "lut").
     attention_mul: "exact" (multiplies in ``kv_dtype``, fp32 accumulation) or
     "lmul". kv_dtype: storage and compute type of the KV cache (fp32, fp16,
     bf16, fp8 or int8).
@@ -196,8 +218,10 @@ def estimate_decode_energy(
         lin_mul, lin_acc = dense_mul, dense_acc
     elif linear == "lmul":
         lin_mul, lin_acc = "lmul", "fp32"
+    elif linear == "lut":
+        lin_mul, lin_acc = "fp32", "fp32"
     else:
-        raise ValueError(f"linear must be 'dense' or 'lmul', not {linear!r}")
+        raise ValueError(f"linear must be 'dense', 'lmul' or 'lut', not {linear!r}")
     if attention_mul == "exact":
         att_mul, att_acc = kv_dtype, ("int32" if kv_dtype == "int8" else "fp32")
     elif attention_mul == "lmul":
@@ -214,21 +238,47 @@ def estimate_decode_energy(
     att_muls = L * (nh * ctx * hd + nh * hd * ctx)
     att_adds = L * (nh * ctx * (hd - 1) + nh * hd * (ctx - 1))
 
-    weight_bytes = (lin_muls + shape.hidden) * w_bits / 8  # every weight once + one embedding row
+    head_k, head_n = shapes[-1]
+    head_bits = w_bits if head_weight_bits is None else head_weight_bits
+    # every weight once + one embedding row
+    weight_bytes = ((lin_muls - head_k * head_n + shape.hidden) * w_bits + head_k * head_n * head_bits) / 8
     kv_bytes = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}[kv_dtype]
     kv_per_pos = 2 * L * shape.n_kv_heads * hd * kv_bytes  # K and V, all layers
     kv_read, kv_write = kv_per_pos * ctx, kv_per_pos
 
     m = lmul_mantissa_bits
+    lookups, lookup_pj = 0, 0.0
+    if linear == "lut":
+        lin_muls, lin_adds, lookups, lookup_pj, weight_bytes = _lut_linear_counts(
+            shape, lut_planes, lut_weight_bits, 8 if head_weight_bits is None else head_weight_bits)
     compute = (
         lin_muls * op_energy_pj(lin_mul, "mul", m)
         + lin_adds * op_energy_pj(lin_acc, "add", m)
+        + lookup_pj
         + att_muls * op_energy_pj(att_mul, "mul", m)
         + att_adds * op_energy_pj(att_acc, "add", m)
     )
     memory = (weight_bytes + kv_read + kv_write) * DRAM_PJ_PER_BYTE
     return DecodeEnergy(lin_muls, lin_adds, att_muls, att_adds, weight_bytes, kv_read, kv_write,
-                        compute, memory, lin_mul, att_mul, ctx)
+                        compute, memory, lin_mul, att_mul, ctx, lookups)
+
+
+LUT_GROUP = 64  # inputs per (scale, minimum) and per table scale (tmac_ref.GROUP)
+
+
+def _lut_linear_counts(shape: DecoderShape, planes: int, weight_bits: float,
+                       head_bits: float) -> tuple[int, int, int, float, float]:
+    """(fp32 muls, fp32 adds, lookups, pJ of the lookups and their int16 sums, weight bytes) of
+    the linear layers of linear="lut" (module docstring); the LM head as fp32 multiply-adds."""
+    *body, (head_k, head_n) = shape.linear_shapes()
+    lookups = sum(n * k // 4 * planes for k, n in body)
+    per_group = sum(n * (k // LUT_GROUP) for k, n in body)
+    tables = sum(k // 4 for k, _ in body)
+    muls = 2 * per_group + 16 * tables + head_k * head_n
+    adds = 2 * per_group + 16 * tables + (head_k - 1) * head_n
+    pj = lookups * (op_energy_pj("lut", "lookup") + op_energy_pj("int16", "add"))
+    weight_bytes = (sum(k * n for k, n in body) * weight_bits + head_k * head_n * head_bits) / 8 + shape.hidden * 4
+    return muls, adds, lookups, pj, weight_bytes
 
 
 def format_report(e: DecodeEnergy) -> str:
@@ -239,6 +289,7 @@ def format_report(e: DecodeEnergy) -> str:
         f"  context length          {e.context_len}",
         f"  linear multiplies       {e.linear_muls:>16,}  ({e.linear_mul_kind})",
         f"  attention multiplies    {e.attention_muls:>16,}  ({e.attention_mul_kind})",
+        *([f"  linear table lookups    {e.linear_lookups:>16,}  (int8 tables, T-MAC)"] if e.linear_lookups else []),
         f"  adds                    {e.adds:>16,}",
         f"  weight bytes read       {e.weight_bytes:>16,.0f}",
         f"  KV bytes read/written   {e.kv_read_bytes:>16,.0f} / {e.kv_write_bytes:,.0f}",

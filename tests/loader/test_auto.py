@@ -70,7 +70,7 @@ def test_defaults_are_auto_and_bad_values_name_themselves():
     assert (cfg.linear, cfg.dtype) == ("auto", "auto")
     with pytest.raises(ValueError, match="dtype 'auto' has no torch dtype"):
         cfg.torch_dtype
-    with pytest.raises(ValueError, match=r"linear 'int3' is not one of: auto, dense"):
+    with pytest.raises(ValueError, match=r"linear 'int3' is not one of: auto, bcq-w2"):
         EngineConfig(linear="int3")
     with pytest.raises(ValueError, match=r"dtype 'fp16' is not one of: auto, fp32, bf16"):
         EngineConfig(dtype="fp16")

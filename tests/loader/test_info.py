@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ember.config import EngineConfig
 from ember.info import format_info, model_info
@@ -32,3 +33,25 @@ def test_info_says_what_auto_chose_and_why():
     text = format_info(info)
     assert "auto          linear auto -> int4 (GGUF Q4_1 projections kept as stored)" in text
     assert f"once loaded (linear int4, dtype {dtype.value})" in text
+
+
+def test_lookup_table_methods_predict_their_memory_and_energy():
+    """tmac-w2: the projections at packed_bytes (held to the packed tensors in
+    tests/kernels/test_linear_tmac.py), the rest as for int4 (float embedding, int8 head); its
+    energy priced as table lookups. One `model_info` (two seconds each), the rest from its output."""
+    from ember.kernels.linear import get_linear_method
+    from ember.numerics.energy import DecoderShape, estimate_decode_energy
+
+    info = model_info(EngineConfig(linear="tmac-w2", dtype="fp32"), energy=True)
+    assert "table lookups" in format_info(info)
+    shapes = [info["layer_shapes"][name] for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
+    w2, int4, int8 = (get_linear_method(name) for name in ("tmac-w2", "int4", "int8"))
+    hidden, vocab = info["hidden_size"], info["vocab_size"]
+    per_layer = sum(w2.packed_bytes(o, i, torch.float32) for o, i in shapes) + 2 * hidden * 4  # + the two norms
+    head = int8.packed_bytes(vocab, hidden, torch.float32)
+    assert info["weight_bytes_loaded"] == (vocab + 1) * hidden * 4 + info["layers"] * per_layer + head
+    shape = DecoderShape(hidden=info["hidden_size"], intermediate=info["intermediate_size"], n_layers=info["layers"],
+                         n_heads=info["heads"], n_kv_heads=info["kv_heads"], head_dim=info["head_dim"],
+                         vocab=info["vocab_size"])
+    int4_energy = estimate_decode_energy(shape, **int4.energy_model())
+    assert info["energy"]["linear_lookups"] > 0 and info["energy"]["total_pj"] < int4_energy.total_pj

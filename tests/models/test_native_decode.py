@@ -243,3 +243,36 @@ def test_row_major_kernels_match_the_widened_matrix(kind, rows, cpu_variant):
         got = native.linear(x, native.weight(kind, stored, n, k, scale=scale, bias=bias))
         expected = torch.nn.functional.linear(x, dense, bias)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from tests.loader.builders import tiny_llama, write_llama_gguf
+
+    model = tiny_llama(seed=11, hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                       num_hidden_layers=1)
+    return write_llama_gguf(tmp_path_factory.mktemp("lookup") / "tiny.gguf", model)
+
+
+@needs_native
+@pytest.mark.parametrize("linear", ["tmac-w4", "tmac-w2", "tmac-w3", "bcq-w2"], ids=["tmac4", "tmac2", "planes3", "planes2"])
+def test_fused_step_runs_the_lookup_table_kernels(tiny_gguf, linear):
+    """Each lookup-table C kind in the fused step (o and down accumulate into the residual
+    there, which ember_linear never asks for), a prefill chunk and decodes together (15 rows:
+    tables shared by the team), on a one-layer random llama. Both paths run the same kernel on
+    inputs equal to an ulp (C and torch norms, SiLU and attention), but an ulp can move a table
+    entry across a rounding boundary: 15 rows hold ~40k int8 entries, so a flip or two happen
+    (each ~1e-3 of the output here; measured 4e-4 to 1.3e-3), where a wrong kernel is off by
+    order 100%. Past one layer flips compound (~2% after two), hence one layer."""
+    from ember.loader import load_model
+
+    lm = load_model(tiny_gguf, linear=linear)
+    assert lm.model.layers[0].qkv_proj.params["lut_codes"].dtype == torch.uint8
+    rng = random.Random(5)
+    contexts = [[rng.randrange(lm.config.vocab_size) for _ in range(n)] for n in (0, 20, 33)]
+    expected, got, cache, fused_cache = _one_step_both_ways(lm, contexts, seed=5, new=[9, 5, 1])
+    assert lm.model.native_decoder(fused_cache, get_attention_backend("batched")).takes_prefill
+    for a, b in ((fused_cache.k[0], cache.k[0]), (fused_cache.v[0], cache.v[0]), (got, expected)):
+        assert (a - b).norm() / b.norm() < 2e-2

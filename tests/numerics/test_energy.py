@@ -89,3 +89,20 @@ def test_bad_arguments():
         estimate_decode_energy(TINY, weight_dtype="fp64")
     with pytest.raises(ValueError):
         estimate_decode_energy(TINY, context_len=0)
+
+
+def test_lookup_table_linears_by_hand():
+    """linear="lut" (T-MAC): hidden 64, MLP 128, one layer, vocab 10; 2 bit planes, 2.5 bits a weight."""
+    shape = dict(hidden=64, intermediate=128, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=64, vocab=10)
+    e = estimate_decode_energy(shape, linear="lut", lut_planes=2, lut_weight_bits=2.5, context_len=1)
+    # body: q, k, v, o 64x64, gate, up 64->128, down 128->64: 40960 weights, a lookup per plane per 4
+    assert e.linear_lookups == 40960 // 4 * 2
+    # per (output, group of 64): 2 muls, 2 adds -> 640 groups; tables: 16 per 4 inputs -> 128 tables;
+    # the 64 x 10 head as fp32 multiply-adds
+    assert e.linear_muls == 2 * 640 + 16 * 128 + 640 and e.linear_adds == 2 * 640 + 16 * 128 + 630
+    assert e.weight_bytes == 40960 * 2.5 / 8 + 640 + 64 * 4  # body, int8 head, one fp32 embedding row
+    assert "table lookups" in format_report(e)
+    lookup_pj = e.linear_lookups * (op_energy_pj("int8", "add") + 0.1 * 16 / 32)
+    dense = estimate_decode_energy(shape, context_len=1)
+    assert e.compute_pj == pytest.approx(dense.compute_pj - (dense.linear_muls * 3.7 + dense.linear_adds * 0.9)
+                                         + e.linear_muls * 3.7 + e.linear_adds * 0.9 + lookup_pj)

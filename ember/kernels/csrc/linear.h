@@ -11,10 +11,11 @@
  * From 5 rows four weight rows are decoded into an fp32 buffer in L1 and reused by every pair
  * of activation rows; from PANEL_MIN_ROWS (batched decode and prefill, arithmetic-bound) 16
  * rows are transposed into a panel for a 6 x 16 register tile (linear_panels.h). int4 and
- * int8_panels have their own blocked layouts and kernels (linear_int4.h, linear_int8_panels.h).
+ * int8_panels have their own blocked layouts and kernels (linear_int4.h, linear_int8_panels.h),
+ * as have the lookup-table kinds tmac2/tmac4 and planes1..4 (linear_tmac.h, linear_planes.h).
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
  * it shares that team (the fused decoder); alone it runs on one thread.
- * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py.
+ * Plain-torch references: ember/kernels/linear/{dense,int8,int4}.py, tmac_ref.py.
  */
 #ifndef EMBER_LINEAR_H
 #define EMBER_LINEAR_H
@@ -110,6 +111,8 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 #include "linear_int4.h"
 #include "linear_int8_panels.h"
 #include "linear_panels.h"
+#include "linear_planes.h"
+#include "linear_tmac.h"
 
 /* From this many rows the 6 x 16 tile of linear_panels.h beats the row pairs below. */
 #define PANEL_MIN_ROWS 16

@@ -6,6 +6,10 @@
  *   int4         w, sm: blocks of 8 rows with fp16 (scale, minimum) per group of 32 (linear_int4.h)
  *   int8_panels  w: int8 [N/16, K, 16] (linear_int8_panels.h), scale: float [N]
  *   bf16         w: bf16 [N,K] (torch's own bfloat16 matrix, as stored)
+ *   tmac2, tmac4 w: 2 or 4 bit planes in blocks of 16 rows, sm: fp16 (scale, minimum) per
+ *                group of 64, read through int8 lookup tables of the activations (linear_tmac.h)
+ *   planes1..4   w: 1 to 4 bit planes in blocks of 32 rows, sm: an fp16 scale per plane and a
+ *                minimum per group of 64 (BCQ, odd-width round-to-nearest; linear_planes.h)
  *
  * Python reads the names (ember_linear_abi) and numbers kinds by their position in this list,
  * so adding a kind here is the only place its number is written down.
@@ -26,7 +30,13 @@
     X(INT8,        int8,        1, 1, load8_int8,    linear_rowmajor_omp) \
     X(INT4,        int4,        0, 0, load8_blocked, linear_int4_omp) \
     X(INT8_PANELS, int8_panels, 0, 1, load8_blocked, linear_int8_panels_omp) \
-    X(BF16,        bf16,        2, 0, load8_bf16,    linear_rowmajor_omp)
+    X(BF16,        bf16,        2, 0, load8_bf16,    linear_rowmajor_omp) \
+    X(TMAC2,       tmac2,       0, 0, load8_blocked, linear_tmac_omp) \
+    X(TMAC4,       tmac4,       0, 0, load8_blocked, linear_tmac_omp) \
+    X(PLANES1,     planes1,     0, 0, load8_blocked, linear_planes_omp) \
+    X(PLANES2,     planes2,     0, 0, load8_blocked, linear_planes_omp) \
+    X(PLANES3,     planes3,     0, 0, load8_blocked, linear_planes_omp) \
+    X(PLANES4,     planes4,     0, 0, load8_blocked, linear_planes_omp)
 
 #define EMBER_WEIGHT_ENUM(id, name, esz, scaled, load, family) EMBER_##id,
 enum { EMBER_WEIGHT_KINDS(EMBER_WEIGHT_ENUM) EMBER_WEIGHT_NUM_KINDS };
@@ -38,7 +48,7 @@ typedef struct {
     int64_t kind, n, k;
     const void* w;
     const float* scale;   /* int8, int8_panels: [N] */
-    const uint16_t* sm;   /* int4: fp16 scales then minimums, [N/8, K/32, 2, 8] */
+    const uint16_t* sm;   /* int4: fp16 scales then minimums, [N/8, K/32, 2, 8]; tmac: [N/16, K/64, 2, 16]; planes: [N/32, K/64, P+1, 32] */
     const float* bias;    /* [N] or NULL */
 } ember_weight;
 

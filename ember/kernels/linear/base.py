@@ -50,6 +50,11 @@ class LinearMethod(ABC):
         decoder; None if this method's storage has no C kernel."""
         return None
 
+    def energy_model(self) -> dict | None:
+        """Keyword arguments of numerics.energy.estimate_decode_energy that price this method's
+        products (`ember info --energy`); None: priced as dense products in the model dtype."""
+        return None
+
     def kernel_takes_large_batches(self, params: dict[str, torch.Tensor]) -> bool:
         """Whether the C kernel of `native_weight` beats torch's GEMM at prefill-sized batches
         too (the fused step then takes prefill chunks, models/llama_native.py)."""
@@ -68,14 +73,17 @@ class WeightOnlyLinear(LinearMethod):
     dense_rows = 64
 
     def __init__(self):
-        self._weights: dict[tuple[int, int], native.Weight | None] = {}  # bias-free structs, by params
+        self._weights: dict[tuple[int, int], tuple] = {}  # bias-free structs (and what they point into), by params
 
     def small_batch(self, x2: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """x2 [rows, in] @ W^T without bias, in any float dtype."""
-        key = (id(params), next(iter(params.values())).data_ptr())
+        first = next(iter(params.values()))
+        key = (id(params), first.data_ptr())
         if key not in self._weights:
-            self._weights[key] = self.native_weight(params, with_bias=False)
-        w = self._weights[key]
+            # The entry holds the tensor, so neither the dict's id nor the tensor's memory can be
+            # reused by another pack while it is cached (a stale struct would read freed memory).
+            self._weights[key] = (self.native_weight(params, with_bias=False), first)
+        w = self._weights[key][0]
         y = native.linear(x2, w) if w is not None else None
         return self.fallback(x2, params) if y is None else y
 

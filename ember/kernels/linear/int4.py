@@ -199,6 +199,10 @@ class Int4Linear(WeightOnlyLinear):
         # either packing: half a byte per code, a 16-bit (scale, offset) pair per group of 32
         return out_features * in_features // 2 + out_features * (in_features // GROUP) * 4
 
+    def energy_model(self):
+        # int8 activations times 4-bit codes as integer dots; the head stays int8
+        return {"weight_dtype": "int4-w4a8", "head_weight_bits": 8}
+
     def native_weight(self, params, with_bias=True):
         if "block_codes" not in params:
             return None

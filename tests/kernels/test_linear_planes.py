@@ -1,0 +1,80 @@
+"""Bit planes with a scale each (csrc/linear_planes.h): `tmac-w1`, `tmac-w3` (round-to-nearest)
+and `bcq-w2/3/4` (ShiftAddLLM's binary coding), every CPU variant against the plain-torch
+reference, the packing, and the BCQ quantizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.kernels import native
+from ember.kernels.linear import get_linear_method
+from ember.kernels.linear.bcq import bcq_planes, binary_coding
+from ember.kernels.linear.planes import pack_scaled_planes, reference_apply, rtn_planes, unpack_scaled_planes
+from ember.kernels.linear.tmac_ref import dequantize, quantize_rtn
+
+needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
+METHODS = ["tmac-w1", "tmac-w3", "bcq-w2", "bcq-w3", "bcq-w4"]
+
+
+def test_packing_round_trips_and_puts_rows_e_and_16_plus_e_in_a_byte_pair():
+    torch.manual_seed(0)
+    bits = torch.randint(0, 2, (3, 64, 128), dtype=torch.uint8)
+    scales, minimum = torch.rand(3, 64, 2).half(), torch.randn(64, 2).half()
+    params = pack_scaled_planes(bits, scales, minimum)
+    assert params["lut_codes"].shape == (2, 2, 3, 8, 32) and params["lut_plane_scales"].shape == (2, 2, 4, 32)
+    idx, s, m = unpack_scaled_planes(params)
+    assert torch.equal(s, scales) and torch.equal(m, minimum)
+    # Block 1 (rows 32-63), group 1, plane 2, table pair 5, byte 2 * 3 + 1: row 32 + 16 + 3,
+    # tables 16 + 10 (inputs 64 + 40..43, low nibble) and 16 + 11 (inputs 64 + 44..47, high).
+    byte, row = int(params["lut_codes"][1, 1, 2, 5, 7]), 51
+    assert byte & 15 == sum(int(bits[2, row, 104 + j]) << j for j in range(4)) == int(idx[2, row, 26])
+    assert byte >> 4 == sum(int(bits[2, row, 108 + j]) << j for j in range(4))
+
+
+def test_rtn_planes_weigh_powers_of_two_of_the_scale():
+    w = torch.randn(32, 128)
+    planes, scales, minimum = rtn_planes(w, 3)
+    q, scale, minimum_rtn = quantize_rtn(w, 3)
+    assert torch.equal(minimum, minimum_rtn) and torch.equal(scales[2].float(), 4 * scale.float())
+    params = pack_scaled_planes(planes, scales, minimum)
+    assert torch.equal(get_linear_method("tmac-w3").dequantize(params, torch.float32), dequantize(q, scale, minimum))
+
+
+def test_binary_coding_refinement_beats_its_greedy_start():
+    torch.manual_seed(1)
+    w = torch.randn(32, 128)
+    errors = []
+    for rounds in (0, 10):
+        b, a = binary_coding(w, 3, rounds)
+        errors.append(float(((b * a[..., None, :]).sum(-1).view(32, 128) - w).norm() / w.norm()))
+    assert errors[1] < errors[0] * 0.9  # ~0.23 -> ~0.18 on Gaussian weights
+    planes, scales, minimum = bcq_planes(w, 3)
+    deq = get_linear_method("bcq-w3").dequantize(pack_scaled_planes(planes, scales, minimum), torch.float32)
+    assert float((deq - w).norm() / w.norm()) < errors[1] * 1.01  # the fp16 values cost next to nothing
+    assert float((deq - w).norm() / w.norm()) < float((dequantize(*quantize_rtn(w, 3)) - w).norm() / w.norm())
+
+
+@needs_native
+@pytest.mark.parametrize("method_name", METHODS)
+@pytest.mark.parametrize("rows", [1, 6])
+def test_kernel_matches_reference(method_name, rows, cpu_variant):
+    method = get_linear_method(method_name)
+    torch.manual_seed(rows)
+    w, bias = torch.randn(64, 192) * 0.05, torch.randn(64)
+    params = method.pack(w, bias, torch.float32)
+    x = torch.randn(rows, 192)
+    y, ref = method.apply(x, params), reference_apply(x, params)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    exact = F.linear(x, method.dequantize(params, torch.float32), bias)
+    assert float(((y - exact) ** 2).mean() / (exact ** 2).mean()) < 5e-4
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_packed_bytes_and_refusals(method_name):
+    method = get_linear_method(method_name)
+    params = method.pack(torch.randn(32, 128), None, torch.float32)
+    assert method.weight_bytes(params) == method.packed_bytes(32, 128, torch.float32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        method.pack(torch.randn(16, 128), None, torch.float32)
