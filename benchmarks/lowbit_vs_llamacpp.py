@@ -15,6 +15,17 @@ eval ppl` over the first --ppl-tokens tokens, for llama.cpp's files too (Ember r
 Q4_0, Q5_0, K-quant and Q8_0 tensors, dequantized, fp32; not TQ2_0): one scorer for both.
 
     python benchmarks/lowbit_vs_llamacpp.py --output results/lowbit_vs_llamacpp.json
+
+On a CPU with AMX, llama.cpp's native build (peers/llamacpp_env.sh) segfaulted in its AMX
+matmul on Q4_0 in this VM; either run without its extra weight layouts (the default here,
+slow) or build it without AMX and pass --extra-bufts (what benchmarks/README.md reports):
+
+    python3.11 -m venv /tmp/llamacpp-noamx && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=ON \
+      -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
+      -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" /tmp/llamacpp-noamx/bin/pip install \
+      --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==0.3.36
+    python benchmarks/lowbit_vs_llamacpp.py --extra-bufts --llamacpp-python /tmp/llamacpp-noamx/bin/python
 """
 
 from __future__ import annotations
