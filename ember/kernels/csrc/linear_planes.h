@@ -110,28 +110,9 @@ static inline __attribute__((always_inline)) void planes_block_tile(const uint8_
 static inline __attribute__((always_inline)) void linear_planes_omp(const ember_weight* W, const float* x, long M, float* y,
                                                                     long ldy, int accumulate, int kind) {
     const int P = kind == EMBER_PLANES1 ? 1 : kind == EMBER_PLANES2 ? 2 : kind == EMBER_PLANES3 ? 3 : 4;
-    const long K = W->k, G = K / TMAC_GROUP, T = K / 4, blocks = W->n / PLANES_ROWS;
+    const long K = W->k, G = K / TMAC_GROUP, blocks = W->n / PLANES_ROWS;
     tmac_tables xt;
-    int shared = M > 4;
-    int8_t* tbuf = NULL;
-    float* fbuf = NULL;
-    if (shared) {
-        #pragma omp single copyprivate(tbuf, fbuf)
-        {
-            tbuf = (int8_t*)malloc(M * T * TMAC_TABLE_BYTES);
-            fbuf = (float*)malloc(sizeof(float) * 2 * M * G);
-        }
-    } else {
-        tbuf = (int8_t*)malloc(M * T * TMAC_TABLE_BYTES);
-        fbuf = (float*)malloc(sizeof(float) * 2 * M * G);
-    }
-    xt.tab = tbuf, xt.d = fbuf, xt.X = fbuf + M * G;
-    if (shared) {
-        #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) tmac_build_tables(x, m, m + 1, K, &xt);
-    } else {
-        tmac_build_tables(x, 0, M, K, &xt);
-    }
+    const int shared = tmac_tables_begin(x, M, K, &xt);
     #pragma omp for schedule(static)
     for (long b = 0; b < blocks; b++) {
         const uint8_t* codes = (const uint8_t*)W->w + b * G * P * 8 * 32;
@@ -151,17 +132,7 @@ static inline __attribute__((always_inline)) void linear_planes_omp(const ember_
             }
         }
     }
-    if (shared) {
-        #pragma omp barrier
-        #pragma omp single nowait
-        {
-            free(tbuf);
-            free(fbuf);
-        }
-    } else {
-        free(tbuf);
-        free(fbuf);
-    }
+    tmac_tables_end(&xt, shared);
 }
 
 #endif

@@ -165,14 +165,11 @@ static inline __attribute__((always_inline)) void tmac_block_tile(const uint8_t*
     for (int i = 0; i < 4; i++) r[i][0] = sum[i][0], r[i][1] = sum[i][1];
 }
 
-/* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n] for the T-MAC kinds (kind: tmac2 or tmac4,
- * a constant in each kind's instance). Small batches: every thread builds x's tables for
- * itself (no barrier); larger ones share the work, as linear_int4_omp does. */
-static inline __attribute__((always_inline)) void linear_tmac_omp(const ember_weight* W, const float* x, long M, float* y,
-                                                                  long ldy, int accumulate, int kind) {
-    const int P = kind == EMBER_TMAC4 ? 2 : 1;
-    const long K = W->k, G = K / TMAC_GROUP, T = K / 4, blocks = W->n / TMAC_ROWS;
-    tmac_tables xt;
+/* Every row's tables for one product, inside the caller's parallel region. Small batches
+ * (M <= 4) build their own copy per thread, with no barrier; larger ones share one buffer and
+ * split its rows. Returns whether it is shared, for tmac_tables_end. */
+static inline __attribute__((always_inline)) int tmac_tables_begin(const float* x, long M, long K, tmac_tables* xt) {
+    const long G = K / TMAC_GROUP, T = K / 4;
     int shared = M > 4;
     int8_t* tbuf = NULL;
     float* fbuf = NULL;
@@ -186,13 +183,39 @@ static inline __attribute__((always_inline)) void linear_tmac_omp(const ember_we
         tbuf = (int8_t*)malloc(M * T * TMAC_TABLE_BYTES);
         fbuf = (float*)malloc(sizeof(float) * 2 * M * G);
     }
-    xt.tab = tbuf, xt.d = fbuf, xt.X = fbuf + M * G;
+    xt->tab = tbuf, xt->d = fbuf, xt->X = fbuf + M * G;
     if (shared) {
         #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) tmac_build_tables(x, m, m + 1, K, &xt);
+        for (long m = 0; m < M; m++) tmac_build_tables(x, m, m + 1, K, xt);
     } else {
-        tmac_build_tables(x, 0, M, K, &xt);
+        tmac_build_tables(x, 0, M, K, xt);
     }
+    return shared;
+}
+
+static inline __attribute__((always_inline)) void tmac_tables_end(tmac_tables* xt, int shared) {
+    if (shared) {
+        #pragma omp barrier
+        #pragma omp single nowait
+        {
+            free(xt->tab);
+            free(xt->d);
+        }
+    } else {
+        free(xt->tab);
+        free(xt->d);
+    }
+}
+
+/* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n] for the T-MAC kinds (kind: tmac2 or tmac4,
+ * a constant in each kind's instance). Small batches: every thread builds x's tables for
+ * itself (no barrier); larger ones share the work, as linear_int4_omp does. */
+static inline __attribute__((always_inline)) void linear_tmac_omp(const ember_weight* W, const float* x, long M, float* y,
+                                                                  long ldy, int accumulate, int kind) {
+    const int P = kind == EMBER_TMAC4 ? 2 : 1;
+    const long K = W->k, G = K / TMAC_GROUP, blocks = W->n / TMAC_ROWS;
+    tmac_tables xt;
+    const int shared = tmac_tables_begin(x, M, K, &xt);
     #pragma omp for schedule(static)
     for (long b = 0; b < blocks; b++) {
         const uint8_t* codes = (const uint8_t*)W->w + b * G * P * 8 * 32;
@@ -212,17 +235,7 @@ static inline __attribute__((always_inline)) void linear_tmac_omp(const ember_we
             }
         }
     }
-    if (shared) {
-        #pragma omp barrier
-        #pragma omp single nowait
-        {
-            free(tbuf);
-            free(fbuf);
-        }
-    } else {
-        free(tbuf);
-        free(fbuf);
-    }
+    tmac_tables_end(&xt, shared);
 }
 
 #endif
