@@ -8,6 +8,7 @@ against what each query saves. One process, one loaded model, the engine's defau
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import statistics
@@ -23,6 +24,12 @@ from ember.eval.perplexity import default_eval_text
 from ember.loader import load_model
 
 RATIOS = (0.0, 0.05, 0.16, 0.3, 0.5, 1.0)
+
+
+def fresh(cfg: dict) -> LLM:
+    """An engine for one measurement; the previous ones' KV caches (GBs each) are collected first."""
+    gc.collect()
+    return LLM(**cfg)
 
 
 def engines(lm, threads: int, kv_tokens: int):
@@ -99,7 +106,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--quality-prompts", type=int, default=16)
     p.add_argument("--continuation", type=int, default=64)
-    p.add_argument("--kv-cache-tokens", type=int, default=65536)
+    p.add_argument("--kv-cache-tokens", type=int, default=24576, help="per engine; fits all requests at once")
     p.add_argument("--plot", default=None, help="PNG path (default: beside --output)")
     args = p.parse_args()
     set_threads(args.threads)
@@ -112,7 +119,7 @@ def main() -> None:
     marked = [prompt for prompt, _ in prompts_of(sessions, chunk_marks=True)]
     plain = [prompt for prompt, _ in prompts_of(sessions, chunk_marks=False)]
     pool = sorted({d for s in sessions for d in (x + "\n\n" for x in s.turns[0].documents)})
-    LLM(**configs["full prefill"]).generate(plain[:2], SamplingParams(max_tokens=2))  # first-call costs out of the way
+    fresh(configs["full prefill"]).generate(plain[:2], SamplingParams(max_tokens=2))  # first-call costs out of the way
     result = {"environment": environment(args.threads), "workload": vars(spec), "linear": lm.linear,
               "dtype": str(lm.model.dtype).removeprefix("torch."), "ttft": {}, "throughput": {}, "quality": {}}
 
@@ -121,14 +128,14 @@ def main() -> None:
         if name.startswith("blend") and name not in ("blend 0.16", "blend 0", "blend 1"):
             continue
         prompts = plain if not name.startswith("blend") else marked
-        result["ttft"][name] = ttft_sequential(LLM(**cfg), prompts, pool if name.startswith("blend") else None)
+        result["ttft"][name] = ttft_sequential(fresh(cfg), prompts, pool if name.startswith("blend") else None)
         if name == "blend 0.16":  # the cold run: every chunk computed when first cited
-            result["ttft"]["blend 0.16 cold"] = ttft_sequential(LLM(**cfg), marked, None)
+            result["ttft"]["blend 0.16 cold"] = ttft_sequential(fresh(cfg), marked, None)
         print(f"  {name:14s} median {result['ttft'][name]['ttft_ms_median']:8.1f} ms")
 
     print("throughput, every request at once")
     for name in ("full prefill", "prefix cache", "blend 0.16"):
-        llm = LLM(**configs[name])
+        llm = fresh(configs[name])
         run = run_throughput(llm, sessions, ignore_eos=True, temperature=0.0, seed=args.seed, progress=False,
                              chunk_marks=name.startswith("blend"))
         m = run["metrics"]
@@ -140,16 +147,16 @@ def main() -> None:
     print("quality: teacher-forced NLL of the text after the last passage")
     windows = quality_windows(lm.tokenizer, args.quality_prompts, args.docs_per_request, args.doc_len,
                               args.question_len, args.continuation, args.seed)
-    result["quality"]["full prefill"] = continuation_nll(LLM(**configs["full prefill"]), windows)
-    result["quality"]["question only (no passages)"] = continuation_nll(LLM(**configs["full prefill"]), windows, False)
+    result["quality"]["full prefill"] = continuation_nll(fresh(configs["full prefill"]), windows)
+    result["quality"]["question only (no passages)"] = continuation_nll(fresh(configs["full prefill"]), windows, False)
     for r in RATIOS:
-        result["quality"][f"blend {r:g}"] = continuation_nll(LLM(**configs[f"blend {r:g}"]), windows)
+        result["quality"][f"blend {r:g}"] = continuation_nll(fresh(configs[f"blend {r:g}"]), windows)
     for name, nll in result["quality"].items():
         print(f"  {name:28s} NLL {nll:.4f}  ppl {math.exp(nll):.3f}")
     # TTFT of each ratio on the same prompts, cache warm, for the quality-latency plot
     result["ttft_by_ratio"] = {}
     for r in RATIOS:
-        llm = LLM(**configs[f"blend {r:g}"])
+        llm = fresh(configs[f"blend {r:g}"])
         t = ttft_sequential(llm, marked[:max(4, args.num_prompts // 2)], pool)
         result["ttft_by_ratio"][f"{r:g}"] = t["ttft_ms_median"]
 
