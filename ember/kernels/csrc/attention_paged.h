@@ -373,6 +373,19 @@ static inline __attribute__((always_inline)) void attend_heads(
 
 /* 8 packed KIVI codes from channel c of a row, widened to fp32: one broadcast load, a shift
  * per lane, a mask. */
+/* acc[h] += p(h, t) * scale * x for the nh query heads of a pass, over one 32-channel group of
+ * a decoded value row (the quantized codecs' P.V loop). */
+static inline __attribute__((always_inline)) void accumulate_value_row(__m256 acc[HEADS_PER_PASS][4], const __m256 x[4],
+                                                                       const float* scores, long ld, long t, float scale,
+                                                                       int nh) {
+    for (int h = 0; h < HEADS_PER_PASS; h++) {
+        if (h < nh) {
+            __m256 p = _mm256_set1_ps(scores[h * ld + t] * scale);
+            for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, x[i], acc[h][i]);
+        }
+    }
+}
+
 static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
     if (bits == 4) {
         uint32_t w;
@@ -440,12 +453,7 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
             for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = kivi_codes8(row, c + 8 * i, bits);
-            for (int h = 0; h < HEADS_PER_PASS; h++) {
-                if (h < nh) {
-                    __m256 p = _mm256_set1_ps(scores[h * ld + t] * sv);
-                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, x[i], acc[h][i]);
-                }
-            }
+            accumulate_value_row(acc, x, scores, ld, t, sv, nh);
         }
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < 4; i++)
@@ -508,12 +516,7 @@ static inline __attribute__((always_inline)) void attend_heads_bfp(
             const float sv = ldexpf(1.0f, ve[(slot * Hkv + kvh) * groups + c / 32]);
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = bfp_codes8(row, c + 8 * i, bits);
-            for (int h = 0; h < HEADS_PER_PASS; h++) {
-                if (h < nh) {
-                    __m256 p = _mm256_set1_ps(scores[h * ld + t] * sv);
-                    for (int i = 0; i < 4; i++) acc[h][i] = _mm256_fmadd_ps(p, x[i], acc[h][i]);
-                }
-            }
+            accumulate_value_row(acc, x, scores, ld, t, sv, nh);
         }
         for (int h = 0; h < nh; h++)
             for (int i = 0; i < 4; i++)
