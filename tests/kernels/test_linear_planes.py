@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
 from ember.kernels.linear.bcq import bcq_planes, binary_coding
 from ember.kernels.linear.planes import pack_scaled_planes, reference_apply, rtn_planes, unpack_scaled_planes
 from ember.kernels.linear.tmac_ref import dequantize, quantize_rtn
+from tests.kernels.lut_check import assert_kernel_matches_reference
 
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 METHODS = ["tmac-w1", "tmac-w3", "bcq-w2", "bcq-w3", "bcq-w4"]
@@ -60,15 +60,7 @@ def test_binary_coding_refinement_beats_its_greedy_start():
 @pytest.mark.parametrize("method_name", METHODS)
 @pytest.mark.parametrize("rows", [1, 6])
 def test_kernel_matches_reference(method_name, rows, cpu_variant):
-    method = get_linear_method(method_name)
-    torch.manual_seed(rows)
-    w, bias = torch.randn(64, 192) * 0.05, torch.randn(64)
-    params = method.pack(w, bias, torch.float32)
-    x = torch.randn(rows, 192)
-    y, ref = method.apply(x, params), reference_apply(x, params)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
-    exact = F.linear(x, method.dequantize(params, torch.float32), bias)
-    assert float(((y - exact) ** 2).mean() / (exact ** 2).mean()) < 5e-4
+    assert_kernel_matches_reference(method_name, reference_apply, rows, 64)
 
 
 @pytest.mark.parametrize("method_name", METHODS)

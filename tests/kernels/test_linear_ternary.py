@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
 from ember.kernels.linear.ternary import ternarize
 from ember.kernels.linear.tmac import reference_apply
+from tests.kernels.lut_check import assert_kernel_matches_reference
 
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
@@ -33,12 +33,4 @@ def test_trits_are_the_absmean_rounding():
 @needs_native
 @pytest.mark.parametrize("rows", [1, 6])
 def test_kernel_matches_reference(rows, cpu_variant):
-    method = get_linear_method("ternary")
-    torch.manual_seed(rows)
-    w, bias = torch.randn(48, 192) * 0.05, torch.randn(48)
-    params = method.pack(w, bias, torch.float32)
-    x = torch.randn(rows, 192)
-    y, ref = method.apply(x, params), reference_apply(x, params)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
-    exact = F.linear(x, method.dequantize(params, torch.float32), bias)
-    assert float(((y - exact) ** 2).mean() / (exact ** 2).mean()) < 5e-4
+    assert_kernel_matches_reference("ternary", reference_apply, rows, 48)
