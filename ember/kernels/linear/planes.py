@@ -107,19 +107,20 @@ def rtn_planes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     return planes, code_plane_scales(scale, bits).to(SCALE_DTYPE), minimum
 
 
+class RtnPlanesLinear(ScaledPlanesLinear):
+    """Round-to-nearest codes as planes (T-MAC's odd widths)."""
+
+    def quantize(self, weight):
+        return rtn_planes(weight, self.bits)
+
+
 @LINEAR_METHODS.register("tmac-w1")
-class TmacW1(ScaledPlanesLinear):
+class TmacW1(RtnPlanesLinear):
     name = "tmac-w1"
     bits = 1
 
-    def quantize(self, weight):
-        return rtn_planes(weight, 1)
-
 
 @LINEAR_METHODS.register("tmac-w3")
-class TmacW3(ScaledPlanesLinear):
+class TmacW3(RtnPlanesLinear):
     name = "tmac-w3"
     bits = 3
-
-    def quantize(self, weight):
-        return rtn_planes(weight, 3)
