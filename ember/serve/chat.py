@@ -12,13 +12,16 @@ from ember.serve.errors import OpenAIError, bad_request
 from ember.serve.inputs import chat_prompt, check_chat, resolve_max_tokens, sampling_params
 from ember.serve.protocol import ChatCompletionRequest
 from ember.serve.structured import compile_grammar, structured_outputs
-from ember.serve.tools import ToolCallParser, ToolSetup, openai_tool_calls, parse_tool_calls, tool_grammar, tool_setup
+from ember.serve import legacy_functions as legacy
+from ember.serve.tools import ToolSetup, openai_tool_calls, parse_tool_calls, tool_grammar, tool_setup
 
 
 async def handle_chat(served: Served, body: ChatCompletionRequest, request: Request):
     check_chat(body)
     model = served.model_name(body.model)
-    setup = tool_setup(body)
+    functions = legacy.uses_functions(body)
+    body = legacy.as_tools(body)
+    setup = tool_setup(body, served.tokenizer.chat_template, served.options.tool_syntax)
     so, so_param = structured_outputs(body)
     if setup.active:
         if so is not None:
@@ -34,7 +37,7 @@ async def handle_chat(served: Served, body: ChatCompletionRequest, request: Requ
     served.admit()
     if so is not None:
         await compile_grammar(served, so, so_param)  # off the event loop and the engine thread
-    job = _Chat(served, body, request, model, prompt, params, setup)
+    job = _Chat(served, body, request, model, prompt, params, setup, functions)
     return await respond(request, job, body.stream)
 
 
@@ -42,9 +45,11 @@ class _Chat(Job):
     id_prefix = "chatcmpl"
 
     def __init__(self, served: Served, body: ChatCompletionRequest, request: Request, model, prompt, params,
-                 setup: ToolSetup):
+                 setup: ToolSetup, functions: bool = False):
         super().__init__(served, body, request, model)
         self.prompt, self.params, self.setup = prompt, params, setup
+        self.functions = functions  # answer in the deprecated function_call shape
+        self.calls_finish = "function_call" if functions else "tool_calls"
         self.completion_tokens = 0
 
     def _updates(self):
@@ -71,11 +76,14 @@ class _Chat(Job):
         for j in range(n):
             content, calls = texts[j], []
             if self.setup.active:
-                content, calls = parse_tool_calls(texts[j], self.setup.mode)
+                content, calls = parse_tool_calls(texts[j], self.setup, finish[j])
                 if calls and finish[j] == "stop":
-                    finish[j] = "tool_calls"
-            choices.append(out.chat_choice(j, content, self._logprobs(entries[j]), finish[j],
-                                           openai_tool_calls(calls) if calls else None))
+                    finish[j] = self.calls_finish
+            choice = out.chat_choice(j, content, self._logprobs(entries[j]), finish[j],
+                                     openai_tool_calls(calls) if calls and not self.functions else None)
+            if calls and self.functions:
+                choice["message"]["function_call"] = legacy.function_call(calls)
+            choices.append(choice)
         log_state(self.request, self.request_id, len(self.prompt.token_ids), self.completion_tokens,
                   finish_summary(finish))
         return out.chat_body(self.request_id, self.created, self.model, choices, self._usage())
@@ -87,7 +95,7 @@ class _Chat(Job):
         def chunk(choices):
             return out.sse(out.chat_chunk(self.request_id, self.created, self.model, choices, None, with_usage))
 
-        parsers = [ToolCallParser(self.setup.mode) if self.setup.active else None for _ in range(self.body.n)]
+        parsers = [self.setup.parser() if self.setup.active else None for _ in range(self.body.n)]
 
         def delta_chunk(index, delta, lp):
             return chunk([{"index": index, "delta": delta,
@@ -115,10 +123,12 @@ class _Chat(Job):
                                 yield delta_chunk(d.index, {"content": content}, lp)
                                 lp = None
                             for e in events:
-                                yield delta_chunk(d.index, {"tool_calls": [_call_delta(e)]}, lp)
+                                delta = {"function_call": legacy.function_call_delta(e)} if self.functions \
+                                    else {"tool_calls": [_call_delta(e)]}
+                                yield delta_chunk(d.index, delta, lp)
                                 lp = None
                             if parser.calls and d.finish_reason == "stop":
-                                finish[d.index] = "tool_calls"
+                                finish[d.index] = self.calls_finish
                         if d.finish_reason:
                             yield chunk([{"index": d.index, "delta": {}, "logprobs": None,
                                           "finish_reason": finish[d.index]}])

@@ -25,6 +25,7 @@ class ServeOptions:
     api_key: str | None = None
     max_request_bytes: int = 4 * 2**20
     max_waiting: int = 256
+    tool_syntax: str = "auto"  # serve/tool_syntaxes: "auto" reads it from the chat template
 
 
 class Served:

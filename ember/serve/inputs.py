@@ -15,7 +15,7 @@ from ember.loader.tokenizer import EmberTokenizer
 from ember.sampling_params import SamplingParams
 from ember.serve.chunks import ChunkMarks, part_text, with_documents
 from ember.serve.errors import bad_request
-from ember.serve.tools import ToolSetup, render_generic, render_native, template_has_tools
+from ember.serve.tools import ToolSetup, render_generic, render_native, tool_setup
 from ember.serve.protocol import (UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION, ChatCompletionRequest,
                                   CompletionRequest)
 
@@ -72,9 +72,6 @@ def chat_messages(body: ChatCompletionRequest, marks: ChunkMarks | None = None) 
         where = f"messages[{i}]"
         role = CHAT_ROLES.get(m.role)
         if role is None:
-            if m.role == "function":
-                raise bad_request(f"{where}.role 'function' is not supported (use tool)",
-                                  param=f"{where}.role", code="unsupported_parameter")
             raise bad_request(f"{where}.role {m.role!r} is not one of: system, developer, user, assistant, tool",
                               param=f"{where}.role")
         if m.tool_calls and role != "assistant":
@@ -111,13 +108,13 @@ def _content_text(content, where: str, marks: ChunkMarks | None = None) -> str:
 
 def chat_prompt(body: ChatCompletionRequest, tokenizer: EmberTokenizer, setup: ToolSetup | None = None) -> Prompt:
     """The conversation through the model's template; tools and tool turns as serve/tools.py says."""
-    setup = setup or ToolSetup("none")
+    setup = setup or tool_setup(body, tokenizer.chat_template)
     marks = ChunkMarks()
     messages = chat_messages(body, marks)
     if not tokenizer.chat_template:
         raise bad_request("this model has no chat template; use /v1/completions", param="messages")
     try:
-        if template_has_tools(tokenizer.chat_template):
+        if setup.native:
             text = render_chat_text(tokenizer, render_native(messages), body.add_generation_prompt,
                                     tools=setup.tools if setup.active else None)
         else:

@@ -33,7 +33,6 @@ def _replace_lone_surrogates(value):
 # Fields the OpenAI API defines that Ember refuses unless they carry their "off" value.
 UNSUPPORTED_COMPLETION = {"suffix": (None, ""), "logit_bias": (None, {}), "best_of": (None, 1)}
 UNSUPPORTED_CHAT = {
-    "functions": (None, []), "function_call": (None, "none"),
     "logit_bias": (None, {}), "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]),
     "web_search_options": (None,),
 }
@@ -147,6 +146,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # the deprecated form of one tool call
     refusal: str | None = None
 
 
@@ -172,8 +172,8 @@ class ChatCompletionRequest(_Sampling):
     add_generation_prompt: bool = True
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
+    functions: list[FunctionDefinition] | None = None  # deprecated: tools, one call a turn
+    function_call: str | dict[str, Any] | None = None  # deprecated: tool_choice
     parallel_tool_calls: bool | None = None
     audio: Any = None
     prediction: Any = None

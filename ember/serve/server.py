@@ -29,6 +29,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     profile: str | None = None  # a CSV file that gets one row per engine step (engine/profile.py)
+    tool_syntax: str = "auto"  # how tool calls are written (serve/tool_syntaxes)
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +49,15 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", default=None, metavar="FILE.csv",
                    help="write one CSV row per engine step (its phases' times and its batch) to FILE.csv, "
                         "until the server stops (default: off)")
+    from ember.serve.tool_syntaxes import TOOL_SYNTAXES
+    g.add_argument("--tool-syntax", default="auto", choices=["auto", *TOOL_SYNTAXES.names()],
+                   help="how a chat template that renders tools itself expects tool calls written (default: auto, "
+                        "detected from the template; templates without tools get a generic Hermes-style rendering)")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     cfg = ServerConfig(args.host, args.port, args.api_key, args.served_model_name, args.max_request_bytes,
-                       args.max_waiting, args.shutdown_timeout, args.log_level, args.profile)
+                       args.max_waiting, args.shutdown_timeout, args.log_level, args.profile, args.tool_syntax)
     if not 0 <= cfg.port <= 65535:
         raise ValueError(f"--port {cfg.port} is not a port number (0..65535)")
     if cfg.max_waiting < 0:
@@ -88,7 +93,7 @@ def build_server_app(engine_cfg: EngineConfig, cfg: ServerConfig, loaded=None, p
     metrics = ServerMetrics(engine)
     async_engine = AsyncEngine(engine, cfg.max_waiting, observer=metrics)
     options = ServeOptions(model_names(engine.loaded.path, cfg.served_model_name), cfg.api_key,
-                           parse_bytes(cfg.max_request_bytes), cfg.max_waiting)
+                           parse_bytes(cfg.max_request_bytes), cfg.max_waiting, cfg.tool_syntax)
     asgi, app = build_app(async_engine, metrics, options)
     async_engine.start()
     return asgi, app, async_engine

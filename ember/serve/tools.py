@@ -1,8 +1,10 @@
-"""Tool calling: the tools and tool turns into the prompt, a grammar for the call, the calls back out.
+"""Tool calling: the tools and tool turns into the prompt, a grammar for the calls, the calls back out.
 
-The format (Hermes', which Qwen2.5 and many others also use) is rendered for templates that
-have no tool syntax of their own (the default model's), and the grammar holds every model to
-it whatever its template, so the parser below always reads it:
+How a call looks is a tool syntax (`ember/serve/tool_syntaxes/`): a chat template that renders
+`tools` in a syntax it knows (Hermes' <tool_call> blocks as Qwen2.5's, or Llama 3's bare JSON)
+gets the tools, the calls (arguments as objects) and the tool turns itself, and output is held
+to that syntax. A template with no tool syntax of its own (the default model's), or one Ember
+does not know, gets the generic rendering in Hermes' syntax:
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -12,29 +14,26 @@ it whatever its template, so the parser below always reads it:
   object per line between <tools> and </tools>, and shows the call format above;
 - an assistant turn with `tool_calls`: its content, then one such block per call;
 - `tool` turns: a user turn holding each result between <tool_response> and </tool_response>.
+`ember serve --tool-syntax NAME` overrides the detection.
 
-A template that renders `tools` in this same format (it mentions `tools` and `<tool_call>`, as
-Qwen2.5's does) gets them, and the tool turns with arguments as objects, itself; a template
-with another tool syntax gets the generic rendering, so prompt and grammar agree.
-
-tool_choice `required`: the output is one call (several with parallel_tool_calls, the default)
-and nothing else; a named function: exactly one call of it; each call's arguments constrained by the function's
-JSON schema. `auto`: either plain text that does not start with "<", or calls as above.
-`none` (the default without tools): tools are not shown and the output is free.
+tool_choice `required`: the output is one call (several with parallel_tool_calls, the default,
+where the syntax allows) and nothing else; a named function: exactly one call of it; each call's
+arguments constrained by the function's JSON schema. `auto`: either plain text that does not
+begin like a call, or calls as above. `none` (the default without tools): tools are not shown
+and the output is free.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from ember.serve.errors import bad_request
 from ember.structured import StructuredOutputsParams
+from ember.serve.tool_syntaxes import GENERIC, ToolCallParser, ToolSyntax, get_tool_syntax, template_syntax
 from ember.structured.backend import JSON_FORMAT  # the same JSON layout as response_format
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ANY_OBJECT = {"type": "object"}
 
@@ -57,13 +56,33 @@ class ToolSetup:
     tools: list[dict] = field(default_factory=list)  # OpenAI tool objects, as dicts
     named: str | None = None
     parallel: bool = True
+    syntax: ToolSyntax = field(default_factory=lambda: get_tool_syntax(GENERIC))
+    native: bool = False  # the template renders tools in `syntax` itself
 
     @property
     def active(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def several(self) -> bool:
+        """More than one call may be made in the turn."""
+        return self.parallel and self.syntax.parallel and self.mode != "named"
 
-def tool_setup(body) -> ToolSetup:
+    def parser(self) -> ToolCallParser:
+        return ToolCallParser(self.syntax, self.mode)
+
+
+def choose_syntax(template: str | None, forced: str | None = None) -> tuple[ToolSyntax, bool]:
+    """(syntax, native): for a template that renders `tools` itself, `forced` (a name) or the
+    syntax detected in it; for any other (or one in a syntax Ember does not know), the generic
+    rendering and its syntax."""
+    if forced and forced != "auto" and template and re.search(r"\btools\b", template):
+        return get_tool_syntax(forced), True
+    syntax = template_syntax(template)
+    return (syntax, True) if syntax is not None else (get_tool_syntax(GENERIC), False)
+
+
+def tool_setup(body, template: str | None = None, forced_syntax: str | None = None) -> ToolSetup:
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     names = []
     for i, t in enumerate(tools):
@@ -95,17 +114,11 @@ def tool_setup(body) -> ToolSetup:
     if choice != "none" and not tools:
         raise bad_request(f"tool_choice {choice!r} needs tools", param="tool_choice")
     parallel = True if body.parallel_tool_calls is None else body.parallel_tool_calls
-    return ToolSetup(choice, tools, named, parallel)
+    syntax, native = choose_syntax(template, forced_syntax)
+    return ToolSetup(choice, tools, named, parallel, syntax, native)
 
 
 # --- the prompt -----------------------------------------------------------------------------------
-def template_has_tools(template: str | None) -> bool:
-    """The template renders tools itself, in the format the grammar holds output to (Hermes',
-    as Qwen2.5's does). A template with another tool syntax gets the generic rendering, so
-    that what the prompt asks for and what the grammar allows agree."""
-    return bool(template) and re.search(r"\btools\b", template) is not None and OPEN in template
-
-
 def _arguments(text: str, where: str):
     try:
         return json.loads(text)
@@ -113,8 +126,9 @@ def _arguments(text: str, where: str):
         raise bad_request(f"{where} is not valid JSON", param=where) from None
 
 
-def _call_block(name: str, arguments) -> str:
-    return f"{OPEN}\n{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}\n{CLOSE}"
+def _calls(m: dict, i: int) -> list[tuple[str, object]]:
+    return [(c["function"]["name"], _arguments(c["function"]["arguments"], f"messages[{i}].tool_calls[{j}].function.arguments"))
+            for j, c in enumerate(m["tool_calls"])]
 
 
 def render_generic(messages: list[dict], setup: ToolSetup) -> list[dict]:
@@ -130,10 +144,7 @@ def render_generic(messages: list[dict], setup: ToolSetup) -> list[dict]:
             continue
         content = m["content"] or ""
         if m.get("tool_calls"):
-            blocks = [_call_block(c["function"]["name"],
-                                  _arguments(c["function"]["arguments"], f"messages[{i}].tool_calls[{j}].function.arguments"))
-                      for j, c in enumerate(m["tool_calls"])]
-            content = "\n".join(([content] if content else []) + blocks)
+            content = "\n".join(([content] if content else []) + [setup.syntax.calls_text(_calls(m, i))])
         out.append({"role": m["role"], "content": content})
     for m in out:
         m.pop("_tool", None)
@@ -152,11 +163,8 @@ def render_native(messages: list[dict]) -> list[dict]:
     for i, m in enumerate(messages):
         m = dict(m)
         if m.get("tool_calls"):
-            m["tool_calls"] = [{"id": c["id"], "type": "function",
-                                "function": {"name": c["function"]["name"],
-                                             "arguments": _arguments(c["function"]["arguments"],
-                                                                     f"messages[{i}].tool_calls[{j}].function.arguments")}}
-                               for j, c in enumerate(m["tool_calls"])]
+            m["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": name, "arguments": args}}
+                               for c, (name, args) in zip(m["tool_calls"], _calls(m, i))]
         else:
             m.pop("tool_calls", None)
         out.append(m)
@@ -164,9 +172,9 @@ def render_native(messages: list[dict]) -> list[dict]:
 
 
 # --- the grammar ----------------------------------------------------------------------------------
-def _call_schema(fn: dict) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-            "properties": {"name": {"const": fn["name"]}, "arguments": fn.get("parameters") or ANY_OBJECT}}
+def _call_schema(fn: dict, key: str) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["name", key],
+            "properties": {"name": {"const": fn["name"]}, key: fn.get("parameters") or ANY_OBJECT}}
 
 
 def tool_grammar(setup: ToolSetup) -> StructuredOutputsParams | None:
@@ -174,151 +182,30 @@ def tool_grammar(setup: ToolSetup) -> StructuredOutputsParams | None:
     if not setup.active:
         return None
     fns = [t["function"] for t in setup.tools if setup.mode != "named" or t["function"]["name"] == setup.named]
-    schemas = [_call_schema(fn) for fn in fns]
+    schemas = [_call_schema(fn, setup.syntax.key) for fn in fns]
     schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     schema = dict(schema, **{"x-guidance": JSON_FORMAT})
-    # a newline may follow the last call (where a model trained on ChatML wants to end its turn)
-    calls = 'calls: call ("\\n" call)* "\\n"?' if setup.parallel and setup.mode != "named" else "calls: call"
-    lines = [
-        "start: calls" if setup.mode in ("required", "named") else "start: calls | TEXT",
-        calls,
-        f'call: "{OPEN}\\n" call_json "\\n{CLOSE}"',
-        f"call_json: %json {json.dumps(schema)}",
-    ]
-    if setup.mode == "auto":
-        lines.append("TEXT: /[^<](?s:.*)/")  # plain text: anything that does not begin a call
+    lines = ["start: calls" if setup.mode in ("required", "named") else "start: calls | TEXT",
+             *setup.syntax.calls_rule(setup.several),
+             f"call_json: %json {json.dumps(schema)}"]
+    if setup.mode == "auto":  # plain text: anything that does not begin like a call
+        lines.append(f"TEXT: /[^{re.escape(setup.syntax.opening[0])}](?s:.*)/")
     return StructuredOutputsParams(grammar="\n".join(lines))
 
 
 # --- the output -----------------------------------------------------------------------------------
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-_HEAD = re.compile(r'\s*<tool_call>\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*', re.S)
-_TAIL = re.compile(r"\s*\}\s*</tool_call>", re.S)
-
-
-@dataclass
-class CallEvent:
-    """A piece of a tool call as the stream hands it out: first its name, then argument text."""
-    index: int
-    id: str | None = None
-    name: str | None = None
-    arguments: str = ""
-
-
-class ToolCallParser:
-    """Reads the model's text as it grows: content, or tool calls in the format above.
-
-    `feed(text)` returns (content delta, [CallEvent]); `calls` holds every call so far as
-    {"id", "name", "arguments"}. In `auto` mode the text is held back only while it could
-    still be the start of a call ("<tool_c..."); text that begins otherwise is content."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.state = "start" if mode == "auto" else "calls"
-        self.buf = ""
-        self.pos = 0
-        self.calls: list[dict] = []
-        self.content = ""
-        self.complete = 0  # calls whose closing tag arrived
-        self._depth = 0
-        self._in_string = self._escape = False
-
-    def feed(self, text: str) -> tuple[str, list[CallEvent]]:
-        self.buf += text
-        if self.state == "start":  # as the grammar: calls begin at once, anything else is text
-            head = self.buf
-            if not head or OPEN.startswith(head):
-                return "", []
-            if not head.startswith(OPEN):
-                self.state = "content"
-                out, self.buf = self.buf, ""
-                self.content += out
-                return out, []
-            self.state = "calls"
-        if self.state == "content":
-            out, self.buf = self.buf, ""
-            self.content += out
-            return out, []
-        return "", self._scan()
-
-    def _scan(self) -> list[CallEvent]:
-        events = []
-        while True:
-            rest = self.buf[self.pos:]
-            if self.state == "calls":
-                m = _HEAD.match(rest)
-                if m is None:
-                    return events
-                self.pos += m.end()
-                call = {"id": new_call_id(), "name": json.loads(m.group(1)), "arguments": ""}
-                self.calls.append(call)
-                events.append(CallEvent(len(self.calls) - 1, call["id"], call["name"]))
-                self.state, self._depth, self._in_string, self._escape = "args", 0, False, False
-            elif self.state == "args":
-                if not self.calls[-1]["arguments"]:  # whitespace before the value is not part of it
-                    skip = len(rest) - len(rest.lstrip())
-                    self.pos, rest = self.pos + skip, rest[skip:]
-                taken = self._take_arguments(rest)
-                if taken:
-                    self.calls[-1]["arguments"] += taken
-                    events.append(CallEvent(len(self.calls) - 1, arguments=taken))
-                    self.pos += len(taken)
-                if self._depth or not self.calls[-1]["arguments"]:
-                    return events
-                self.state = "tail"
-            elif self.state == "tail":
-                m = _TAIL.match(rest)
-                if m is None:
-                    return events
-                self.pos += m.end()
-                self.complete += 1
-                self.state = "calls"
-
-    def _take_arguments(self, rest: str) -> str:
-        """The argument text up to where the arguments' JSON value closes (objects and arrays)."""
-        for i, ch in enumerate(rest):
-            if self._in_string:
-                if self._escape:
-                    self._escape = False
-                elif ch == "\\":
-                    self._escape = True
-                elif ch == '"':
-                    self._in_string = False
-            elif ch == '"':
-                self._in_string = True
-            elif ch in "{[":
-                self._depth += 1
-            elif ch in "}]":
-                self._depth -= 1
-                if self._depth == 0:
-                    return rest[:i + 1]
-        return rest
-
-    def finish(self) -> str:
-        """At the end: text held back that turned out not to be a call, as content."""
-        if self.state == "start" and self.buf:
-            self.content += self.buf
-            out, self.buf = self.buf, ""
-            return out
-        return ""
-
-    @property
-    def is_calls(self) -> bool:
-        return bool(self.calls)
-
-
-def parse_tool_calls(text: str, mode: str) -> tuple[str | None, list[dict]]:
-    """A whole output -> (content, calls): the complete calls, or the text as content when there
-    is none (output cut by max_tokens inside its first call)."""
-    p = ToolCallParser(mode)
+def parse_tool_calls(text: str, setup: ToolSetup, finish_reason: str | None = None) -> tuple[str | None, list[dict]]:
+    """A whole output -> (content, calls). Calls cut short by max_tokens (finish "length") are
+    returned as far as they got, as a stream would have sent them; output that is not calls is
+    content."""
+    p = setup.parser()
     p.feed(text)
     p.finish()
-    if not p.complete:
-        return text, []
-    return None, p.calls[:p.complete]
+    if finish_reason == "length" and p.calls:
+        return None, p.calls
+    if p.complete:
+        return None, p.calls[:p.complete]
+    return text, []
 
 
 def openai_tool_calls(calls: list[dict]) -> list[dict]:

@@ -87,8 +87,6 @@ def test_invalid_values_are_400(server, path, body, param):
 
 UNSUPPORTED = [
     (CHAT, {"messages": USER, "logit_bias": {"1": 5}}, "logit_bias"),
-    (CHAT, {"messages": USER, "functions": [{"name": "f"}]}, "functions"),
-    (CHAT, {"messages": [{"role": "function", "content": "42", "name": "f"}]}, "messages[0].role"),
     (CHAT, {"messages": USER, "tools": [{"type": "web_search", "function": {"name": "f"}}]}, "tools[0].type"),
     (COMPLETIONS, {"prompt": "x", "guided_decoding_backend": "xgrammar"}, "guided_decoding_backend"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},

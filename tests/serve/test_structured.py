@@ -119,6 +119,17 @@ BAD_STRUCTURED = [
     (CHAT, {"messages": USER + [{"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{oops"}}]}]},
      "messages[1].tool_calls[0].function.arguments"),
+    # the deprecated functions / function_call
+    (CHAT, {"messages": [{"role": "function", "content": "42", "name": "f"}]}, "messages[0].role"),
+    (CHAT, {"messages": USER, "functions": [ADD["function"]], "tools": [ADD]}, "functions"),
+    (CHAT, {"messages": USER, "functions": [ADD["function"]], "function_call": "always"}, "function_call"),
+    (CHAT, {"messages": USER, "functions": [ADD["function"]], "function_call": {"name": 3}}, "function_call"),
+    (CHAT, {"messages": USER, "function_call": "auto"}, "function_call"),
+    (CHAT, {"messages": USER, "functions": [{"name": "f", "parameters": {"type": "nonsense"}}],
+            "function_call": {"name": "f"}}, "tools"),
+    (CHAT, {"messages": USER, "functions": [{"nom": "f"}]}, "functions.0.name"),
+    (CHAT, {"messages": [{"role": "user", "content": "x", "function_call": {"name": "f", "arguments": "{}"}}]},
+     "messages[0].function_call"),
 ]
 
 
@@ -203,9 +214,7 @@ def test_tool_round_trip(server, stream):
         calls, finish, content = reassemble(client.chat.completions.create(stream=True, **kwargs))
         whole = client.chat.completions.create(**kwargs).choices[0]
         assert finish == whole.finish_reason
-        if finish == "length":  # cut inside a call: the stream sent its pieces, the whole text is content
-            assert whole.message.content.startswith("<tool_call>") or content == whole.message.content
-        elif whole.message.tool_calls:
+        if whole.message.tool_calls:  # cut by max_tokens inside a call too: what the stream sent
             assert [c["arguments"] for c in calls.values()] == [c.function.arguments for c in whole.message.tool_calls]
         else:
             assert content == whole.message.content and not calls
@@ -269,3 +278,58 @@ def test_constrained_and_free_batched_together(server):
         else:
             check_person(text)
     assert_no_leak(server)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deprecated_functions_round_trip(server, stream):
+    """functions / function_call (OpenAI's deprecated form): a call in message.function_call with
+    finish_reason "function_call", then the result as a function message, then an answer."""
+    client = server.client()
+    kwargs = dict(model=server.model, messages=ASK_WEATHER, functions=[WEATHER["function"]],
+                  function_call={"name": "get_weather"}, max_tokens=40, temperature=0)
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    assert whole.finish_reason == "function_call" and whole.message.tool_calls is None
+    call = whole.message.function_call
+    assert call.name == "get_weather"
+    check_weather_args(call.arguments)
+    if stream:
+        name, arguments, finish = None, "", None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            for choice in chunk.choices:
+                assert not choice.delta.tool_calls
+                if choice.delta.function_call:
+                    assert name is None or choice.delta.function_call.name is None
+                    name = name or choice.delta.function_call.name
+                    arguments += choice.delta.function_call.arguments or ""
+                finish = choice.finish_reason or finish
+        assert (name, arguments, finish) == (call.name, call.arguments, "function_call")
+    history = ASK_WEATHER + [{"role": "assistant", "content": None, "function_call": call.model_dump()},
+                             {"role": "function", "name": "get_weather", "content": '{"temperature": 21}'}]
+    answer = client.chat.completions.create(model=server.model, messages=history, functions=[WEATHER["function"]],
+                                            function_call="none", max_tokens=16, temperature=0).choices[0]
+    assert answer.message.content and answer.message.function_call is None
+    assert_no_leak(server)
+
+
+def test_llama3_template_served_in_its_own_syntax(ember_lm):
+    """A model whose template writes Llama 3's bare-JSON calls gets its prompt and its output in
+    that syntax (the prompt shows the template's own rendering; calls come back as tool_calls)."""
+    import dataclasses
+
+    from tests.serve.conftest import running_server
+    from tests.serve.test_tools import LLAMA3_STYLE
+
+    loaded = dataclasses.replace(ember_lm, tokenizer=dataclasses.replace(ember_lm.tokenizer,
+                                                                         chat_template=LLAMA3_STYLE))
+    with running_server(loaded, kv_cache_tokens=2048) as server:
+        client = server.client()
+        kwargs = dict(model=server.model, messages=ASK_WEATHER, tools=[WEATHER, ADD], tool_choice="required",
+                      max_tokens=60, temperature=0)
+        whole = client.chat.completions.create(**kwargs).choices[0]
+        assert whole.finish_reason == "tool_calls"
+        (call,) = whole.message.tool_calls  # the syntax holds one call per turn
+        assert call.function.name in ("get_weather", "add")
+        calls, finish, content = reassemble(client.chat.completions.create(stream=True, **kwargs))
+        assert finish == "tool_calls" and content == ""
+        assert [(c["name"], c["arguments"]) for c in calls.values()] == [(call.function.name, call.function.arguments)]
+        assert_no_leak(server)
