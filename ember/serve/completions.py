@@ -27,7 +27,7 @@ async def handle_completions(served: Served, body: CompletionRequest, request: R
                               served.vocab_size, logprobs=body.logprobs, prompt_logprobs=echo_logprobs,
                               structured_outputs=so)
               for p in prompts]
-    served.admit()
+    served.admit(len(prompts))
     if so is not None:
         await compile_grammar(served, so, so_param)  # off the event loop and the engine thread
     job = _Completion(served, body, request, model, prompts, params)

@@ -46,12 +46,16 @@ class Served:
         raise OpenAIError(404, f"the model {requested!r} does not exist; this server serves "
                                f"{self.options.model_names[0]!r}", param="model", code="model_not_found")
 
-    def admit(self) -> None:
-        """503 before a response starts, rather than an error in the middle of a stream."""
+    def admit(self, num_prompts: int = 1) -> None:
+        """503 before a response starts, rather than an error in the middle of a stream; a batch
+        of prompts that could never wait at once is a 400 (retrying would not help)."""
         if not self.engine.accepting:
             raise OpenAIError(503, "the server is shutting down", code="shutting_down")
-        waiting = self.engine.num_waiting
-        if self.options.max_waiting and waiting >= self.options.max_waiting:
+        limit, waiting = self.options.max_waiting, self.engine.num_waiting
+        if limit and num_prompts > limit:
+            raise bad_request(f"prompt holds {num_prompts} prompts; this server queues at most {limit} requests "
+                              "(--max-waiting): send them in smaller batches", param="prompt")
+        if limit and waiting + num_prompts > limit:
             raise OpenAIError(503, f"the waiting queue is full ({waiting} requests); retry later",
                               code="queue_full")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,9 +44,26 @@ def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
     return json.dumps(OpenAIError(status, message, code=code).body()).encode()
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[a-z-]+\[.*\])$")
+
+
+def _field_path(loc) -> list[str]:
+    """pydantic's error location as OpenAI names a field: messages[0].content, without the
+    type tags pydantic adds inside a union (prompt.list[int].1 -> prompt[1])."""
+    out: list[str] = []
+    for x in loc:
+        if x == "body" and not out or isinstance(x, str) and _UNION_TAG.match(x):
+            continue
+        if isinstance(x, int) and out:
+            out[-1] += f"[{x}]"
+        else:
+            out.append(str(x))
+    return out
+
+
 def _validation_error(exc: RequestValidationError) -> OpenAIError:
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    loc = _field_path(first.get("loc", ()))
     kind = first.get("type", "")
     if kind == "json_invalid":
         return bad_request(f"the request body is not valid JSON: {first.get('msg', '')}", code="invalid_json")

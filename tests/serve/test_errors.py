@@ -32,6 +32,9 @@ def assert_error(response: httpx.Response, status: int, param: str | None = "", 
 
 
 BAD_VALUES = [
+    (COMPLETIONS, {"prompt": [1, "a"]}, "prompt"),  # no pydantic union tags in the name
+    (COMPLETIONS, {"prompt": [[1, 2], [3, "a"]]}, "prompt"),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content"),
     (COMPLETIONS, {"prompt": "x", "max_tokens": 0}, "max_tokens"),
     (COMPLETIONS, {"prompt": "x", "max_tokens": -5}, "max_tokens"),
     (CHAT, {"messages": USER, "max_tokens": 0}, "max_tokens"),
@@ -205,6 +208,9 @@ def test_queue_full_is_503(make_server):
         running.close()  # the long one goes; the waiting one now runs to completion
         t.join(60)
         assert waiting_result["r"].status_code == 200
+        # a batch that could never wait at once is a 400 (retrying would not help), not a 503
+        error = assert_error(s.post(COMPLETIONS, json={"prompt": ["Hi", "Yo"], "max_tokens": 2}), 400, param="prompt")
+        assert "--max-waiting" in error["message"]
         assert_no_leak(s)
 
 

@@ -127,7 +127,7 @@ BAD_STRUCTURED = [
     (CHAT, {"messages": USER, "function_call": "auto"}, "function_call"),
     (CHAT, {"messages": USER, "functions": [{"name": "f", "parameters": {"type": "nonsense"}}],
             "function_call": {"name": "f"}}, "tools"),
-    (CHAT, {"messages": USER, "functions": [{"nom": "f"}]}, "functions.0.name"),
+    (CHAT, {"messages": USER, "functions": [{"nom": "f"}]}, "functions[0].name"),
     (CHAT, {"messages": [{"role": "user", "content": "x", "function_call": {"name": "f", "arguments": "{}"}}]},
      "messages[0].function_call"),
 ]
