@@ -17,6 +17,10 @@ flags and threads), one after the other, so the figures compare policies, not ma
 - continuum: agent programs whose turns end in tool calls (pauses of 0.3-5 s), with more
   programs in flight than the KV cache holds: FCFS with the prefix cache's LRU against
   continuum's pinning. Job completion time and the prefix-cache hit rate.
+- fastswitch: priority churn (three priority levels drawn per request, `--policy priority`,
+  a KV cache that holds a few of the requests): every arrival of higher priority preempts a
+  running request of lower priority. Recompute, swap and FastSwitch preemption. TTFT and
+  inter-token latency, their p99 overall and TTFT per priority level.
 
   .venv/bin/python benchmarks/policies.py --scenarios fairness,admission,lpm,slo,continuum \\
       --out benchmarks/results/policies.json --plot benchmarks/results/policies.png
@@ -42,6 +46,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from ember.bench.fairness import fairness, service_events  # noqa: E402
 from ember.bench.metrics import RequestResult  # noqa: E402
 from ember.bench.report import load_report  # noqa: E402
+from ember.bench.workloads import session_priorities  # noqa: E402
 from common import environment, write_json  # noqa: E402
 from servers import free_port, stop, wait_ready  # noqa: E402
 
@@ -70,6 +75,11 @@ SCENARIOS = {
             "--max-num-seqs 16",
             "--workload random --input-len 128 --range-ratio 0.5 --output-len 32 --num-prompts 80 --ignore-eos "
             "--sweep-rate 2,4,8", "ttft:2000 tpot:200"),
+    "fastswitch": ([("recompute", "--preemption recompute"), ("swap", "--preemption swap"),
+                    ("fastswitch", "--preemption fastswitch")],
+                   "--policy priority --max-num-seqs 16 --kv-cache-tokens 2048 --max-num-batched-tokens 256",
+                   "--workload random --input-len 384 --range-ratio 0.5 --output-len 96 --num-prompts 64 "
+                   "--request-rate 3 --priority-levels 3 --ignore-eos", ""),
     "continuum": ([("fcfs", "--policy fcfs"), ("continuum", "--policy continuum")],
                   "--max-num-seqs 16 --kv-cache-tokens 3072",
                   "--workload agent --turns 4 --num-prompts 96 --input-len 64 --output-len 24 --ignore-eos "
@@ -135,6 +145,15 @@ def run_policy(args, scenario: str, label: str, policy_flags: str, tmp: str) -> 
                  "duration_s": m["duration_s"], "output_throughput": m["output_throughput"],
                  "ttft_ms_mean": m["ttft_ms"]["mean"], "ttft_ms_p99": m["ttft_ms"]["p99"],
                  "tpot_ms_mean": m["tpot_ms"]["mean"]}
+        if scenario == "fastswitch":
+            point["itl_ms_p99"], point["itl_ms_mean"] = m["itl_ms"]["p99"], m["itl_ms"]["mean"]
+            results = [RequestResult.from_json(r) for r in run["requests"]]
+            levels = session_priorities(max(r.session for r in results) + 1, 3, args.seed)
+            point["ttft_ms_by_priority"] = {
+                level: sorted(1000 * r.ttft for r in results if r.success and levels[r.session] == level)
+                for level in range(3)}
+            point["ttft_ms_by_priority"] = {k: {"mean": sum(v) / len(v), "p99": v[min(len(v) - 1, int(0.99 * len(v)))]}
+                                            for k, v in point["ttft_ms_by_priority"].items() if v}
         if "jobs" in m:
             point["jct_s_mean"] = m["jobs"]["jct_s"]["mean"]
             point["jct_s_p99"] = m["jobs"]["jct_s"]["p99"]

@@ -63,7 +63,8 @@ class EngineConfig:
     continuum_min_samples: int = field(default=5, metadata={"help": "continuum: observed durations of a tool before its TTL comes from them"})
     slo_ttft_ms: float = field(default=0.0, metadata={"help": "slo: time-to-first-token target for requests that carry none (0: none)"})
     slo_tpot_ms: float = field(default=0.0, metadata={"help": "slo: time-per-output-token target for requests that carry none (0: none)"})
-    preemption: str = field(default="recompute", metadata={"help": "how a preempted request gives back its KV: recompute or swap"})
+    preemption: str = field(default="recompute", metadata={"help": "how a preempted request gives back its KV: recompute, swap (to host memory), or "
+                                                               "fastswitch (swap in few large copies, swap-in off the step, host copies reused)"})
     swap_space: str = field(default="1GiB", metadata={"help": "host memory for swapped-out KV blocks"})
     seed: int = field(default=0, metadata={"help": "global random seed"})
 
@@ -117,8 +118,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.fused_decode not in ("auto", "on", "off"):
             raise ValueError(f"fused_decode {self.fused_decode!r} is not one of: auto, on, off")
-        if self.preemption not in ("recompute", "swap"):
-            raise ValueError(f"preemption {self.preemption!r} is not one of: recompute, swap")
+        from ember.kv.preemption import preemption_names
+
+        if self.preemption not in preemption_names():
+            raise ValueError(f"preemption {self.preemption!r} is not one of: {', '.join(preemption_names())}")
         parse_bytes(self.swap_space)
         if parse_bytes(self.kv_cache_memory) <= 0:
             raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory!r}")

@@ -71,6 +71,9 @@ def _add_workload_args(p, serve: bool) -> None:
     g.add_argument("--doc-len", type=int, default=256, help="rag: tokens per document")
     g.add_argument("--docs-per-request", type=int, default=4, help="rag: documents before each question")
     g.add_argument("--doc-reuse", type=float, default=1.0, help="rag: chance a document comes from the pool (else a fresh one)")
+    g.add_argument("--priority-levels", type=int, default=0, metavar="K",
+                   help="send each session's requests with a priority uniform in 0..K-1 (for --policy priority; "
+                        "default: none)")
     g.add_argument("--chunk-marks", action=argparse.BooleanOptionalAction, default=True,
                    help="rag: send documents as reusable chunks (Ember's extension) or, with --no-chunk-marks, as plain text")
 

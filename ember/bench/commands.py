@@ -15,7 +15,8 @@ def _spec(args):
                         max_output_len=args.max_output_len, num_prefixes=args.num_prefixes, prefix_len=args.prefix_len,
                         turns=getattr(args, "turns", 1), think_time=getattr(args, "think_time", 0.0),
                         tenants=parse_tenants(args.tenants), num_docs=args.num_docs, doc_len=args.doc_len,
-                        docs_per_request=args.docs_per_request, doc_reuse=args.doc_reuse)
+                        docs_per_request=args.docs_per_request, doc_reuse=args.doc_reuse,
+                        priority_levels=getattr(args, "priority_levels", 0))
 
 
 def _check_output(args) -> None:

@@ -29,6 +29,9 @@ Arrival times are not part of the workload: the runner draws them (Poisson at --
   else it is a fresh one no other request sees. Documents are sent as reusable chunks (chat
   content parts with `cache_control: {"type": "chunk"}`, completions' `documents` field) unless
   --no-chunk-marks, which sends them as plain text, for servers without a chunk cache.
+- `--priority-levels K` (any workload): each session's requests carry `priority` drawn uniformly
+  from 0..K-1 (lower is sooner, for `--policy priority`), from a generator of their own, so
+  the lengths and texts stay those of the same seed without priorities.
 - `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT,... Each request belongs to a tenant drawn
   with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson arrivals at
   rate R this is exactly each tenant sending its own Poisson stream at R*WEIGHT/sum(WEIGHTS).
@@ -90,6 +93,7 @@ class WorkloadSpec:
     doc_len: int = 256
     docs_per_request: int = 4
     doc_reuse: float = 1.0
+    priority_levels: int = 0  # > 1: a `priority` per session, uniform in 0..levels-1
 
     def validate(self) -> None:
         if self.name not in WORKLOADS:
@@ -108,6 +112,8 @@ class WorkloadSpec:
             raise ValueError(f"--docs-per-request {self.docs_per_request} is more than --num-docs {self.num_docs}")
         if not self.tenants:
             raise ValueError("--tenants: give at least one NAME:WEIGHT:INPUT:OUTPUT")
+        if self.priority_levels < 0:
+            raise ValueError(f"--priority-levels must not be negative, got {self.priority_levels}")
 
 
 def parse_tenants(text: str) -> list[tuple[str, float, int, int]]:
@@ -135,9 +141,23 @@ def _lognormal_len(rng, mu_sigma: tuple[float, float], lo: int, hi: int) -> int:
     return int(np.clip(round(rng.lognormal(*mu_sigma)), lo, hi))
 
 
+def session_priorities(num_sessions: int, levels: int, seed: int) -> list[int]:
+    """The priority of each session under --priority-levels (its own generator: seed + 2)."""
+    return [int(p) for p in np.random.default_rng(seed + 2).integers(levels, size=num_sessions)]
+
+
 def build_workload(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
     """The sessions of `spec`: lengths from one seeded generator, text from another. `maker`
     replaces the text maker (`text(n) -> (text, tokens)`): the simulator wants lengths only."""
+    sessions = _build(spec, tokenizer, maker)
+    if spec.priority_levels > 1:
+        for session, priority in zip(sessions, session_priorities(len(sessions), spec.priority_levels, spec.seed)):
+            for turn in session.turns:
+                turn.extra["priority"] = priority
+    return sessions
+
+
+def _build(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
     spec.validate()
     rng = np.random.default_rng(spec.seed)
     maker = maker if maker is not None else PromptMaker(tokenizer, seed=spec.seed + 1)

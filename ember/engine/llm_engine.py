@@ -28,6 +28,7 @@ from ember.kernels.attention import get_attention_backend
 from ember.kernels.native import NativeUnavailable
 from ember.kv.cache import PagedKVCache
 from ember.kv.press import KV_PRESSES, parse_press
+from ember.kv.preemption import make_preemptor
 from ember.kv.press.compact import compact
 from ember.kv.spec import kv_cache_spec
 from ember.loader import LoadedModel, dtype_name, load_model
@@ -113,10 +114,8 @@ class LLMEngine:
                        self.config.blend_check_layer)
 
     def _make_preemptor(self):
-        if self.config.preemption == "swap":
-            from ember.kv.swap import SwapPreemptor
-            return SwapPreemptor(self.kv_cache, self.kv_spec.blocks_in(parse_bytes(self.config.swap_space)))
-        return None
+        return make_preemptor(self.config.preemption, self.kv_cache,
+                              self.kv_spec.blocks_in(parse_bytes(self.config.swap_space)))
 
     # --- requests -----------------------------------------------------------------------------
     def encode_prompt(self, prompt) -> EncodedPrompt:
@@ -203,6 +202,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         clock.scheduled(batch, self.scheduler)
         if batch.empty:
+            if self.scheduler.preemptor.settle():
+                return []  # a swap-in landed meanwhile: the next step admits it
             if self.scheduler.waiting and not self.scheduler.running:
                 # Nothing can run and nothing will free memory: fail loudly rather than spin.
                 for seq in list(self.scheduler.waiting):

@@ -125,6 +125,8 @@ class Scheduler:
             if decision is Admission.STOP:
                 break
             num_new = self._admit(request, budget, out)
+            if not num_new and self.preemptor.in_flight(request):
+                continue  # its KV is on its way back: others go meanwhile
             while not num_new and len(self.running) < self.max_num_seqs and self.pins.release_oldest():
                 num_new = self._admit(request, budget, out)
             while not num_new:  # it does not fit: the policy may make room

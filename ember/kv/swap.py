@@ -13,7 +13,7 @@ import torch
 
 from ember.kv.cache import PagedKVCache
 from ember.kv.manager import KVCacheManager
-from ember.kv.preemption import Preemptor
+from ember.kv.preemption import PREEMPTORS, Preemptor
 from ember.request import Request
 
 
@@ -34,6 +34,7 @@ def copy_blocks(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
             b[name][dst_t] = t[src_t]
 
 
+@PREEMPTORS.register("swap")
 class SwapPreemptor(Preemptor):
     def __init__(self, cache: PagedKVCache, num_host_blocks: int):
         self.cache = cache

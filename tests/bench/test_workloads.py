@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ember.bench.workloads import (CHAT_INPUT, CHAT_OUTPUT, WorkloadSpec, _lognormal_len, build_workload,
-                                   parse_tenants, poisson_arrivals)
+                                   parse_tenants, poisson_arrivals, session_priorities)
 
 
 def build(tok, **kw):
@@ -150,3 +150,16 @@ def test_rag_requests_combine_pool_documents_at_the_reuse_rate(bench_tokenizer):
     assert prompt == {"documents": marked["documents"], "prompt": marked["prompt"]}
     with pytest.raises(ValueError, match="docs-per-request"):
         build_workload(WorkloadSpec(name="rag", num_docs=2, docs_per_request=3), bench_tokenizer)
+
+
+def test_priority_levels_leave_the_requests_as_they_were(bench_tokenizer):
+    plain = build(bench_tokenizer, name="multi-turn", num_prompts=12, turns=3, seed=5)
+    ranked = build(bench_tokenizer, name="multi-turn", num_prompts=12, turns=3, seed=5, priority_levels=3)
+    assert [[t.text for t in s.turns] for s in plain] == [[t.text for t in s.turns] for s in ranked]
+    levels = [s.turns[0].extra["priority"] for s in ranked]
+    assert set(levels) <= {0, 1, 2} and len(set(levels)) > 1
+    assert all(t.extra["priority"] == s.turns[0].extra["priority"] for s in ranked for t in s.turns)
+    assert levels == session_priorities(len(ranked), 3, 5)
+    assert all("priority" not in t.extra for s in plain for t in s.turns)
+    with pytest.raises(ValueError, match="--priority-levels"):
+        build(bench_tokenizer, priority_levels=-1)

@@ -36,7 +36,7 @@ def test_batched_equals_sequential(make_llm, mixed_prompts, reference, budget, p
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("preemption", ["recompute", "swap", "fastswitch"])
 def test_preemption_keeps_outputs(make_llm, mixed_prompts, reference, preemption):
     # 40 blocks of 16 tokens cannot hold 32 running sequences of up to 172 tokens.
     llm = make_llm(kv_cache_tokens=40 * 16, max_num_seqs=32, max_num_batched_tokens=256,
@@ -44,9 +44,14 @@ def test_preemption_keeps_outputs(make_llm, mixed_prompts, reference, preemption
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = [o.outputs[0] for o in llm.generate(mixed_prompts, params)]
     assert llm.engine.scheduler.num_preemptions > 0, "the pool was meant to be too small"
+    preemptor = llm.engine.scheduler.preemptor
     if preemption == "swap":
-        assert llm.engine.scheduler.preemptor.num_swapped_out > 0
-        assert llm.engine.scheduler.preemptor.num_swapped_in > 0
+        assert preemptor.num_swapped_out > 0 and preemptor.num_swapped_in > 0
+    if preemption == "fastswitch":
+        s = preemptor.stats
+        assert s.swapped_out > 0 and s.swapped_in == s.swapped_out and s.blocks_copied_in > 0
+        assert not preemptor.inflight and preemptor.num_host_blocks_used == 0
+        print(f"fastswitch: {s}")
     near_ties = count_near_ties(reference, outs)
     print(f"preemption {preemption}: {llm.engine.scheduler.num_preemptions} preemptions, "
           f"{near_ties} of 32 diverged at a near-tie")

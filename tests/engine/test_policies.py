@@ -8,8 +8,9 @@ import pytest
 from ember.engine.policies import POLICIES, Admission, PreemptReason
 from ember.engine.policies.fcfs import FCFSPolicy
 from ember.engine.policies.priority import PriorityPolicy
+from ember.engine.scheduler import SchedulerOutput
 from ember.request import RequestStatus
-from tests.engine.scheduling import TOKENS, make, names, req, run, step
+from tests.engine.scheduling import BS, TOKENS, make, names, req, run, step
 
 
 def test_priority_orders_waiting_by_priority_then_arrival():
@@ -168,3 +169,29 @@ def test_on_step_sees_what_each_request_computed():
 def test_an_unknown_policy_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown scheduling policy .nope.; choose one of: batchllm, conservative, continuum, fcfs"):
         POLICIES.create("nope")
+
+
+def test_a_swap_in_under_way_is_passed_over_not_made_room_for():
+    """FastSwitch: a preempted request whose KV is being copied back waits without blocking the
+    queue behind it or preempting anyone; a later step admits it with its tokens intact."""
+    from ember.kv.cache import PagedKVCache
+    from ember.kv.fastswitch import FastSwitchPreemptor
+
+    cache = PagedKVCache.create(1, 64, BS, num_kv_heads=1, head_dim=4)
+    fs = FastSwitchPreemptor(cache, num_host_blocks=16)
+    s = make(policy="fcfs", num_blocks=64, budget=64, preemptor=fs)
+    x = req("x", 9, max_tokens=4)
+    s.add(x)
+    step(s)
+    s._preempt(x, SchedulerOutput())  # as a preemption does, mid-schedule
+    assert x.status is RequestStatus.PREEMPTED and fs.stats.swapped_out == 1 and x.num_computed_tokens == 0
+    y = req("y", 5, max_tokens=1)
+    s.add(y)
+    out = s.schedule()
+    assert names(out) == [("y", 5)] and not out.preempted and fs.in_flight(x)
+    assert s.preemptor.settle()
+    s.update(out, {"y": 7})
+    out, _ = step(s)
+    assert names(out) == [("x", 1)] and x.num_computed_tokens == 10 and fs.stats.swapped_in == 1
+    run(s)
+    assert s.kv.pool.num_used_blocks == 0 and not fs.inflight
