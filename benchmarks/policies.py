@@ -8,6 +8,9 @@ flags and threads), one after the other, so the figures compare policies, not ma
   gap while both are backlogged against VTC's bound, Jain's index while both are backlogged.
 - fairness-lengths: both clients send as many requests, b's four times as long (256 + 128
   tokens against 64 + 32): FCFS serves them equal requests, so b gets 4x the service.
+- fairness-onoff: VTC's on/off client: `a` sends steadily above capacity, `b` only in 10 s
+  on periods out of every 20 (same lengths). FCFS and VTC: when `b` comes back, FCFS puts it
+  behind `a`'s backlog; VTC lifts its counter and serves it at once.
 - admission: a memory-bound load (few KV tokens, max_tokens far above the outputs the model
   ends by itself): FCFS (aggressive), conservative and past-future admission. Goodput,
   preemptions, throughput.
@@ -62,6 +65,10 @@ SCENARIOS = {
                          "--max-num-seqs 8",
                          "--workload multi-tenant --tenants a:1:64:32,b:1:256:128 --num-prompts 80 --request-rate inf "
                          "--ignore-eos", ""),
+    "fairness-onoff": ([("fcfs", "--policy fcfs"), ("vtc", "--policy vtc")],
+                       "--max-num-seqs 8",
+                       "--workload multi-tenant --tenants a:1:64:32,b:1:64:32:10/10 --num-prompts 320 "
+                       "--request-rate 8 --ignore-eos", ""),
     "admission": ([("fcfs", "--policy fcfs"), ("conservative", "--policy conservative"),
                    ("past-future", "--policy past-future")],
                   "--max-num-seqs 32 --kv-cache-tokens 1536",

@@ -66,7 +66,8 @@ def _add_workload_args(p, serve: bool) -> None:
         g.add_argument("--turns", type=int, default=3, help="multi-turn, agent: turns per conversation")
         g.add_argument("--think-time", type=float, default=1.0, help="multi-turn: mean seconds between turns; agent: scales the tool durations")
     g.add_argument("--tenants", default="a:3:64:32,b:1:256:128",
-                   help="multi-tenant: NAME:WEIGHT:INPUT:OUTPUT,... (share of requests, lengths)")
+                   help="multi-tenant: NAME:WEIGHT:INPUT:OUTPUT[:ON/OFF],... (share of requests, lengths; ON/OFF "
+                        "seconds: the tenant sends only in its on periods)")
     g.add_argument("--num-docs", type=int, default=16, help="rag: documents in the pool")
     g.add_argument("--doc-len", type=int, default=256, help="rag: tokens per document")
     g.add_argument("--docs-per-request", type=int, default=4, help="rag: documents before each question")

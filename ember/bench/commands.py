@@ -8,13 +8,14 @@ import sys
 
 
 def _spec(args):
-    from ember.bench.workloads import WorkloadSpec, parse_tenants
+    from ember.bench.workloads import WorkloadSpec, parse_tenant_windows, parse_tenants
 
     return WorkloadSpec(name=args.workload, num_prompts=args.num_prompts, seed=args.seed, input_len=args.input_len,
                         output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
                         max_output_len=args.max_output_len, num_prefixes=args.num_prefixes, prefix_len=args.prefix_len,
                         turns=getattr(args, "turns", 1), think_time=getattr(args, "think_time", 0.0),
-                        tenants=parse_tenants(args.tenants), num_docs=args.num_docs, doc_len=args.doc_len,
+                        tenants=parse_tenants(args.tenants), tenant_windows=parse_tenant_windows(args.tenants),
+                        num_docs=args.num_docs, doc_len=args.doc_len,
                         docs_per_request=args.docs_per_request, doc_reuse=args.doc_reuse,
                         priority_levels=getattr(args, "priority_levels", 0))
 

@@ -202,6 +202,8 @@ async def run_sessions(cfg: ClientConfig, sessions: list[Session], tokenizer=Non
         t0 = time.perf_counter()
 
         async def run_one(k: int, session: Session) -> None:
+            if not session.sent_at(arrivals[k]):
+                return  # an on/off tenant's request that arrives while it is off
             history: list[dict] = []
             due = t0 + arrivals[k]
             for t, turn in enumerate(session.turns):

@@ -32,9 +32,12 @@ Arrival times are not part of the workload: the runner draws them (Poisson at --
 - `--priority-levels K` (any workload): each session's requests carry `priority` drawn uniformly
   from 0..K-1 (lower is sooner, for `--policy priority`), from a generator of their own, so
   the lengths and texts stay those of the same seed without priorities.
-- `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT,... Each request belongs to a tenant drawn
-  with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson arrivals at
-  rate R this is exactly each tenant sending its own Poisson stream at R*WEIGHT/sum(WEIGHTS).
+- `multi-tenant`: --tenants NAME:WEIGHT:INPUT:OUTPUT[:ON/OFF],... Each request belongs to a
+  tenant drawn with probability WEIGHT/sum(WEIGHTS) and is sent with that `user`; with Poisson
+  arrivals at rate R this is exactly each tenant sending its own Poisson stream at
+  R*WEIGHT/sum(WEIGHTS). A tenant with ON/OFF seconds (VTC's on/off client) sends only in its
+  on periods: a request whose arrival falls in an off period (t mod (ON+OFF) >= ON) is not sent,
+  which thins its stream to the same rate while on and nothing while off.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ class Session:
     turns: list[Turn]
     user: str | None = None
     group: int = 0
+    window: tuple[float, float] | None = None  # (on, off) seconds: sent only if it arrives while on
+
+    def sent_at(self, arrival: float) -> bool:
+        """Whether a session arriving `arrival` seconds into the run is sent at all."""
+        return self.window is None or arrival % (self.window[0] + self.window[1]) < self.window[0]
 
 
 @dataclass
@@ -89,6 +97,7 @@ class WorkloadSpec:
     turns: int = 3
     think_time: float = 1.0
     tenants: list[tuple[str, float, int, int]] = field(default_factory=lambda: [("a", 3.0, 64, 32), ("b", 1.0, 256, 128)])
+    tenant_windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # on/off tenants
     num_docs: int = 16
     doc_len: int = 256
     docs_per_request: int = 4
@@ -117,18 +126,33 @@ class WorkloadSpec:
 
 
 def parse_tenants(text: str) -> list[tuple[str, float, int, int]]:
-    """'a:3:64:32,b:1:256:128' -> [('a', 3.0, 64, 32), ('b', 1.0, 256, 128)]."""
+    """'a:3:64:32,b:1:256:128:20/20' -> [('a', 3.0, 64, 32), ('b', 1.0, 256, 128)]."""
+    return [item[:4] for item in _tenant_items(text)]
+
+
+def parse_tenant_windows(text: str) -> dict[str, tuple[float, float]]:
+    """The on/off tenants of --tenants: 'b:1:256:128:20/20' -> {'b': (20.0, 20.0)}."""
+    return {item[0]: item[4] for item in _tenant_items(text) if item[4] is not None}
+
+
+def _tenant_items(text: str) -> list[tuple]:
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
         try:
             name, weight, inp, outp = parts[0], float(parts[1]), int(parts[2]), int(parts[3])
-            if len(parts) != 4 or not name or weight <= 0 or inp < 1 or outp < 1:
+            window = None
+            if len(parts) == 5:
+                on, off = (float(x) for x in parts[4].split("/"))
+                if not (on > 0 and off >= 0):
+                    raise ValueError
+                window = (on, off)
+            if len(parts) not in (4, 5) or not name or weight <= 0 or inp < 1 or outp < 1:
                 raise ValueError
         except (ValueError, IndexError):
-            raise ValueError(f"--tenants: {item!r} is not NAME:WEIGHT:INPUT:OUTPUT "
-                             "(weight > 0, lengths >= 1)") from None
-        out.append((name, weight, inp, outp))
+            raise ValueError(f"--tenants: {item!r} is not NAME:WEIGHT:INPUT:OUTPUT[:ON/OFF] "
+                             "(weight > 0, lengths >= 1, ON > 0 and OFF >= 0 seconds)") from None
+        out.append((name, weight, inp, outp, window))
     return out
 
 
@@ -221,7 +245,7 @@ def _build(spec: WorkloadSpec, tokenizer, maker=None) -> list[Session]:
     for k in picks:
         name, _, inp, outp = spec.tenants[int(k)]
         sessions.append(one(_uniform_len(rng, inp, spec.range_ratio), _uniform_len(rng, outp, spec.range_ratio),
-                            user=name, group=int(k)))
+                            user=name, group=int(k), window=spec.tenant_windows.get(name)))
     return sessions
 
 

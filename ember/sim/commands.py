@@ -127,7 +127,7 @@ def _cluster(args, model_json: dict):
 
 def _workload(args):
     """(sessions for a rate, the rates, the workload as the report records it)."""
-    from ember.bench.workloads import WorkloadSpec, parse_tenants
+    from ember.bench.workloads import WorkloadSpec, parse_tenant_windows, parse_tenants
     from ember.sim.workload import bench_sessions, read_trace
 
     if args.trace:
@@ -141,6 +141,7 @@ def _workload(args):
                         output_len=args.output_len, range_ratio=args.range_ratio, max_input_len=args.max_input_len,
                         max_output_len=args.max_output_len, num_prefixes=args.num_prefixes,
                         prefix_len=args.prefix_len, turns=args.turns, think_time=args.think_time,
-                        tenants=parse_tenants(args.tenants))
+                        tenants=parse_tenants(args.tenants), tenant_windows=parse_tenant_windows(args.tenants),
+                        priority_levels=getattr(args, "priority_levels", 0))
     spec.validate()
     return (lambda rate: bench_sessions(spec, rate)), args.sweep_rate or [args.request_rate], dataclasses.asdict(spec)

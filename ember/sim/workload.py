@@ -54,6 +54,8 @@ def bench_sessions(spec: WorkloadSpec, rate: float) -> list[SimSession]:
     arrivals = poisson_arrivals(len(sessions), rate, spec.seed)
     out = []
     for s, t0 in zip(sessions, arrivals):
+        if not s.sent_at(t0):
+            continue  # as the bench: an on/off tenant's request while it is off
         turns = []
         for t in s.turns:
             prefix = ((s.group,), t.system_len) if t.system_len else ((), 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ember.bench.workloads import (CHAT_INPUT, CHAT_OUTPUT, WorkloadSpec, _lognormal_len, build_workload,
-                                   parse_tenants, poisson_arrivals, session_priorities)
+                                   parse_tenant_windows, parse_tenants, poisson_arrivals, session_priorities)
 
 
 def build(tok, **kw):
@@ -102,7 +102,8 @@ def test_multi_tenant_users_rates_and_lengths(bench_tokenizer):
     assert all(s.turns[0].input_len == 80 and s.turns[0].output_len == 12 for s in small)
 
 
-@pytest.mark.parametrize("bad", ["a:1:2", "a:0:5:5", ":1:5:5", "a:x:5:5", "a:1:5:5:5"])
+@pytest.mark.parametrize("bad", ["a:1:2", "a:0:5:5", ":1:5:5", "a:x:5:5", "a:1:5:5:5", "a:1:5:5:0/3", "a:1:5:5:2/-1",
+                                 "a:1:5:5:2/3:1"])
 def test_bad_tenant_specs_are_refused(bad):
     with pytest.raises(ValueError, match="--tenants"):
         parse_tenants(bad)
@@ -163,3 +164,23 @@ def test_priority_levels_leave_the_requests_as_they_were(bench_tokenizer):
     assert all("priority" not in t.extra for s in plain for t in s.turns)
     with pytest.raises(ValueError, match="--priority-levels"):
         build(bench_tokenizer, priority_levels=-1)
+
+
+def test_on_off_tenants_send_only_while_on(bench_tokenizer):
+    text = "steady:1:16:4,onoff:1:16:4:2/3"
+    assert parse_tenants(text) == [("steady", 1.0, 16, 4), ("onoff", 1.0, 16, 4)]
+    assert parse_tenant_windows(text) == {"onoff": (2.0, 3.0)}
+    sessions = build(bench_tokenizer, name="multi-tenant", num_prompts=400, tenants=parse_tenants(text),
+                     tenant_windows=parse_tenant_windows(text))
+    arrivals = poisson_arrivals(len(sessions), 20.0, 0)
+    sent = [(s.user, t) for s, t in zip(sessions, arrivals) if s.sent_at(t)]
+    assert all(t % 5 < 2 for u, t in sent if u == "onoff")  # never in an off period
+    steady = sum(u == "steady" for u, _ in sent)
+    onoff = sum(u == "onoff" for u, _ in sent)
+    assert steady == sum(s.user == "steady" for s in sessions)  # the steady tenant loses none
+    assert 0.25 < onoff / steady < 0.55  # on 2 s of every 5: 40% of its stream
+    # the simulator sends the same requests
+    from ember.sim.workload import bench_sessions
+    spec = WorkloadSpec(name="multi-tenant", num_prompts=400, tenants=parse_tenants(text),
+                        tenant_windows=parse_tenant_windows(text))
+    assert [s.user for s in bench_sessions(spec, 20.0)] == [u for u, _ in sent]
