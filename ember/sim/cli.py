@@ -67,6 +67,12 @@ def add_sim_parser(subparsers) -> None:
     g.add_argument("--link-gbps", type=float, default=25.0,
                    help="KV transfer bandwidth from a prefill to a decode replica, gigabits per second (default: 25)")
     g.add_argument("--link-latency-ms", type=float, default=0.0, help="fixed cost of one KV transfer")
+    g.add_argument("--semi-pd", type=float, default=0.0, metavar="SHARE",
+                   help="semi-disaggregated (semi-PD): on every replica a prefill worker with SHARE of the compute "
+                        "beside a decode worker with the rest, one KV store, no transfer (default: off)")
+    g.add_argument("--semi-pd-scaling", default="prefill=1,decode=1", metavar="prefill=A,decode=B",
+                   help="a semi-PD worker's step on share s takes the full-machine time x s^-A (prefill) or s^-B "
+                        "(decode): 1 for compute-bound steps, 0 for steps the core count does not change")
     g.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS", help="SLOs, e.g. ttft:500 tpot:50 e2el:5000")
     g = r.add_argument_group("power (per replica; ember/sim/power.py)")
     g.add_argument("--power", default=None, metavar="idle=W,prefill=W,decode=W",
@@ -82,6 +88,11 @@ def add_sim_parser(subparsers) -> None:
     g.add_argument("--pim-attention-speedup", type=float, default=1.0, metavar="S",
                    help="decode attention in processing-in-memory (NeuPIMs, PIM-GPT) that reads KV S times "
                         "faster than the host: the attention phase takes 1/S (default 1: off)")
+    g = r.add_argument_group("prefill")
+    g.add_argument("--layered-prefill", type=int, default=1, metavar="G",
+                   help="layered prefill: a step with prompt tokens runs as G sub-steps, the prompts through one "
+                        "group of layers each while decodes go on every sub-step (1: off, chunked prefill "
+                        "as the engine runs it; give --max-num-batched-tokens room for whole prompts)")
     g = r.add_argument_group("report")
     g.add_argument("-o", "--output", default=None, metavar="FILE.json")
     g.add_argument("--label", default=None, help="name of this run in tables (default: sim)")

@@ -99,6 +99,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def parse_scaling(text: str) -> tuple[float, float]:
+    """'prefill=1,decode=0.4' -> (1.0, 0.4): how a worker's step time grows on a share of a machine."""
+    out = {"prefill": 1.0, "decode": 1.0}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            if name not in out:
+                raise ValueError
+            out[name] = float(value)
+            if not 0 <= out[name] <= 2:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--semi-pd-scaling: {item!r} is not prefill=A or decode=B with 0 <= A, B <= 2") from None
+    return out["prefill"], out["decode"]
+
+
 def _cluster(args, model_json: dict):
     """The replicas, router and scenario options of `ember sim run`, checked."""
     from ember.sim.runner import Cluster
@@ -107,7 +123,19 @@ def _cluster(args, model_json: dict):
     if args.replicas < 1 or args.prefill_replicas < 0:
         raise ValueError(f"--replicas must be at least 1 and --prefill-replicas at least 0, got {args.replicas} "
                          f"and {args.prefill_replicas}")
-    cluster = Cluster(args.replicas, args.router, overlap=args.overlap, pim_speedup=args.pim_attention_speedup)
+    cluster = Cluster(args.replicas, args.router, overlap=args.overlap, pim_speedup=args.pim_attention_speedup,
+                      layer_groups=args.layered_prefill)
+    if args.layered_prefill < 1:
+        raise ValueError(f"--layered-prefill must be at least 1 layer group, got {args.layered_prefill}")
+    if args.semi_pd:
+        if args.prefill_replicas:
+            raise ValueError("--semi-pd and --prefill-replicas are two layouts: choose one")
+        if not 0 < args.semi_pd < 1:
+            raise ValueError(f"--semi-pd is the prefill worker's share of each machine, in (0, 1); got {args.semi_pd}")
+        if args.power:
+            raise ValueError("--power is not modelled with --semi-pd (two workers share each machine's watts)")
+        cluster.disagg = Disaggregation(args.replicas, 1.0, prefill_share=args.semi_pd,
+                                        scaling=parse_scaling(args.semi_pd_scaling))
     if args.prefill_replicas:
         if not args.link_gbps > 0 or args.link_latency_ms < 0:
             raise ValueError("--link-gbps must be positive and --link-latency-ms must not be negative")

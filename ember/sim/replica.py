@@ -4,6 +4,13 @@ by the engine's builder, with a step-time model where the forward and the sample
 A step is `schedule()` at its start, then, `predict(...)` seconds later, `update()` with one
 token for every request that samples: a fixed token that is not EOS (the scheduler is built
 without EOS ids), so each request runs to its output length as `ember bench --ignore-eos` runs do.
+
+Layered prefill (`layer_groups` G > 1; scale-snu/layered-prefill): a step that schedules prompt
+tokens runs as G sub-steps. Each takes the prompts through one group of layers (1/G of their
+full-model cost) while the running decodes go through the whole model and each get a token; the
+prompts sample their first token at the end of the last sub-step. New work is scheduled once
+the group is done. A sub-step lasts t(0, decodes) + (t(prompts, 0) - t(0, 0)) / G by the
+step-time model (the model has no per-layer terms, so a layer group is an even share).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Callable
 
 from ember.engine.profile import batch_composition
 from ember.engine.scheduler import SchedulerOutput
+from ember.request import RequestStatus
 from ember.engine.scheduling_setup import build_scheduler
 from ember.request import Request
 
@@ -22,7 +30,8 @@ MIN_STEP_S = 1e-6  # a model that predicts 0 (or less) must still move the clock
 
 class Replica:
     def __init__(self, index: int, config, num_blocks: int, block_size: int, clock: Callable[[], float],
-                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False, power=None):
+                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False, power=None,
+                 layer_groups: int = 1):
         """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs)`: a step's duration;
         `power`: a PowerModel (power.py) that stretches capped steps and counts their energy."""
         self.index = index
@@ -37,6 +46,8 @@ class Replica:
         self.inbox: deque[Request] = deque()  # decode pool: requests whose KV is here, waiting for blocks
         self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None  # (id, tokens) per step
         self.compositions: list[tuple[int, int, int, int]] | None = [] if record_batches else None
+        self.layer_groups = layer_groups
+        self._layered: _LayeredGroup | None = None  # a layered prefill under way
 
     @property
     def busy(self) -> bool:
@@ -44,12 +55,22 @@ class Replica:
 
     def start_step(self) -> float | None:
         """Schedule the next batch; how long it takes, or None when nothing can run."""
-        out = self.scheduler.schedule()
-        if out.empty:
-            return None
+        if self._layered is not None:
+            out, seconds = self._layered.next_step(self.scheduler)
+            seqs, prefill, decode, context = batch_composition(out)
+        else:
+            out = self.scheduler.schedule()
+            if out.empty:
+                return None
+            seqs, prefill, decode, context = batch_composition(out)
+            if prefill and self.layer_groups > 1:
+                self._layered = _LayeredGroup(out, self.layer_groups, self.step_seconds)
+                out, seconds = self._layered.next_step(self.scheduler)
+                seqs, prefill, decode, context = batch_composition(out)
+            else:
+                seconds = self.step_seconds(prefill, decode, context, seqs)
         self.batch, self._samplers = out, out.sample_requests  # read before update advances the counts
-        seqs, prefill, decode, context = batch_composition(out)
-        seconds = max(self.step_seconds(prefill, decode, context, seqs), MIN_STEP_S)
+        seconds = max(seconds, MIN_STEP_S)
         if self.power is not None:
             seconds, watts = self.power.step(seconds, prefill)
             self.energy_j += watts * seconds
@@ -67,7 +88,14 @@ class Replica:
         out, self.batch = self.batch, None
         samplers = self._samplers
         finished = self.scheduler.update(out, dict.fromkeys([r.request_id for r in samplers], SAMPLED_TOKEN))
+        if self._layered is not None and self._layered.done:
+            self._layered = None
         return samplers, finished
+
+    @property
+    def layering(self) -> bool:
+        """A layered prefill has sub-steps left: the next step continues it."""
+        return self._layered is not None
 
     @property
     def has_work(self) -> bool:
@@ -104,3 +132,38 @@ class Replica:
         for request in stuck:
             self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
         return stuck
+
+
+class _LayeredGroup:
+    """The sub-steps of one layered prefill: the scheduled prompts (sampling at the last one)
+    and the decodes, each sub-step giving every decode still running a token."""
+
+    def __init__(self, out: SchedulerOutput, groups: int, step_seconds):
+        self.prompts = [(r, n) for r, n in out.scheduled if not _is_decode(r, n)]
+        self.decodes = [r for r, n in out.scheduled if _is_decode(r, n)]
+        self.forks = out.forks
+        self.left, self.groups, self.step_seconds = groups, groups, step_seconds
+        _, p, _, ctx = batch_composition(SchedulerOutput(self.prompts))
+        self.prompt_share = (step_seconds(p, 0, ctx, len(self.prompts)) - step_seconds(0, 0, 0, 0)) / groups
+        self._first = True
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+    def next_step(self, scheduler) -> tuple[SchedulerOutput, float]:
+        if not self._first:  # the slots of this sub-step's decode tokens (the first came with schedule())
+            self.decodes = [r for r in self.decodes if r.status is RequestStatus.RUNNING
+                            and scheduler.kv.allocate_slots(r, 1)]
+        self._first = False
+        self.left -= 1
+        entries = [(r, 1) for r in self.decodes]
+        seqs, _, decode, context = batch_composition(SchedulerOutput(entries))
+        seconds = (self.step_seconds(0, decode, context, seqs) if entries else 0.0) + self.prompt_share
+        if self.left == 0:
+            return SchedulerOutput(entries + self.prompts, forks=self.forks), seconds
+        return SchedulerOutput(entries), seconds
+
+
+def _is_decode(request: Request, n: int) -> bool:
+    return n == 1 and request.num_computed_tokens >= len(request.prompt_token_ids)

@@ -84,10 +84,13 @@ class Cluster:
     power: PowerModel | None = None
     overlap: float = 0.0
     pim_speedup: float = 1.0
+    layer_groups: int = 1  # layered prefill
 
     @property
     def machines(self) -> int:
-        return self.replicas + (self.disagg.prefill_replicas if self.disagg else 0)
+        if self.disagg is None or self.disagg.semi:  # semi-PD: both workers share each machine
+            return self.replicas
+        return self.replicas + self.disagg.prefill_replicas
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self) | {"machines": self.machines}
@@ -105,7 +108,8 @@ def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, 
     for rate in rates:
         sessions = sessions_at(rate)
         sim = Simulator(config, capacity, step_seconds(model_json, cluster.overlap, cluster.pim_speedup), sessions,
-                        cluster.replicas, cluster.router, disagg=cluster.disagg, power=power)
+                        cluster.replicas, cluster.router, disagg=cluster.disagg, power=power,
+                        layer_groups=cluster.layer_groups)
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:
             results, duration, stats = sim.run(on_done=lambda r: bar.update(1))

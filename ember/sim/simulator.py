@@ -41,12 +41,28 @@ class Capacity:
 @dataclass
 class Disaggregation:
     """A prefill pool in front of the decode pool: each prompt runs on a prefill replica (which
-    samples the first token), then its KV crosses a link to a decode replica."""
+    samples the first token), then its KV crosses a link to a decode replica.
+
+    `prefill_share` set: semi-disaggregated (semi-PD): every machine runs a prefill worker and a
+    decode worker side by side with shared weights and one KV store, the prefill worker on that
+    share of the machine's compute and the decode worker on the rest. A worker's step takes its
+    full-machine time times share^-a, with a = `scaling` (prefill, decode): 1 where a step is
+    bound by compute, 0 where it does not care how many cores run it (measure them: the
+    step-time ratio at half the threads, log2 of it). A prompt's KV stays where it was
+    written: its decode worker is the one on the same machine, and nothing crosses a link."""
     prefill_replicas: int
     link_bytes_per_s: float
     link_latency_s: float = 0.0
+    prefill_share: float | None = None
+    scaling: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def semi(self) -> bool:
+        return self.prefill_share is not None
 
     def transfer_s(self, tokens: int, bytes_per_token: float) -> float:
+        if self.semi:
+            return 0.0
         return self.link_latency_s + tokens * bytes_per_token / self.link_bytes_per_s
 
 
@@ -57,6 +73,7 @@ class Pending:
     session: int
     turn: int
     max_tokens: int
+    machine: int = 0  # semi-PD: where its KV lives
 
 
 @dataclass
@@ -85,23 +102,34 @@ def check_simulable(config) -> None:
 class Simulator:
     def __init__(self, config, capacity: Capacity, step_seconds, sessions: list[SimSession], replicas: int = 1,
                  router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None,
-                 power=None):
+                 power=None, layer_groups: int = 1):
         """`config`: the EngineConfig every replica runs; `step_seconds(prefill, decode, context,
         seqs)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
         `disagg` adds a prefill pool, else the replicas that do both; `power`: a PowerModel for
-        every replica (energy, power caps)."""
+        every replica (energy, power caps); `layer_groups` > 1: layered prefill (replica.py)."""
         if replicas < 1:
             raise ValueError(f"--replicas must be at least 1, got {replicas}")
         if disagg is not None and (disagg.prefill_replicas < 1 or not disagg.link_bytes_per_s > 0):
             raise ValueError("a prefill pool needs at least one replica and a positive link bandwidth")
+        if disagg is not None and disagg.semi and (not 0 < disagg.prefill_share < 1
+                                                   or disagg.prefill_replicas != replicas):
+            raise ValueError("semi-PD needs a prefill share in (0, 1) and one prefill worker per machine")
         check_simulable(config)
+        if layer_groups < 1:
+            raise ValueError(f"--layered-prefill must be at least 1 layer group, got {layer_groups}")
         self.now = 0.0
         self.capacity, self.disagg = capacity, disagg
         clock = lambda: self.now  # noqa: E731  (what every scheduler and policy reads as "now")
-        pool = lambda n, first: [Replica(first + i, config, capacity.num_blocks, capacity.block_size, clock,  # noqa: E731
-                                         step_seconds, record_batches, power) for i in range(n)]
-        self.replicas = pool(replicas, 0)
-        self.prefill_pool = pool(disagg.prefill_replicas, replicas) if disagg else []
+        pool = lambda n, first, step: [Replica(first + i, config, capacity.num_blocks, capacity.block_size, clock,  # noqa: E731
+                                               step, record_batches, power, layer_groups) for i in range(n)]
+        decode_step = prefill_step = step_seconds
+        if disagg is not None and disagg.semi:
+            slow_p = disagg.prefill_share ** -disagg.scaling[0]
+            slow_d = (1.0 - disagg.prefill_share) ** -disagg.scaling[1]
+            prefill_step = lambda *batch: step_seconds(*batch) * slow_p  # noqa: E731
+            decode_step = lambda *batch: step_seconds(*batch) * slow_d  # noqa: E731
+        self.replicas = pool(replicas, 0, decode_step)
+        self.prefill_pool = pool(disagg.prefill_replicas, replicas, prefill_step) if disagg else []
         self.router, self.prefill_router = make_router(router), make_router(router)
         self.sessions = sessions
         self.results: list[list[RequestResult]] = [[] for _ in sessions]
@@ -171,6 +199,13 @@ class Simulator:
         if self.prefill_pool:  # the prompt alone: one token, then the KV moves on
             request = self._request(f"{k}.{t}{PROMPT_ONLY}", ids, 1, pending)
             pool, router = self.prefill_pool, self.prefill_router
+            if self.disagg.semi:  # its machine's decode worker will hold the KV
+                pending.machine = router.pick(pool, request)
+                replica = pool[pending.machine]
+                replica.scheduler.add(request)
+                if not replica.busy:
+                    self._wake.add(replica)
+                return
         else:
             request = self._request(f"{k}.{t}", ids, pending.max_tokens, pending)
             pool, router = self.replicas, self.router
@@ -228,7 +263,7 @@ class Simulator:
         """The prompt's KV and first token reach a decode replica: it decodes from there."""
         request = self._request(f"{pending.session}.{pending.turn}", ids, pending.max_tokens, pending,
                                 output_token_ids=[SAMPLED_TOKEN], num_computed_tokens=len(ids))
-        replica = self.replicas[self.router.pick(self.replicas, request)]
+        replica = self.replicas[pending.machine if self.disagg.semi else self.router.pick(self.replicas, request)]
         for never in replica.receive(request):
             self._fail_request(never, on_done)
         if not replica.busy and replica.has_work:

@@ -68,6 +68,10 @@ def test_run_writes_a_serve_report_that_bench_compare_reads(model_json, tmp_path
     (["run", "--model-json", "{model}", "--trace", "{dir}/steps.csv", "--request-rate", "2"], "own arrival times"),
     (["run", "--model-json", "{model}", "--goodput", "ttft"], "--goodput: expected NAME:MS"),
     (["run", "--model-json", "{model}", "--power-cap", "200"], "need --power"),
+    (["run", "--model-json", "{model}", "--semi-pd", "1.5"], "--semi-pd is the prefill worker's share"),
+    (["run", "--model-json", "{model}", "--semi-pd", "0.5", "--prefill-replicas", "1"], "choose one"),
+    (["run", "--model-json", "{model}", "--semi-pd", "0.5", "--semi-pd-scaling", "decode=x"], "--semi-pd-scaling"),
+    (["run", "--model-json", "{model}", "--layered-prefill", "0"], "--layered-prefill must be at least 1"),
     (["calibrate", "{model}", "-o", "{dir}/m2.json"], "is not a step profile"),
     (["calibrate", "{dir}/steps.csv", "-o", "{dir}/no/such/m.json"], "no directory"),
 ])
@@ -96,3 +100,16 @@ def test_a_trace_on_a_disaggregated_cluster(model_json, tmp_path, capsys, defaul
     assert run["metrics"]["goodput"]["request_goodput_per_machine"] == pytest.approx(
         run["metrics"]["goodput"]["request_goodput"] / 3)
     assert run["sim"]["prefill_utilization_mean"] > 0
+
+
+def test_semi_pd_and_layered_prefill_from_the_command_line(model_json, tmp_path, capsys, default_gguf_path):
+    out = tmp_path / "semi.json"
+    code = main(["sim", "run", "--model-json", str(model_json), "--workload", "random", "--num-prompts", "24",
+                 "--input-len", "200", "--output-len", "8", "--request-rate", "4", "--replicas", "2",
+                 "--semi-pd", "0.4", "--semi-pd-scaling", "prefill=1,decode=0.3", "--layered-prefill", "3",
+                 "--max-num-batched-tokens", "1024", "-o", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    report = load_report(str(out))
+    assert report["cluster"]["machines"] == 2 and report["cluster"]["disagg"]["prefill_share"] == 0.4
+    assert report["cluster"]["disagg"]["scaling"] == [1.0, 0.3] and report["cluster"]["layer_groups"] == 3
+    assert report["runs"][0]["metrics"]["completed"] == 24

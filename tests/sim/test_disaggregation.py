@@ -67,3 +67,41 @@ def test_without_prefill_in_its_steps_decode_gets_faster():
 def test_a_pool_without_bandwidth_is_refused():
     with pytest.raises(ValueError, match="positive link bandwidth"):
         simulate([SimSession(0.0, [SimTurn(10, 2)])], disagg=Disaggregation(1, 0.0))
+
+
+def test_semi_pd_splits_each_machine_and_moves_no_kv():
+    """semi-PD: each machine's prefill worker (share s) hands the prompt to the decode worker on
+    the same machine at once; each step takes its full-machine time over its worker's share."""
+    semi = Disaggregation(prefill_replicas=2, link_bytes_per_s=1.0, prefill_share=0.25)
+    sim, results, duration, _ = simulate([SimSession(0.0, [SimTurn(200, 6)]), SimSession(0.0, [SimTurn(120, 3)])],
+                                         replicas=2, disagg=semi)
+    a, b = results
+    for r, prompt, machine in ((a, 200, 0), (b, 120, 1)):
+        pre, dec = sim.prefill_pool[machine], sim.replicas[machine]
+        assert pre.batches == [[(f"{machine}.0/p", prompt)]]
+        assert r.ttft == pytest.approx(step_time(prompt, 0, prompt, 1) / 0.25)
+        # no link: the first decode step starts as the prefill ends, on the same machine
+        assert r.chunk_times[1] - r.chunk_times[0] == pytest.approx(step_time(0, 1, prompt + 1, 1) / 0.75)
+        assert all(p == 0 for _, p, _, _ in dec.compositions) and r.success
+    # with many prompts, the decode worker of a machine only gets that machine's prompts
+    spec = WorkloadSpec(name="random", num_prompts=60, input_len=100, output_len=20, range_ratio=0.5, seed=3)
+    sim, results, _, _ = simulate(bench_sessions(spec, 8.0), replicas=2, disagg=semi)
+    assert all(r.success for r in results)
+    for machine in (0, 1):
+        prompts = {rid for batch in sim.prefill_pool[machine].batches for rid, _ in batch}
+        decodes = {rid for batch in sim.replicas[machine].batches for rid, _ in batch}
+        assert {rid + "/p" for rid in decodes} <= prompts
+
+
+@pytest.mark.parametrize("share, replicas, prefill", [(0.0, 1, 1), (1.0, 1, 1), (0.5, 2, 1)])
+def test_bad_semi_pd_layouts_are_refused(share, replicas, prefill):
+    with pytest.raises(ValueError, match="semi-PD"):
+        simulate([SimSession(0.0, [SimTurn(10, 2)])], replicas=replicas,
+                 disagg=Disaggregation(prefill, 1.0, prefill_share=share))
+
+
+def test_semi_pd_scaling_sets_how_much_a_share_slows_a_step():
+    semi = Disaggregation(prefill_replicas=1, link_bytes_per_s=1.0, prefill_share=0.25, scaling=(0.5, 0.0))
+    _, (r,), _, _ = simulate([SimSession(0.0, [SimTurn(200, 3)])], disagg=semi)
+    assert r.ttft == pytest.approx(step_time(200, 0, 200, 1) * 0.25 ** -0.5)
+    assert r.chunk_times[1] - r.chunk_times[0] == pytest.approx(step_time(0, 1, 201, 1))  # decode: unchanged
