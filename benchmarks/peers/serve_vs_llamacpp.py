@@ -1,9 +1,13 @@
-"""The same `ember bench serve` workload against `ember serve` and llama.cpp's OpenAI server.
+"""The same `ember bench serve` workload against `ember serve` and llama.cpp's OpenAI servers.
 
-Both servers run one after the other on loopback, on the same GGUF file, with the same thread
+The servers run one after the other on loopback, on the same GGUF file, with the same thread
 count; the client (this checkout's `ember bench serve`) and its seeded workload are the same for
-both, so the ratios compare the servers. llama.cpp is `python -m llama_cpp.server` from the peer
-venv that `benchmarks/peers/llamacpp_env.sh` builds (llama-cpp-python 0.3.36 from source).
+all, so the ratios compare the servers. The peers:
+- `llamacpp`: `python -m llama_cpp.server` from the peer venv that `llamacpp_env.sh` builds
+  (llama-cpp-python 0.3.36 from source), one request at a time;
+- `llama-server-npN`: llama.cpp's own `llama-server` with N parallel slots and continuous
+  batching (`-np N -cb`, a context of N x --n-ctx so each slot has --n-ctx), built from the same
+  vendored llama.cpp by `llamacpp_tools.sh`.
 Never part of `make test`.
 
   .venv/bin/python benchmarks/peers/serve_vs_llamacpp.py --workload chat-like --num-prompts 200 \\
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -47,7 +52,30 @@ def llamacpp_python(given: str | None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def server_commands(args, model: str, port: int) -> dict[str, tuple[list[str], str]]:
+def llamacpp_tools(given: str | None) -> str:
+    if given:
+        return given
+    out = subprocess.run(["bash", os.path.join(PEERS, "llamacpp_tools.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llamacpp_tools.sh failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def llama_server_command(args, model: str, port: int, slots: int) -> list[str]:
+    return [os.path.join(llamacpp_tools(args.llamacpp_tools), "llama-server"), "-m", model, "--host", "127.0.0.1",
+            "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads), "-np", str(slots), "-cb",
+            "-c", str(args.n_ctx * slots), *shlex.split(args.llama_server_args)]
+
+
+def server_commands(args, model: str, port: int, name: str) -> tuple[list[str], str]:
+    """(command, readiness URL) of server `name`."""
+    base = f"http://127.0.0.1:{port}"
+    if name.startswith("llama-server-np"):
+        return llama_server_command(args, model, port, int(name[len("llama-server-np"):])), base + "/health"
+    return _python_servers(args, model, port)[name]
+
+
+def _python_servers(args, model: str, port: int) -> dict[str, tuple[list[str], str]]:
     """name -> (command, readiness URL)."""
     ember = [os.path.join(ROOT, ".venv", "bin", "ember"), "serve", "--host", "127.0.0.1", "--port", str(port),
              "--model", model, "--threads", str(args.threads), "--max-num-seqs", str(args.max_num_seqs)]
@@ -69,24 +97,21 @@ def bench_command(args, name: str, port: int, out: str, rate: str) -> list[str]:
         cmd += ["--max-concurrency", str(args.max_concurrency)]
     if args.ignore_eos:
         cmd += ["--ignore-eos"]
-        if name == "llamacpp":  # no ignore_eos field there: forbid its end tokens instead
+        if name != "ember":  # no ignore_eos field in llama_cpp.server: forbid the end tokens instead
             cmd += ["--extra-body", json.dumps({"logit_bias": {str(t): -100.0 for t in args.end_tokens}})]
     return cmd + shlex.split(args.bench_args)
 
 
-def ratio_table(files: dict[str, str]) -> None:
-    reports = {name: load_report(path) for name, path in files.items()}
-    if set(reports) != {"ember", "llamacpp"}:
-        return
-    ember, llama = reports["ember"], reports["llamacpp"]
+def ratio_table(files: dict[str, str], peer: str) -> None:
+    ember, llama = load_report(files["ember"]), load_report(files[peer])
     columns = []
     for run_e, run_l in zip(ember["runs"], llama["runs"]):
         me, ml = run_e["metrics"], run_l["metrics"]
         rows_e = [(k, f(me)) for k, f in RATIO_ROWS]
         rows_l = [(k, f(ml)) for k, f in RATIO_ROWS]
         rows_r = [(k, (a / b) if isinstance(a, (int, float)) and b else float("nan")) for (k, a), (_, b) in zip(rows_e, rows_l)]
-        columns += [(run_name(ember, run_e), rows_e), (run_name(llama, run_l), rows_l), ("ember / llamacpp", rows_r)]
-    print_table(columns, "ember serve vs llama.cpp server (same client, same workload)")
+        columns += [(run_name(ember, run_e), rows_e), (run_name(llama, run_l), rows_l), (f"ember / {peer}", rows_r)]
+    print_table(columns, f"ember serve vs {peer} (same client, same workload)")
 
 
 def _num(v) -> str:
@@ -95,13 +120,13 @@ def _num(v) -> str:
     return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
-def markdown_table(files: dict[str, str]) -> str:
+def markdown_table(files: dict[str, str], peer: str) -> str:
     """The ratio table as Markdown, for benchmarks/README.md."""
-    ember, llama = load_report(files["ember"]), load_report(files["llamacpp"])
+    ember, llama = load_report(files["ember"]), load_report(files[peer])
     head = ["metric"]
     for run in ember["runs"]:
         rate = run_name(ember, run).split(" ", 1)[1]
-        head += [f"ember {rate}", f"llama.cpp {rate}", "ratio"]
+        head += [f"ember {rate}", f"{peer} {rate}", "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, f in RATIO_ROWS:
         cells = [key]
@@ -115,7 +140,7 @@ def markdown_table(files: dict[str, str]) -> str:
 def run_one(args, name: str, model: str, rate: str, out: str) -> None:
     """Start server `name`, run the workload at `rate` into `out`, stop the server."""
     port = free_port()
-    cmd, ready = server_commands(args, model, port)[name]
+    cmd, ready = server_commands(args, model, port, name)
     log = os.path.join(args.out_dir, f"{name}-rate{rate}-server.log")
     print(f"[{name}] {' '.join(cmd)}", file=sys.stderr)
     with open(log, "wb") as f:
@@ -143,7 +168,8 @@ def merge_runs(paths: list[str], out: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default="ember,llamacpp", help="which to run, in order")
+    p.add_argument("--servers", default="ember,llamacpp",
+                   help="which to run, in order: ember, llamacpp, llama-server-npN (N parallel slots)")
     p.add_argument("--model", default=None, help="GGUF file (default: the default model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-num-seqs", type=int, default=32, help="ember serve --max-num-seqs")
@@ -151,6 +177,8 @@ def main() -> int:
     p.add_argument("--ember-args", default="", help="more `ember serve` flags, one string")
     p.add_argument("--llamacpp-args", default="", help="more `llama_cpp.server` flags, one string")
     p.add_argument("--llamacpp-python", default=None, help="python of the peer venv (default: build/find it)")
+    p.add_argument("--llamacpp-tools", default=None, help="directory of llama-server (default: llamacpp_tools.sh)")
+    p.add_argument("--llama-server-args", default="", help="more llama-server flags, one string")
     p.add_argument("--endpoint", default="chat", choices=["chat", "completions"])
     p.add_argument("--workload", default="chat-like")
     p.add_argument("--num-prompts", type=int, default=200)
@@ -164,8 +192,9 @@ def main() -> int:
     args = p.parse_args()
     args.end_tokens = [int(t) for t in args.end_tokens.split(",") if t.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not servers or any(s not in ("ember", "llamacpp") for s in servers):
-        raise SystemExit("--servers: a comma-separated list of ember, llamacpp")
+    if not servers or any(s not in ("ember", "llamacpp") and not re.fullmatch(r"llama-server-np[1-9][0-9]*", s)
+                          for s in servers):
+        raise SystemExit("--servers: a comma-separated list of ember, llamacpp, llama-server-npN")
     args.servers = servers
     from ember.loader import default_model_path
     model = os.path.abspath(args.model) if args.model else default_model_path()
@@ -179,9 +208,10 @@ def main() -> int:
             run_one(args, name, model, rate.strip(), out)
             parts[name].append(out)
     files = {name: merge_runs(paths, os.path.join(args.out_dir, f"{name}.json")) for name, paths in parts.items()}
-    ratio_table(files)
-    if set(files) == {"ember", "llamacpp"}:
-        print(markdown_table(files))
+    if "ember" in files:
+        for peer in (n for n in files if n != "ember"):
+            ratio_table(files, peer)
+            print(markdown_table(files, peer))
     subprocess.run([os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "compare", *files.values(),
                     "--plot", os.path.join(args.out_dir, "plots")], cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"results and plots in {args.out_dir}", file=sys.stderr)
