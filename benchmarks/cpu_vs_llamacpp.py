@@ -12,7 +12,13 @@ builds it; benchmarks/peers/llamacpp_worker.py drives it through llama_decode). 
                tok/s over the steps that decode all C (llama.cpp: one llama_decode of C tokens
                per step in one unified KV cache); also generated tokens / total time
 
-Warm-up first, then the median of --repeats fresh prompts (prefix caching off). With
+Warm-up first, then the median of --repeats fresh prompts (prefix caching off).
+
+`--llama-tools` adds llama.cpp measured by its own tools from the same vendored sources
+(peers/llamacpp_tools.sh builds them): `llama-bench` (pp = --prefill-len, tg = --new-tokens) and
+`llama-batched-bench` (--decode-prompt-len-token prompts, --new-tokens each, 1 and --concurrency
+sequences; its decode speed S_TG). These are llama.cpp at its best on this machine (no Python,
+no ctypes, its own batching), the peer the ratios should be read against. With
 `--instructions`, each engine also runs once more under valgrind (callgrind), on one thread,
 counting only while it generates 4 and then 20 tokens after a 32-token prompt: instructions
 per generated token = the difference / 16 (callgrind_marks.py; perf has no hardware counters
@@ -93,6 +99,51 @@ def llamacpp_python(explicit: str | None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def llama_tools_dir(given: str) -> str:
+    if given != "auto":
+        return given
+    out = subprocess.run(["bash", os.path.join(HERE, "peers", "llamacpp_tools.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"llamacpp_tools.sh failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+        elif line.startswith("["):
+            out += json.loads(line)
+    return out
+
+
+def llama_tools(bin_dir: str, model: str, threads: int, args, conc: list[int]) -> dict:
+    """llama.cpp's own llama-bench and llama-batched-bench, read into this script's figures."""
+    bench = subprocess.run([os.path.join(bin_dir, "llama-bench"), "-m", model, "-t", str(threads),
+                            "-p", str(args.prefill_len), "-n", str(args.new_tokens), "-r", str(args.repeats),
+                            "-o", "jsonl"], capture_output=True, text=True, check=True)
+    rows = _json_lines(bench.stdout)
+    res = {"engine": "llama.cpp tools", "threads": threads, "peak_rss_mib": float("nan"),
+           "llama_bench": rows}
+    res["prefill_tok_s"] = next(r["avg_ts"] for r in rows if r["n_prompt"] and not r["n_gen"])
+    res["decode_tok_s"] = next(r["avg_ts"] for r in rows if r["n_gen"] and not r["n_prompt"])
+    npl = sorted({1, *conc})
+    ctx = max(npl) * (args.decode_prompt_len + args.new_tokens) + 64
+    batched = subprocess.run([os.path.join(bin_dir, "llama-batched-bench"), "-m", model, "-t", str(threads),
+                              "-tb", str(threads), "-c", str(ctx), "-b", "2048", "-ub", "512",
+                              "-npp", str(args.decode_prompt_len), "-ntg", str(args.new_tokens),
+                              "-npl", ",".join(map(str, npl)), "--output-format", "jsonl"],
+                             capture_output=True, text=True, check=True)
+    lines = _json_lines(batched.stdout)
+    res["llama_batched_bench"] = lines
+    for c in conc:
+        row = next(r for r in lines if r["pl"] == c)
+        res[f"batched_{c}"] = {"decode_tok_s": row["speed_tg"], "generated_tok_s_overall": c * args.new_tokens / row["t"]}
+    return res
+
+
 def run_worker(cmd: list[str], job: dict, count_instructions: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         jp, op = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
@@ -131,6 +182,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="8,32", help="batched decode at these numbers of sequences")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--llamacpp-python", default=None, help="python of the llama-cpp-python venv")
+    ap.add_argument("--llama-tools", default=None, metavar="DIR|auto",
+                    help="also llama.cpp's own llama-bench and llama-batched-bench from DIR (auto: build them)")
     ap.add_argument("--instructions", action="store_true", help="also count instructions per token (valgrind)")
     ap.add_argument("--output", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -158,6 +211,10 @@ def main() -> None:
         log("llama.cpp")
         lcmd = [llamacpp_python(args.llamacpp_python), os.path.join(HERE, "peers", "llamacpp_worker.py")]
         engines.append(("llama.cpp", lcmd, run_worker(lcmd, job)))
+    tools = None
+    if args.llama_tools:
+        log("llama.cpp's own tools")
+        tools = llama_tools(llama_tools_dir(args.llama_tools), job["model"], args.threads, args, conc)
     if args.instructions:
         for name, cmd, res in engines:
             log(f"instructions per token: {name}")
@@ -172,7 +229,8 @@ def main() -> None:
         return v["decode_tok_s"] if isinstance(v, dict) else v
 
     rows = []
-    for name, _, res in engines:
+    listed = engines + ([("llama.cpp tools", None, tools)] if tools else [])
+    for name, _, res in listed:
         row = {"engine": name}
         for label, key in keys:
             row[f"{label} tok/s"] = fig(res, key)
@@ -186,6 +244,11 @@ def main() -> None:
         row = {"engine": f"ratio {name.split()[-1]} / llama.cpp"}
         for label, key in keys:
             row[f"{label} tok/s"] = fig(res, key) / fig(peer, key)
+        rows.append(row)
+    for name, _, res in (engines[:-1] if peer else engines) if tools else []:
+        row = {"engine": f"ratio {name.split()[-1]} / llama.cpp tools"}
+        for label, key in keys:
+            row[f"{label} tok/s"] = fig(res, key) / fig(tools, key)
         rows.append(row)
     for name, _, res in engines:
         if name.startswith("ember"):
@@ -203,7 +266,7 @@ def main() -> None:
             print(f"{name}: leading greedy tokens equal to llama.cpp's, per prompt: {agree}")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        json.dump({"env": env, "args": vars(args), "results": {n: r for n, _, r in engines}},
+        json.dump({"env": env, "args": vars(args), "results": {n: r for n, _, r in listed}},
                   open(args.output, "w"), indent=1)
 
 

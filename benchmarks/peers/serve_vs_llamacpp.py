@@ -43,26 +43,18 @@ RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda
               ("failed", lambda m: m["failed"]), ("output tokens", lambda m: m["total_output_tokens"]))
 
 
-def llamacpp_python(given: str | None) -> str:
+def peer_build(script: str, given: str | None) -> str:
+    """What a peer's build script prints last (a python, a directory), unless given."""
     if given:
         return given
-    out = subprocess.run(["bash", os.path.join(PEERS, "llamacpp_env.sh")], capture_output=True, text=True)
+    out = subprocess.run(["bash", os.path.join(PEERS, script)], capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"llamacpp_env.sh failed:\n{out.stderr[-2000:]}")
-    return out.stdout.strip().splitlines()[-1]
-
-
-def llamacpp_tools(given: str | None) -> str:
-    if given:
-        return given
-    out = subprocess.run(["bash", os.path.join(PEERS, "llamacpp_tools.sh")], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"llamacpp_tools.sh failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"{script} failed:\n{out.stderr[-2000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
 def llama_server_command(args, model: str, port: int, slots: int) -> list[str]:
-    return [os.path.join(llamacpp_tools(args.llamacpp_tools), "llama-server"), "-m", model, "--host", "127.0.0.1",
+    return [os.path.join(peer_build("llamacpp_tools.sh", args.llamacpp_tools), "llama-server"), "-m", model, "--host", "127.0.0.1",
             "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads), "-np", str(slots), "-cb",
             "-c", str(args.n_ctx * slots), *shlex.split(args.llama_server_args)]
 
@@ -80,7 +72,7 @@ def _python_servers(args, model: str, port: int) -> dict[str, tuple[list[str], s
     ember = [os.path.join(ROOT, ".venv", "bin", "ember"), "serve", "--host", "127.0.0.1", "--port", str(port),
              "--model", model, "--threads", str(args.threads), "--max-num-seqs", str(args.max_num_seqs)]
     ember += shlex.split(args.ember_args)
-    llama = [llamacpp_python(args.llamacpp_python) if "llamacpp" in args.servers else "python", "-m",
+    llama = [peer_build("llamacpp_env.sh", args.llamacpp_python) if "llamacpp" in args.servers else "python", "-m",
              "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
              "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
              "--interrupt_requests", "False"]  # its default True ends a stream when another request arrives
