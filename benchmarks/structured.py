@@ -133,7 +133,10 @@ def validity(llm, n: int, seed: int, max_tokens: int) -> list[dict]:
                      "valid %": 100 * ok / n, "cut by max_tokens": sum(o.outputs[0].finish_reason == "length"
                                                                      for o in outs),
                      "validator": name, "seconds": seconds,
-                     "tokens": sum(len(o.outputs[0].token_ids) for o in outs)})
+                     "tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+                     # what the cut outputs were doing when max_tokens ran out (their last characters)
+                     "cut examples": [{"schema": k, "tail": o.outputs[0].text[-160:]}
+                                      for k, o in zip(names, outs) if o.outputs[0].finish_reason == "length"][:8]})
     return rows
 
 
@@ -202,7 +205,7 @@ def main() -> None:
     out = {"environment": environment(threads), "dtype": args.dtype.split(",")[0]}
     if args.n:
         out["validity"] = validity(llm, args.n, args.seed, args.max_tokens)
-        print_table(out["validity"], title="validity")
+        print_table([{k: v for k, v in r.items() if k != "cut examples"} for r in out["validity"]], title="validity")
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if concurrency:
         out["overhead"] = overhead(llm, concurrency, args.new_tokens, args.repeats)
