@@ -44,6 +44,7 @@ class EngineConfig:
     kv_cache_memory: str = field(default="1GiB", metadata={"help": "KV-cache capacity in bytes, e.g. 512MiB, 2GiB"})
     kv_cache_dtype: str = field(default="auto", metadata={"help": "how KV blocks are stored: auto (the model dtype), fp32, bf16, fp8-e4m3, fp8-e5m2 (a scale per block and KV head), int8 (a scale per token and KV head), kivi4, kivi2 (KIVI: keys per channel over each block, values per token; a full-precision key residual per block), bfp4, bfp8 (block floating point: per token, 32 channels share an 8-bit exponent)"})
     kv_press: str = field(default="", metadata={"help": "token press applied to each sequence once its prompt is in the cache, NAME[:RATIO] with RATIO the share of entries removed (default 0.5): streaming, knorm, snapkv, tova, observed, expected-attention, kvcrush, merge; empty: none"})
+    kv_press_interval: int = field(default=0, metadata={"help": "press each pressed sequence again every N decode steps, back to the entries its first press kept (queries of the tokens since the last press); 0: once, after the prompt"})
     kv_press_base: str = field(default="snapkv", metadata={"help": "kvcrush, merge: the scoring press they build on"})
     kvcrush_share: float = field(default=0.25, metadata={"help": "kvcrush: share of the kept entries given to representatives of the evicted ones"})
     max_model_len: int = field(default=0, metadata={"help": "longest sequence (prompt + output); 0: the model's context"})
@@ -113,7 +114,7 @@ class EngineConfig:
                      "continuum_min_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("threads", "kv_cache_tokens", "max_model_len"):
+        for name in ("threads", "kv_cache_tokens", "max_model_len", "kv_press_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.fused_decode not in ("auto", "on", "off"):

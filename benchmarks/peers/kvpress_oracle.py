@@ -51,7 +51,8 @@ def ember_scores(model_path: str, ids: list[int], names) -> dict:
     for name in names:
         press = KV_PRESSES.create(name, 0.5)
         n = press.window(len(ids))
-        window = observe_window(engine.model, engine.kv_cache, ids, seq.block_ids, n) if n else None
+        window = observe_window(engine.model, engine.kv_cache, ids[len(ids) - n:], len(ids) - n, len(ids),
+                                seq.block_ids) if n else None
         out[name] = [press.score(layer, *engine.kv_cache.gather(layer, table, len(ids)), window)
                      for layer in range(engine.kv_cache.num_layers)]
     return out

@@ -75,6 +75,7 @@ class LLMEngine:
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
         self.press = KV_PRESSES.create(*parse_press(config.kv_press), config) if config.kv_press else None
+        self._press_budget: dict[str, int] = {}  # request id -> entries its first press kept (--kv-press-interval)
         self.profiler = StepProfiler(self.runner.decoder)  # off until profiler.enable(path)
         self.requests: dict[str, Request] = {}  # every unfinished sequence, by its own id
         self.groups: dict[str, list[Request]] = {}  # user-facing request id -> its n sequences
@@ -248,10 +249,22 @@ class LLMEngine:
     def _press(self, requests: list[Request]) -> None:
         """Compress each sequence whose prompt just went into the cache (its first token was
         sampled this step), before anything attends to its cache again. A sequence recomputed
-        after preemption comes back unpressed; one swapped out keeps its compacted blocks."""
+        after preemption comes back unpressed; one swapped out keeps its compacted blocks.
+        With --kv-press-interval N, a sequence is pressed again each time N entries have been
+        added since, back to the size its first press left (its budget)."""
+        interval = self.config.kv_press_interval
         for request in requests:
-            if len(request.output_token_ids) == 1 and not request.is_finished and not request.num_dropped_tokens:
+            if request.is_finished:
+                continue
+            if len(request.output_token_ids) == 1 and not request.num_dropped_tokens:
                 compact(self.press, self.kv_cache, self.kv, request, self.model)
+                if interval:
+                    self._press_budget[request.request_id] = request.num_cached_tokens
+            elif interval and request.request_id in self._press_budget:
+                budget = self._press_budget[request.request_id]
+                if request.num_cached_tokens >= budget + interval:
+                    compact(self.press, self.kv_cache, self.kv, request, self.model, keep=budget,
+                            max_window=request.num_cached_tokens - budget)
 
     def _timed_add_text(self, clock):
         """_add_text that charges detokenization to its own phase of the step profile."""
@@ -293,6 +306,7 @@ class LLMEngine:
         """A finished sequence: its text is complete, and it leaves the unfinished set."""
         self._text[request.request_id].finish()
         self.requests.pop(request.request_id, None)
+        self._press_budget.pop(request.request_id, None)
 
     def text_state(self, request: Request) -> TextState:
         return self._text[request.request_id]

@@ -164,3 +164,40 @@ def test_merge_folds_evicted_values_into_the_nearest_kept_entry():
     owner = torch.tensor([min(range(32), key=lambda j: (abs(int(index[j]) - t), j)) for t in range(64)])
     for j in range(32):
         assert torch.allclose(v[j], values[owner == j].mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("press", ["streaming", "snapkv"])
+def test_pressed_again_every_n_decode_steps(make_llm, mixed_prompts, press):
+    """--kv-press-interval 8: each sequence's entries grow to its first press's budget + 8, then
+    are pressed back to the budget (snapkv from the queries of the 8 tokens since); the fused
+    step and the torch reference agree, and nothing leaks."""
+    prompts = long_prompts(mixed_prompts, 3)
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=5)
+    runs = {}
+    for name, config in {"default": {}, "torch": {"attention": "torch", "fused_decode": "off"}}.items():
+        llm = make_llm(kv_press=f"{press}:0.5", kv_press_interval=8, **config)
+        runs[name] = [o.outputs[0] for o in llm.generate(prompts, params)]
+        assert not llm.engine._press_budget
+        assert_no_leak(llm)
+    engine = llm.engine  # again, step by step, watching the entries each sequence holds
+    for p in prompts:
+        engine.add_request(p, params)
+    budgets, peak = {}, {}
+    while engine.has_unfinished():
+        engine.step()
+        for r in engine.scheduler.running:
+            budget = engine._press_budget.get(r.request_id)
+            if budget is not None:
+                budgets[r.request_id] = budget
+                peak[r.request_id] = max(peak.get(r.request_id, 0), r.num_cached_tokens)
+                assert r.num_cached_tokens <= budget + 7  # pressed in the step that reaches budget + 8
+                assert r.num_dropped_tokens == r.num_computed_tokens - r.num_cached_tokens
+    assert len(budgets) == 3 and all(peak[k] == budgets[k] + 7 for k in budgets)  # grew to the bound, no more
+    assert count_near_ties(runs["torch"], runs["default"]) <= 1
+    once = [o.outputs[0] for o in make_llm(kv_press=f"{press}:0.5").generate(prompts, params)]
+    assert [o.token_ids for o in once] != [o.token_ids for o in runs["default"]]  # the later presses change the output
+
+
+def test_press_interval_must_not_be_negative():
+    with pytest.raises(ValueError, match="kv_press_interval must not be negative"):
+        EngineConfig(kv_press_interval=-1)

@@ -34,8 +34,9 @@ def ember_side(ember_lm, prompt_ids):
         engine.step()
     table = torch.tensor(seq.block_ids)
     cache = [engine.kv_cache.gather(layer, table, len(prompt_ids)) for layer in LAYERS]
-    windows = {n: observe_window(engine.model, engine.kv_cache, prompt_ids, seq.block_ids, n)
-               for n in (1, 64, len(prompt_ids))}
+    total = len(prompt_ids)
+    windows = {n: observe_window(engine.model, engine.kv_cache, prompt_ids[total - n:], total - n, total, seq.block_ids)
+               for n in (1, 64, total)}
     while engine.has_unfinished():
         engine.step()
     engine.release(rid)

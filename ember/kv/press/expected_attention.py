@@ -41,7 +41,8 @@ class ExpectedAttentionPress(KVPress):
         mu = q.mean(dim=0)  # [H, D]
         centered = q - mu
         cov = torch.einsum("nhi,nhj->hij", centered, centered) / q.shape[0]
-        future = torch.arange(total, total + self.n_future_positions).clamp_(max=window.cos.shape[0] - 1)
+        start = window.next_position  # past the entries' count once an earlier press dropped some
+        future = torch.arange(start, start + self.n_future_positions).clamp_(max=window.cos.shape[0] - 1)
         rot = averaged_rotation(window.cos[future].float(), window.sin[future].float())
         mu, cov = mu @ rot.T, rot @ cov @ rot.T
         group = q.shape[1] // keys.shape[1]

@@ -7,7 +7,11 @@ prompt is in the cache: the last `n` prompt tokens go through the model's PyTorc
 again, at their own positions, with an attention backend that records each layer's queries
 and attends over the cache as it stands (causal within the window) without writing to it.
 That costs a forward of n tokens (64 for SnapKV, 1 for TOVA, the whole prompt for the presses
-that read every query), once per sequence.
+that read every query), once per press of a sequence.
+
+A sequence pressed again later (`--kv-press-interval`) reads the queries of the tokens written
+since its last press (they are its last cache entries, none evicted), at their own positions,
+over the entries the earlier press kept.
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ from ember.models.rope import apply_rope
 @dataclass
 class QueryWindow:
     queries: list[torch.Tensor]  # per layer: [n, H, D] after RoPE, in the model's dtype
-    positions: torch.Tensor  # [n] the window's positions (the last n of the prompt)
+    positions: torch.Tensor  # [n] the window's positions (the last n of the sequence's tokens)
     num_entries: int  # cache entries of the sequence (the window is its last n)
+
+    @property
+    def next_position(self) -> int:
+        """The position of the token after the window (entries and positions differ once pressed)."""
+        return int(self.positions[-1]) + 1
     scale: float  # softmax scale, head_dim ** -0.5
     cos: torch.Tensor  # the model's RoPE tables [max_position, D], for presses that rotate
     sin: torch.Tensor
@@ -51,16 +60,17 @@ class _RecordQueries(AttentionBackend):
 
 
 @torch.inference_mode()
-def observe_window(model, kv_cache, token_ids: list[int], block_ids: list[int], n: int) -> QueryWindow:
-    """The queries of the last `n` of a sequence's cached tokens (`token_ids`, all of them in
-    the cache at their own positions in blocks `block_ids`, none dropped)."""
-    total = len(token_ids)
-    n = max(1, min(n, total))
+def observe_window(model, kv_cache, window_ids: list[int], first_position: int, num_entries: int,
+                   block_ids: list[int]) -> QueryWindow:
+    """The queries of a sequence's last tokens `window_ids`, at positions first_position on,
+    whose entries are the last len(window_ids) of its `num_entries` cache entries (in blocks
+    `block_ids`)."""
+    n = len(window_ids)
     table = torch.tensor(block_ids, dtype=torch.long)
     recorder = _RecordQueries(table)
-    ids = torch.tensor(token_ids[total - n:], dtype=torch.long)
-    positions = torch.arange(total - n, total, dtype=torch.long)
-    meta = AttentionMetadata([n], [total], None, table[None])
+    ids = torch.tensor(window_ids, dtype=torch.long)
+    positions = torch.arange(first_position, first_position + n, dtype=torch.long)
+    meta = AttentionMetadata([n], [num_entries], None, table[None])
     model(ids, positions, meta, kv_cache, recorder)
-    return QueryWindow([recorder.queries[i] for i in range(model.cfg.num_layers)], positions, total,
+    return QueryWindow([recorder.queries[i] for i in range(model.cfg.num_layers)], positions, num_entries,
                        model.cfg.head_dim ** -0.5, model.cos, model.sin)
