@@ -50,7 +50,9 @@ def test_aten_kernel_matches_reference(weights, rows):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 32])
+# Every tile of every variant: AVX2's 6-row tile and its <= 3-row form; AVX-512's 16-row tile,
+# its <= 3-row form, and the even split of 17 and 33 rows into tiles.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 13, 16, 17, 32, 33])
 def test_native_kernel_matches_reference(weights, rows, cpu_variant):
     method = get_linear_method("int8")
     torch.manual_seed(100 + rows)

@@ -102,6 +102,89 @@ static inline void int4_block_tile(const uint8_t* codes, const uint16_t* sm, con
     for (int i = 0; i < 4; i++) r[i] = sum[i];
 }
 
+#if defined(__AVX512BW__)
+/* The AVX-512 form (avx512 and avx512vnni variants): two blocks of 8 rows side by side in one
+ * 64-byte vector, so 16 output rows share each broadcast of 4 activation bytes, and up to
+ * INT4_ROWS_512 activation rows share each decoded weight vector. Same layout, same products,
+ * same order of the fp32 sums as int4_block_tile (the group's integer dot is exact either way).
+ * With AVX512-VNNI one vpdpbusd multiplies 4 codes of 16 rows by 4 activation bytes and adds
+ * into int32 lanes (no int16 step, no vpmaddwd per group); without it vpmaddubsw + int16 sums
+ * as in the AVX2 loop, 64 bytes wide. */
+#define INT4_ROWS_512 8
+
+/* Rows 0..MT-1 of the quantized rows xq (from row m0) times blocks b (codes0, sm0) and b + 1
+ * (codes1, sm1): r[i] holds row i's 16 sums (block b's 8 rows, then block b + 1's). MT is a
+ * constant in each instance (int4_pair_rows), so the tile has no row tests inside. */
+static inline __attribute__((always_inline)) void int4_pair_tile(const uint8_t* codes0, const uint8_t* codes1,
+                                                                 const uint16_t* sm0, const uint16_t* sm1,
+                                                                 const q8_rows* xq, long K, long m0, const int MT,
+                                                                 __m512 r[INT4_ROWS_512]) {
+    const long G = K / 32;
+    const __m512i nib = _mm512_set1_epi8(15);
+#if !defined(__AVX512VNNI__)
+    const __m512i ones = _mm512_set1_epi16(1);
+#endif
+    __m512 sum[INT4_ROWS_512];
+    for (int i = 0; i < MT; i++) sum[i] = _mm512_setzero_ps();
+    const int8_t* xr = xq->q + m0 * K;
+    const float* dr = xq->d + m0 * G;
+    const float* Xr = xq->X + m0 * G;
+    for (long g = 0; g < G; g++, codes0 += 128, codes1 += 128, sm0 += 16, sm1 += 16) {
+        _mm_prefetch((const char*)(codes0 + PREFETCH_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char*)(codes0 + PREFETCH_BYTES + 64), _MM_HINT_T0);
+        _mm_prefetch((const char*)(codes1 + PREFETCH_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char*)(codes1 + PREFETCH_BYTES + 64), _MM_HINT_T0);
+        if (!(g & 1)) {
+            _mm_prefetch((const char*)sm0 + PREFETCH_BYTES / 4, _MM_HINT_T0);
+            _mm_prefetch((const char*)sm1 + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        }
+        __m512i acc[INT4_ROWS_512];
+        for (int i = 0; i < MT; i++) acc[i] = _mm512_setzero_si512();
+        #pragma GCC unroll 1
+        for (int j = 0; j < 4; j++) {
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(codes0 + 32 * j))),
+                                           _mm256_loadu_si256((const __m256i*)(codes1 + 32 * j)), 1);
+            __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+            for (int i = 0; i < MT; i++) {
+                const int8_t* xg = xr + i * K + 32 * g + 8 * j;
+                __m512i xa = _mm512_set1_epi32(*(const int32_t*)xg), xb = _mm512_set1_epi32(*(const int32_t*)(xg + 4));
+#if defined(__AVX512VNNI__)
+                acc[i] = _mm512_dpbusd_epi32(acc[i], lo, xa);
+                acc[i] = _mm512_dpbusd_epi32(acc[i], hi, xb);
+#else
+                acc[i] = _mm512_add_epi16(acc[i], _mm512_add_epi16(_mm512_maddubs_epi16(lo, xa), _mm512_maddubs_epi16(hi, xb)));
+#endif
+            }
+        }
+        __m256i s16 = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)sm0)),
+                                              _mm_loadu_si128((const __m128i*)sm1), 1);
+        __m256i m16 = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(sm0 + 8))),
+                                              _mm_loadu_si128((const __m128i*)(sm1 + 8)), 1);
+        __m512 s = _mm512_cvtph_ps(s16), mn = _mm512_cvtph_ps(m16);
+        for (int i = 0; i < MT; i++) {
+#if defined(__AVX512VNNI__)
+            __m512 dot = _mm512_cvtepi32_ps(acc[i]);
+#else
+            __m512 dot = _mm512_cvtepi32_ps(_mm512_madd_epi16(acc[i], ones));
+#endif
+            sum[i] = _mm512_fmadd_ps(dot, _mm512_mul_ps(s, _mm512_set1_ps(dr[i * G + g])), sum[i]);
+            sum[i] = _mm512_fmadd_ps(mn, _mm512_set1_ps(Xr[i * G + g]), sum[i]);
+        }
+    }
+    for (int i = 0; i < MT; i++) r[i] = sum[i];
+}
+
+/* One pair of blocks against rows m0..m0+mt-1, the tile instantiated for each row count. */
+static void int4_pair_rows(const uint8_t* codes0, const uint8_t* codes1, const uint16_t* sm0, const uint16_t* sm1,
+                           const q8_rows* xq, long K, long m0, long mt, __m512 r[INT4_ROWS_512]) {
+    switch (mt) {
+#define INT4_CASE(n) case n: int4_pair_tile(codes0, codes1, sm0, sm1, xq, K, m0, n, r); break;
+        INT4_CASE(1) INT4_CASE(2) INT4_CASE(3) INT4_CASE(4) INT4_CASE(5) INT4_CASE(6) INT4_CASE(7) INT4_CASE(8)
+#undef INT4_CASE
+    }
+}
+#endif
+
 /* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting blocks of 8 rows. Small
  * batches: every thread quantizes x for itself (no barrier); larger ones share the work.
  * kind: always int4 (the common signature of linear.h's per-kind table). */
@@ -129,8 +212,31 @@ static void linear_int4_omp(const ember_weight* W, const float* x, long M, float
     } else {
         quantize_q8_rows(x, 0, M, K, &xq);
     }
+#if defined(__AVX512BW__)
+    /* pairs of blocks (16 rows); an odd last block takes the 8-row loop below */
+    #pragma omp for schedule(static) nowait
+    for (long p = 0; p < blocks / 2; p++) {
+        const long b = 2 * p;
+        const uint8_t* codes = (const uint8_t*)W->w + b * G * 128;
+        const uint16_t* sm = W->sm + b * G * 16;
+        __m512 bias = W->bias ? _mm512_loadu_ps(W->bias + 8 * b) : _mm512_setzero_ps();
+        for (long m0 = 0; m0 < M; m0 += INT4_ROWS_512) {
+            long mt = M - m0 < INT4_ROWS_512 ? M - m0 : INT4_ROWS_512;
+            __m512 r[INT4_ROWS_512];
+            int4_pair_rows(codes, codes + G * 128, sm, sm + G * 16, &xq, K, m0, mt, r);
+            for (long i = 0; i < mt; i++) {
+                float* out = y + (m0 + i) * ldy + 8 * b;
+                __m512 v = _mm512_add_ps(r[i], bias);
+                _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), v) : v);
+            }
+        }
+    }
+    const long first = blocks & ~1L;
+#else
+    const long first = 0;
+#endif
     #pragma omp for schedule(static)
-    for (long b = 0; b < blocks; b++) {
+    for (long b = first; b < blocks; b++) {
         const uint8_t* codes = (const uint8_t*)W->w + b * G * 128;
         const uint16_t* sm = W->sm + b * G * 16;
         __m256 bias = W->bias ? _mm256_loadu_ps(W->bias + 8 * b) : _mm256_setzero_ps();
