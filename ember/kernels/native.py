@@ -240,6 +240,15 @@ def describe() -> str:
     return f"{chosen}{forced}; this CPU runs {', '.join(supported_variants())}"
 
 
+def wide_vectors() -> bool:
+    """Whether the kernels load as an AVX-512 variant (64-byte vectors, 32 registers): there
+    some kernels outrun torch's GEMM at prefill sizes too (int8's panels)."""
+    try:
+        return (variant() or "").startswith("avx512") and available()
+    except ValueError:
+        return False
+
+
 def available() -> bool:
     return load("linear") is not None
 
