@@ -30,30 +30,68 @@ typedef struct {
     float* X;   /* [M, G] d * sum(q): the minimums' share */
 } q8_rows;
 
+/* max |x| over the 32 inputs at p */
+static inline float group_amax(const float* p) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8), v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
+    return hmax_ps(_mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3))));
+}
+
+/* One group of 32 inputs at p onto the symmetric grid of qmax levels each side (127: Q8_0; 7:
+ * 4 bits): d = amax / qmax, q = round(x * (qmax / amax)) into q, d and d * sum(q) into *d, *X. */
+static inline void quantize_group(const float* p, float amax, float qmax, int8_t* q, float* d, float* X) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undoes the packs' lane split */
+    __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8), v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
+    float dd = amax / qmax, id = amax > 0.0f ? qmax / amax : 0.0f;
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_hadd_epi32(s4, s4);
+    s4 = _mm_hadd_epi32(s4, s4);
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(b, order));
+    *d = dd;
+    *X = dd * (float)_mm_cvtsi128_si32(s4);
+}
+
 static void quantize_q8_rows(const float* x, long m0, long m1, long K, q8_rows* out) {
     const long G = K / 32;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undoes the packs' lane split */
     for (long m = m0; m < m1; m++)
         for (long g = 0; g < G; g++) {
             const float* p = x + m * K + 32 * g;
-            __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8), v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
-            __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                      _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-            float amax = hmax_ps(mx);
-            float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-            __m256 vid = _mm256_set1_ps(id);
-            __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
-            __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
-            __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            s4 = _mm_hadd_epi32(s4, s4);
-            s4 = _mm_hadd_epi32(s4, s4);
-            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-            _mm256_storeu_si256((__m256i*)(out->q + m * K + 32 * g), _mm256_permutevar8x32_epi32(b, order));
-            out->d[m * G + g] = d;
-            out->X[m * G + g] = d * (float)_mm_cvtsi128_si32(s4);
+            quantize_group(p, group_amax(p), 127.0f, out->q + m * K + 32 * g, out->d + m * G + g, out->X + m * G + g);
         }
+}
+
+/* w4a4 (COMET's mixed activations, per row): the A4_KEEP_8BIT-th part of a row's groups with
+ * the largest max |x| (ceil(G / 8): the outlier blocks) on Q8_0's grid, every other group on 4
+ * bits (q in -7..7, d = amax / 7). A group keeps 8 bits when fewer than ceil(G / 8) groups of
+ * its row have a strictly larger max (ties keep 8 bits together): integer counts, so the C
+ * kernel and the reference (w4a4.py's quantize_a4) choose the same groups. The 4-bit codes are
+ * held in int8 lanes: the integer dot is int4's. */
+#define A4_KEEP_8BIT 8
+static void quantize_a4_rows(const float* x, long m0, long m1, long K, q8_rows* out) {
+    const long G = K / 32, keep = (G + A4_KEEP_8BIT - 1) / A4_KEEP_8BIT;
+    float* amax = (float*)malloc(sizeof(float) * G);
+    for (long m = m0; m < m1; m++) {
+        for (long g = 0; g < G; g++) amax[g] = group_amax(x + m * K + 32 * g);
+        for (long g = 0; g < G; g++) {
+            long above = 0;
+            for (long h = 0; h < G; h++) above += amax[h] > amax[g];
+            quantize_group(x + m * K + 32 * g, amax[g], above < keep ? 127.0f : 7.0f, out->q + m * K + 32 * g,
+                           out->d + m * G + g, out->X + m * G + g);
+        }
+    }
+    free(amax);
+}
+
+/* The activation quantizer of a kind of this family: int4's Q8_0, w4a4's mixed 4/8 bits. */
+static inline void quantize_rows(int kind, const float* x, long m0, long m1, long K, q8_rows* out) {
+    if (kind == EMBER_W4A4) quantize_a4_rows(x, m0, m1, K, out);
+    else quantize_q8_rows(x, m0, m1, K, out);
 }
 
 #define PREFETCH_BYTES 2048
@@ -187,9 +225,8 @@ static void int4_pair_rows(const uint8_t* codes0, const uint8_t* codes1, const u
 
 /* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting blocks of 8 rows. Small
  * batches: every thread quantizes x for itself (no barrier); larger ones share the work.
- * kind: always int4 (the common signature of linear.h's per-kind table). */
+ * kind: int4 or w4a4 (the same weights; they differ in how activations are quantized). */
 static void linear_int4_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate, int kind) {
-    (void)kind;
     const long K = W->k, G = K / 32, blocks = W->n / 8;
     q8_rows xq;
     int shared = M > 4;
@@ -208,9 +245,9 @@ static void linear_int4_omp(const ember_weight* W, const float* x, long M, float
     xq.q = qbuf, xq.d = fbuf, xq.X = fbuf + M * G;
     if (shared) {
         #pragma omp for schedule(static)
-        for (long m = 0; m < M; m++) quantize_q8_rows(x, m, m + 1, K, &xq);
+        for (long m = 0; m < M; m++) quantize_rows(kind, x, m, m + 1, K, &xq);
     } else {
-        quantize_q8_rows(x, 0, M, K, &xq);
+        quantize_rows(kind, x, 0, M, K, &xq);
     }
 #if defined(__AVX512BW__)
     /* pairs of blocks (16 rows); an odd last block takes the 8-row loop below */
