@@ -85,8 +85,9 @@ def test_without_the_c_kernel_it_is_the_reference(weights):
     w = weights[1]
     params = method.pack(w, None, torch.float32)
     assert "block_codes" in params  # int4's blocks either way
-    x = activations(3, w.shape[1])
-    torch.testing.assert_close(method.fallback(x, params), reference_apply(x, params), rtol=1e-5, atol=1e-5)
+    for rows in (3, method.dense_rows + 6):  # prefill sizes too: activations are quantized at every size
+        x = activations(rows, w.shape[1])
+        torch.testing.assert_close(method.apply(x, params), reference_apply(x, params), rtol=1e-5, atol=1e-5)
 
 
 def test_weights_are_int4s(weights):

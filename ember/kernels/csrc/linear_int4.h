@@ -14,7 +14,12 @@
  * Weights are decoded once per group and reused by up to 4 activation rows; batched decode and
  * prefill run here too, at a multiple of the fp32 FMA rate (4x more multiply-adds per
  * instruction).
- * Reference: the int4 method's `reference_apply` (dequantize, quantize_q8(x), F.linear).
+ * Under AVX-512 (avx512, avx512vnni variants) two blocks share a 64-byte vector (16 rows) and
+ * up to 8 activation rows share its decode; with VNNI, vpdpbusd sums 4 products straight into
+ * int32 lanes (int4_pair_tile). The same kernel runs `w4a4` (kind W4A4): the same weights,
+ * activations on 4 bits with the outlier eighth of groups on 8 (quantize_a4_rows).
+ * Reference: the int4 method's `reference_apply` (dequantize, quantize_q8(x), F.linear);
+ * w4a4's (w4a4.py: dequantize, quantize_a4(x), F.linear).
  */
 #ifndef EMBER_LINEAR_INT4_H
 #define EMBER_LINEAR_INT4_H

@@ -83,9 +83,16 @@ class W4A4Linear(Int4Linear):
         return {"weight_dtype": "int4-w4a4", "head_weight_bits": 8}
 
     def native_weight(self, params, with_bias=True):
+        if not self.use_native:
+            return None
         c = params["block_codes"]
         return native.weight("w4a4", c, c.shape[0] * ROWS, c.shape[1] * GROUP, sm=params["block_scale_min"],
                              bias=params.get("bias") if with_bias else None)
+
+    def kernel_takes_large_batches(self, params):
+        # Every batch size goes through the kernel or, without it, the reference: the dense
+        # route for large batches would multiply unquantized activations (not this method).
+        return True
 
     def fallback(self, x2, params):
         return F.linear(quantize_a4(x2.float()), dequantize_int4(params)).to(x2.dtype)
