@@ -129,25 +129,33 @@ static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M
     (void)kind;
     const long K = W->k, panels = W->n / 16;
 #if defined(__AVX512F__)
-    #pragma omp for schedule(static)
-    for (long p = 0; p < panels; p++) {
-        const int8_t* panel = (const int8_t*)W->w + p * K * 16;
-        __m512 s = _mm512_loadu_ps(W->scale + 16 * p);
-        __m512 b = W->bias ? _mm512_loadu_ps(W->bias + 16 * p) : _mm512_setzero_ps();
+    /* Prefill-sized batches in chunks of rows whose activations (~512 KB) stay in L2 while every
+     * panel streams by; one chunk of all rows at once read the whole of x from L3 per panel. */
+    long chunk = (131072 / K) / PANEL_ROWS_512 * PANEL_ROWS_512;
+    if (chunk < 4 * PANEL_ROWS_512) chunk = 4 * PANEL_ROWS_512;
+    for (long c0 = 0; c0 < M; c0 += chunk) {
+        const long cm = M - c0 < chunk ? M - c0 : chunk;
         /* rows split evenly into tiles of at most PANEL_ROWS_512 (32 rows: 16 + 16, not 16 + 16 + 0) */
-        const long tiles = (M + PANEL_ROWS_512 - 1) / PANEL_ROWS_512;
-        for (long t = 0, m0 = 0; t < tiles; t++) {
-            long mt = (M - m0) / (tiles - t);
-            __m512 r[PANEL_ROWS_512];
-            int8_panel_rows_512(panel, K, x + m0 * K, mt, r);
-            for (long i = 0; i < mt; i++) {
-                float* out = y + (m0 + i) * ldy + 16 * p;
-                __m512 v = _mm512_fmadd_ps(r[i], s, b);
-                _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), v) : v);
+        const long tiles = (cm + PANEL_ROWS_512 - 1) / PANEL_ROWS_512;
+        #pragma omp for schedule(static) nowait
+        for (long p = 0; p < panels; p++) {
+            const int8_t* panel = (const int8_t*)W->w + p * K * 16;
+            __m512 s = _mm512_loadu_ps(W->scale + 16 * p);
+            __m512 b = W->bias ? _mm512_loadu_ps(W->bias + 16 * p) : _mm512_setzero_ps();
+            for (long t = 0, m0 = c0; t < tiles; t++) {
+                long mt = (c0 + cm - m0) / (tiles - t);
+                __m512 r[PANEL_ROWS_512];
+                int8_panel_rows_512(panel, K, x + m0 * K, mt, r);
+                for (long i = 0; i < mt; i++) {
+                    float* out = y + (m0 + i) * ldy + 16 * p;
+                    __m512 v = _mm512_fmadd_ps(r[i], s, b);
+                    _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), v) : v);
+                }
+                m0 += mt;
             }
-            m0 += mt;
         }
     }
+    #pragma omp barrier
     return;
 #endif
     #pragma omp for schedule(static)
