@@ -7,7 +7,8 @@ Each variant's libraries are built and cached apart and `native.load` reads the 
 every call, so one process switches variants between calls. Timing: per (method, rows), the
 variants alternate call by call (a shared machine's changing load falls on each alike), and
 the figure is the median over --repeats rounds of the time of one pass over the layer (or
-the head); os.getloadavg() is recorded before and after. Random weights of the real shapes
+the head), wall clock and CPU time of the process (all threads: the "cpu x" ratios, which
+leave out the time other jobs hold the cores); os.getloadavg() is recorded before and after. Random weights of the real shapes
 (speed does not depend on the values); the int8 head is int8's own kernel.
 
 With --engine, the whole engine per (method, variant) instead: a model loaded and an LLM built
@@ -15,7 +16,8 @@ with EMBER_CPU_VARIANT set (the fused step's library is chosen then), the variab
 before each timed call (the PyTorch path's kernels, the int8 head, load per call): prefill of
 one --prefill-len prompt (1 output token; int4's and, under AVX-512, int8's prefill runs in the
 fused step), decode at --concurrency sequences (32-token prompts: concurrency x (n - 1) tokens
-over the time of n tokens minus that of 1) and single-stream decode (the same at 1 sequence).
+over the time of n tokens minus that of 1) and single-stream decode (the same at 1 sequence);
+each also per CPU second of the process (the "cpu x" ratios).
 Rounds visit every (method, variant) in turn; medians of --repeats rounds after a warm-up.
 
     python benchmarks/isa_variants.py --repeats 15 --output benchmarks/results/isa_variants.json
@@ -47,7 +49,6 @@ def packed(method_name: str, shapes: dict[str, tuple[int, int]]) -> tuple:
 
 def engine_rounds(args, variants: list[str], threads: int) -> list[dict]:
     from common import PromptMaker
-    from single_stream import ember_time
 
     from ember import LLM, SamplingParams
     from ember.loader import default_model_path, load_model
@@ -64,36 +65,45 @@ def engine_rounds(args, variants: list[str], threads: int) -> list[dict]:
     greedy = lambda n: SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)  # noqa: E731
 
     def batch_time(llm, prompts, n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(n), use_tqdm=False)
         assert all(len(o.outputs[0].token_ids) == n for o in outs)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    got = {key: {"prefill": [], "decode32": [], "decode1": []} for key in engines}
+    kinds = ("prefill", "decode32", "decode1")
+    got = {key: {k: [] for k in kinds} for key in engines}
+    cpu = {key: {k: [] for k in kinds} for key in engines}  # the same rates per CPU second (all threads)
     for rnd in range(args.repeats + 1):
         log(f"round {rnd} of {args.repeats} (0: warm-up), load {os.getloadavg()[0]:.2f}")
         long_prompt = make(args.prefill_len)
         batch = [make(32) for _ in range(args.concurrency)]
         for key, llm in engines.items():
             os.environ["EMBER_CPU_VARIANT"] = key[1]
-            dt, _ = ember_time(llm, long_prompt, 1)
+            dt = batch_time(llm, [long_prompt], 1)
             t1, tn = batch_time(llm, batch, 1), batch_time(llm, batch, args.new_tokens)
             s1, sn = batch_time(llm, batch[:1], 1), batch_time(llm, batch[:1], args.new_tokens)
             if rnd:
-                got[key]["prefill"].append(args.prefill_len / dt)
-                got[key]["decode32"].append(args.concurrency * (args.new_tokens - 1) / (tn - t1))
-                got[key]["decode1"].append((args.new_tokens - 1) / (sn - s1))
+                for j, into in ((0, got[key]), (1, cpu[key])):
+                    into["prefill"].append(args.prefill_len / dt[j])
+                    into["decode32"].append(args.concurrency * (args.new_tokens - 1) / (tn[j] - t1[j]))
+                    into["decode1"].append((args.new_tokens - 1) / (sn[j] - s1[j]))
     os.environ.pop("EMBER_CPU_VARIANT", None)
     rows = []
     for method in args.methods.split(","):
-        base = {k: median(got[method, variants[0]][k]) for k in ("prefill", "decode32", "decode1")}
+        base = {k: median(got[method, variants[0]][k]) for k in kinds}
+        base_cpu = {k: median(cpu[method, variants[0]][k]) for k in kinds}
         for v in variants:
-            m = {k: median(got[method, v][k]) for k in base}
+            m = {k: median(got[method, v][k]) for k in kinds}
+            c = {k: median(cpu[method, v][k]) for k in kinds}
             rows.append({"method": method, "variant": v,
                          f"prefill {args.prefill_len} tok/s": round(m["prefill"], 1), "x ": round(m["prefill"] / base["prefill"], 2),
+                         "cpu x ": round(c["prefill"] / base_cpu["prefill"], 2),
                          f"decode at {args.concurrency} tok/s": round(m["decode32"], 1), "x  ": round(m["decode32"] / base["decode32"], 2),
+                         "cpu x  ": round(c["decode32"] / base_cpu["decode32"], 2),
                          "decode at 1 tok/s": round(m["decode1"], 1), "x   ": round(m["decode1"] / base["decode1"], 2),
-                         "samples": {k: [round(t, 1) for t in got[method, v][k]] for k in base}})
+                         "cpu x   ": round(c["decode1"] / base_cpu["decode1"], 2),
+                         "samples": {k: [round(t, 1) for t in got[method, v][k]] for k in kinds},
+                         "samples_per_cpu_second": {k: [round(t, 1) for t in cpu[method, v][k]] for k in kinds}})
     return rows
 
 
@@ -135,21 +145,25 @@ def main() -> None:
                     continue  # prefill computes the head for its last row only
                 xs = [torch.randn(rows, k) for _, k in shapes.values()]
                 times: dict[str, list[float]] = {v: [] for v in variants}
+                cpu: dict[str, list[float]] = {v: [] for v in variants}
                 for r in range(args.repeats + 1):
                     for v in variants:
                         os.environ["EMBER_CPU_VARIANT"] = v
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         for x, w in zip(xs, weights):
                             native.linear(x, w)
                         if r:  # the first round builds and warms up
                             times[v].append(time.perf_counter() - t0)
+                            cpu[v].append(time.process_time() - c0)
                 row = {"method": method_name, "part": part, "rows": rows}
-                base = median(times[variants[0]])
+                base, base_cpu = median(times[variants[0]]), median(cpu[variants[0]])
                 for v in variants:
                     t = median(times[v])
                     row[f"{v} ms"] = round(t * 1e3, 3)
                     row[f"{v} GOP/s"] = round(ops_per_row * rows / t / 1e9, 1)
                     row[f"{v} x {variants[0]}"] = round(base / t, 2)
+                    # CPU seconds of all threads: time spent descheduled by other jobs drops out
+                    row[f"{v} cpu x {variants[0]}"] = round(base_cpu / median(cpu[v]), 2)
                 results.append(row)
                 log(f"{row}")
     os.environ.pop("EMBER_CPU_VARIANT", None)
