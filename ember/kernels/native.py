@@ -32,12 +32,17 @@ CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC"]
 _AVX2 = (("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c"))
 _AVX512 = (("avx512f", "avx512bw", "avx512vl", "avx512dq"), ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"))
+_VNNI = (("avx512_vnni",), ("-mavx512vnni",))
 # name -> (the /proc/cpuinfo flags it needs, its compiler flags), widest last. The sources are
-# written with AVX2 intrinsics; under avx512 the compiler may widen and re-encode what it
-# vectorizes itself (EVEX, 32 registers, masked tails).
+# written with AVX2 intrinsics, and hot loops have AVX-512 forms behind `#if defined(__AVX512BW__)`
+# (the lookup kernels' 64-byte shuffles, int4's 16-row tile, int8's 16-wide panels) and
+# `__AVX512VNNI__` (int4's vpdpbusd); elsewhere the compiler may widen and re-encode what it
+# vectorizes itself (EVEX, 32 registers, masked tails). avx512vnni is avx512 plus VNNI (Cascade
+# Lake and later; a Skylake-X runs avx512 without it).
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "avx2": _AVX2,
     "avx512": (_AVX2[0] + _AVX512[0], _AVX2[1] + _AVX512[1]),
+    "avx512vnni": (_AVX2[0] + _AVX512[0] + _VNNI[0], _AVX2[1] + _AVX512[1] + _VNNI[1]),
 }
 _lock = threading.Lock()
 _libs: dict[tuple[str, str], ctypes.CDLL | None] = {}  # by (source name, variant)
@@ -233,6 +238,15 @@ def describe() -> str:
         return "none: no C compiler (torch paths only)"
     forced = " (forced by EMBER_CPU_VARIANT)" if os.environ.get("EMBER_CPU_VARIANT") else ""
     return f"{chosen}{forced}; this CPU runs {', '.join(supported_variants())}"
+
+
+def wide_vectors() -> bool:
+    """Whether the kernels load as an AVX-512 variant (64-byte vectors, 32 registers): there
+    some kernels outrun torch's GEMM at prefill sizes too (int8's panels)."""
+    try:
+        return (variant() or "").startswith("avx512") and available()
+    except ValueError:
+        return False
 
 
 def available() -> bool:

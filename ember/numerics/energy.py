@@ -19,6 +19,8 @@ Derived entries (NOT in Horowitz's table; estimates labelled as such):
   bf16 mul: an array multiplier's energy grows roughly with the square of the
       significand width: fp16 mul * (8/11)^2 = 0.58 pJ. bf16 add: taken equal
       to the fp16 add (same 16-bit width), 0.4 pJ.
+  int4 mul: int8 mul * (4/8)^2 = 0.05 pJ (the same square law); w4a4 mul: COMET's mix of
+      7/8 int4 and 1/8 int8 products, 0.069 pJ.
   fp8 (e4m3) mul: fp16 mul * (4/11)^2 = 0.15 pJ; fp8 add: not used (fp8
       products are accumulated in fp32, as fp8 matrix units do).
   L-Mul: one integer addition over the operand's exponent+mantissa field
@@ -77,6 +79,10 @@ def _derived_pj() -> dict[tuple[str, str], float]:
         ("fp8", "mul"): HOROWITZ_45NM_PJ[("fp16", "mul")] * (4 / 11) ** 2,
         ("int16", "add"): HOROWITZ_45NM_PJ[("int32", "add")] * 16 / 32,
         ("lut", "lookup"): HOROWITZ_45NM_PJ[("int8", "add")],
+        # int4 mul: int8 mul * (4/8)^2 (the same square law); w4a4's products: COMET's mix,
+        # 7 of 8 groups 4 x 4 bits, 1 of 8 (the outlier blocks) 8 x 8 bits
+        ("int4", "mul"): HOROWITZ_45NM_PJ[("int8", "mul")] * (4 / 8) ** 2,
+        ("w4a4", "mul"): (7 * HOROWITZ_45NM_PJ[("int8", "mul")] * (4 / 8) ** 2 + HOROWITZ_45NM_PJ[("int8", "mul")]) / 8,
     }
 
 
@@ -107,6 +113,8 @@ WEIGHT_DTYPES: dict[str, tuple[float, str, str]] = {
     # Ember's `int4`: Q4_1's grid (5 bits with its scale and minimum), int8 activations and
     # integer dots (csrc/linear_int4.h).
     "int4-w4a8": (5, "int8", "int32"),
+    # Ember's `w4a4`: the same weights, activations on 4 bits with 1/8 of the groups on 8 (COMET)
+    "int4-w4a4": (5, "w4a4", "int32"),
 }
 
 

@@ -172,7 +172,7 @@ def test_gguf_q4_1_weights_requantize_onto_their_own_grid(weights):
 
 
 @pytest.mark.parametrize("variant", KERNELS)
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 32])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 9, 32])
 def test_kernel_matches_reference(weights, rows, variant, monkeypatch):
     use_native = variant is not None
     if use_native:
@@ -193,6 +193,21 @@ def test_kernel_matches_reference(weights, rows, variant, monkeypatch):
             assert bool(((y - ref).abs() <= product * 2 ** -8 + 1e-4 * product.max()).all())
         exact = F.linear(x, w, bias)
         assert (y - exact).norm() / exact.norm() < 0.05
+
+
+@pytest.mark.parametrize("variant", KERNELS[:-1])
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 33])
+def test_an_odd_number_of_blocks(rows, variant, monkeypatch):
+    """40 rows, 5 blocks of 8: the AVX-512 loop takes blocks in pairs, the last one alone
+    (the 8-row loop); every AVX-512 row tile (1-8 rows) against the same reference."""
+    force_cpu_variant(monkeypatch, variant)
+    method = Int4Linear(use_native=True)
+    torch.manual_seed(40 + rows)
+    w, bias = torch.randn(40, 96), torch.randn(40)
+    params = method.pack(w, bias, torch.float32)
+    x = torch.randn(rows, 96)
+    y, ref = method.apply(x, params), reference_apply(x, params)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 @needs_native

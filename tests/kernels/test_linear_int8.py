@@ -50,7 +50,9 @@ def test_aten_kernel_matches_reference(weights, rows):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 32])
+# Every tile of every variant: AVX2's 6-row tile and its <= 3-row form; AVX-512's 16-row tile,
+# its <= 3-row form, and the even split of 17 and 33 rows into tiles.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 13, 16, 17, 32, 33])
 def test_native_kernel_matches_reference(weights, rows, cpu_variant):
     method = get_linear_method("int8")
     torch.manual_seed(100 + rows)
@@ -81,10 +83,12 @@ def test_native_kernel_rows_are_independent(weights, rows):
     torch.testing.assert_close(y2, alone, rtol=1e-5, atol=1e-5 * float(alone.abs().max()))
 
 
-def test_large_batches_take_the_dense_path_exactly(weights):
+def test_large_batches_take_the_dense_path_exactly(weights, monkeypatch):
+    monkeypatch.setattr(native, "wide_vectors", lambda: False)  # as on an AVX2 machine
     method = get_linear_method("int8")
     w = weights[0]
     params = method.pack(w, torch.randn(w.shape[0]), torch.float32)
+    assert not method.kernel_takes_large_batches(params)
     x = torch.randn(method.dense_rows + 3, w.shape[1])
     y = method.apply(x, params)
     torch.testing.assert_close(y, F.linear(x, dequantize_int8(params), params["bias"]), rtol=1e-5, atol=1e-5)
@@ -92,6 +96,20 @@ def test_large_batches_take_the_dense_path_exactly(weights):
     y3 = method.apply(x[:4].view(2, 2, -1), params)
     assert y3.shape == (2, 2, w.shape[0])
     torch.testing.assert_close(method.apply(x[:4], params), y3.view(4, -1))
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [64, 200])
+def test_large_batches_take_the_c_kernel_under_avx512(weights, rows, cpu_variant):
+    """AVX-512 variants: prefill-sized batches on the panel kernel, held to the same reference;
+    AVX2: the dense path (above)."""
+    method = get_linear_method("int8")
+    w = weights[1]
+    params = method.pack(w, torch.randn(w.shape[0]), torch.float32)
+    assert method.kernel_takes_large_batches(params) == cpu_variant.startswith("avx512")
+    x = torch.randn(rows, w.shape[1])
+    y, ref = method.apply(x, params), native_reference_apply(x, params)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_weight_bytes_are_a_quarter_of_fp32(weights):

@@ -26,6 +26,8 @@ def test_the_widest_variant_the_cpu_runs_is_the_default(monkeypatch):
     assert native.supported_variants() == ["avx2"] and native.variant() == "avx2"
     monkeypatch.setattr(native, "cpu_flags", lambda: AVX2_ONLY | set(native.VARIANTS["avx512"][0]))
     assert native.supported_variants() == ["avx2", "avx512"] and native.variant() == "avx512"
+    monkeypatch.setattr(native, "cpu_flags", lambda: AVX2_ONLY | set(native.VARIANTS["avx512vnni"][0]))
+    assert native.supported_variants() == ["avx2", "avx512", "avx512vnni"] and native.variant() == "avx512vnni"
 
 
 def test_a_forced_variant_is_checked_by_name(monkeypatch):
@@ -58,6 +60,9 @@ def test_the_cache_key_holds_the_variants_flags():
     avx2, avx512 = native.compile_flags("avx2"), native.compile_flags("avx512")
     assert {"-mavx2", "-mfma", "-mf16c"} <= set(avx2) and not any("avx512" in f for f in avx2)
     assert set(avx2) < set(avx512) and {"-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"} <= set(avx512)
+    vnni = native.compile_flags("avx512vnni")
+    assert set(avx512) < set(vnni) and "-mavx512vnni" in vnni and "-mavx512vnni" not in avx512
+    assert "avx512_vnni" in native.VARIANTS["avx512vnni"][0] and "avx512_vnni" not in native.VARIANTS["avx512"][0]
 
 
 @needs_native
@@ -75,7 +80,8 @@ def test_each_variant_loads_its_own_library(monkeypatch):
 @needs_native
 def test_weight_kinds_are_numbered_by_the_library():
     kinds = native.weight_kinds()
-    assert set(kinds) == {"f32", "bf16", "int8", "int8_panels", "int4", "tmac2", "tmac4", "planes1", "planes2", "planes3", "planes4"}
+    assert set(kinds) == {"f32", "bf16", "int8", "int8_panels", "int4", "tmac2", "tmac4", "planes1", "planes2", "planes3",
+                          "planes4", "w4a4"}
     w = torch.zeros(8, 64, dtype=torch.int8)
     assert native.weight("int8", w, 8, 64, scale=torch.ones(8)).kind == kinds.index("int8")
     with pytest.raises(ValueError, match=r"no weight kind 'int5' in the C kernels \(they have f32"):

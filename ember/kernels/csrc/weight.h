@@ -8,6 +8,8 @@
  *   bf16         w: bf16 [N,K] (torch's own bfloat16 matrix, as stored)
  *   tmac2, tmac4 w: 2 or 4 bit planes in blocks of 16 rows, sm: fp16 (scale, minimum) per
  *                group of 64, read through int8 lookup tables of the activations (linear_tmac.h)
+ *   w4a4         int4's storage; activations on 4 bits per group of 32, the row's largest
+ *                eighth of groups on 8 (COMET's outlier blocks; linear_int4.h)
  *   planes1..4   w: 1 to 4 bit planes in blocks of 32 rows, sm: an fp16 scale per plane and a
  *                minimum per group of 64 (BCQ, odd-width round-to-nearest; linear_planes.h)
  *
@@ -36,7 +38,8 @@
     X(PLANES1,     planes1,     0, 0, load8_blocked, linear_planes_omp) \
     X(PLANES2,     planes2,     0, 0, load8_blocked, linear_planes_omp) \
     X(PLANES3,     planes3,     0, 0, load8_blocked, linear_planes_omp) \
-    X(PLANES4,     planes4,     0, 0, load8_blocked, linear_planes_omp)
+    X(PLANES4,     planes4,     0, 0, load8_blocked, linear_planes_omp) \
+    X(W4A4,        w4a4,        0, 0, load8_blocked, linear_int4_omp)
 
 #define EMBER_WEIGHT_ENUM(id, name, esz, scaled, load, family) EMBER_##id,
 enum { EMBER_WEIGHT_KINDS(EMBER_WEIGHT_ENUM) EMBER_WEIGHT_NUM_KINDS };

@@ -10,7 +10,7 @@ Two packings, chosen at load:
   4 consecutive codes of each of the 8 rows, twice) and `block_scale_min` fp16
   [N/8, K/32, 2, 8] (8 scales, then 8 minimums); 0.625 bytes per weight. Activations are
   quantized to int8 per group of 32 (`q8.quantize_q8`, llama.cpp's Q8_0) and multiplied as
-  integers, 8 rows per instruction;
+  integers, 8 rows per instruction (16 under the AVX-512 variants, `vpdpbusd` with VNNI);
 - without it (no C compiler, or N not a multiple of 8):
   `aten._convert_weight_to_int4pack_for_cpu`'s layout for `aten._weight_int4pack_mm_for_cpu`,
   whose grid is w = (q - 8) * scale + zero with bf16 (scale, zero) and which wants bf16

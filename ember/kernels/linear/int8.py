@@ -7,6 +7,8 @@ out is not a multiple of 16, as `qweight` [out, in]. Small batches (decode, memo
 batched decode up to 63 rows) run the C kernels: int8 weights widened in registers, fp32
 activations and accumulation; ~2x faster than torch's kernel on AVX2 and as exact as
 dequantize + F.linear (only the order of the fp32 sums differs).
+Under an AVX-512 variant of the C kernels (`native.wide_vectors`) prefill runs them too: their
+16-wide tile outruns dequantize + GEMM there (`kernel_takes_large_batches`).
 Without a C compiler or AVX2 they fall back to `aten._weight_int8pack_mm`, whose fast path wants bf16 activations
 and scales (its fp32 path is a slow fallback, ~20x slower in torch 2.13): x is cast to bf16
 and the result back. Large batches (prefill) are arithmetic-bound: they dequantize the weight
@@ -99,6 +101,12 @@ class Int8Linear(WeightOnlyLinear):
             return native.weight("int8_panels", p, p.shape[0] * PANEL, p.shape[1], scale=params["scale_f32"], bias=bias)
         q = params["qweight"]
         return native.weight("int8", q, q.shape[0], q.shape[1], scale=params["scale_f32"], bias=bias)
+
+    def kernel_takes_large_batches(self, params):
+        # Under AVX-512 the 16-wide panel tile (16 activation rows per widened weight) beats
+        # dequantize + torch's fp32 GEMM at prefill sizes; under AVX2 the dequantize-and-GEMM
+        # route stays (benchmarks/README.md, "AVX-512 variants"). The same fp32 products either way.
+        return "panels" in params and native.wide_vectors()
 
     def fallback(self, x2, params):
         if "panels" in params:  # packed for a C kernel that is not here after all

@@ -14,5 +14,8 @@ def quantize_q8(x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     g = x.float().reshape(m, k // GROUP, GROUP)
     amax = g.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    # a true division, as the C kernel's 127.0f / amax: `127 / amax` on a tensor is computed as
+    # reciprocal(amax) * 127, which differs in the last bit for a quarter of the values and
+    # then flips a code that sits at a rounding boundary now and then
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     return (torch.round(g * inv) * (amax / 127)).reshape(m, k)
