@@ -224,7 +224,8 @@ def plot(results: dict, path: str) -> None:
             ax.set_ylabel("goodput (req/s)")
         else:
             key = {"admission": ("goodput", "goodput (req/s)"), "lpm": ("ttft_ms_mean", "TTFT mean (ms)"),
-                   "continuum": ("jct_s_mean", "job completion time mean (s)")}[scenario]
+                   "continuum": ("jct_s_mean", "job completion time mean (s)"),
+                   "fastswitch": ("ttft_ms_p99", "TTFT p99 (ms)")}[scenario]
             ax.bar([r["label"] for r in runs], [r["points"][0].get(key[0], 0) for r in runs])
             ax.set_ylabel(key[1])
         ax.set_title(scenario, fontsize=9)

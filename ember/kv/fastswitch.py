@@ -23,6 +23,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ember.kv.cache import PagedKVCache
@@ -43,13 +44,23 @@ def runs(src: list[int], dst: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _bytes(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.uint8).numpy()  # every codec's tensors are contiguous, block-major
+
+
 def copy_runs(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
-    """Every tensor of every layer: dst_layers[..][dst] = src_layers[..][src], a slice per run."""
+    """Every tensor of every layer: dst_layers[..][dst] = src_layers[..][src], a slice per run.
+
+    The bytes move through numpy: a plain memcpy on the calling thread, with the GIL released.
+    torch's copy_ of a large slice hands it to the intra-op thread pool, which, beside a busy
+    engine (or on the swap-in thread, beside the step's own forward), spins against it: 40-100x
+    slower on a loaded 2-core machine (benchmarks/README.md, FastSwitch)."""
     stretches = runs(src, dst)
     for a, b in zip(src_layers, dst_layers):
         for name, t in a.items():
+            s_bytes, d_bytes = _bytes(t), _bytes(b[name])
             for s, d, n in stretches:
-                b[name][d:d + n].copy_(t[s:s + n])
+                np.copyto(d_bytes[d:d + n], s_bytes[s:s + n])
 
 
 @dataclass
