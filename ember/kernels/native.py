@@ -65,7 +65,8 @@ class KVLayer(ctypes.Structure):
     """csrc/attention_paged.h's ember_kv_layer: one layer's KV tensors, by pointer."""
     _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("k_scale", ctypes.c_void_p),
                 ("v_scale", ctypes.c_void_p), ("k_min", ctypes.c_void_p), ("v_min", ctypes.c_void_p),
-                ("k_res", ctypes.c_void_p), ("k_full", ctypes.c_void_p)]
+                ("k_res", ctypes.c_void_p), ("k_full", ctypes.c_void_p), ("scratch_slot", ctypes.c_void_p),
+                ("k_res_pass", ctypes.c_void_p)]
 
 
 def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
@@ -84,7 +85,8 @@ def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
     """The bfp codecs' exponents (`k_exp`, `v_exp`, int8) travel in the scale pointers."""
     tensors = {"k_scale": tensors.get("k_exp"), "v_scale": tensors.get("v_exp")} | tensors
     ptr = lambda name: tensors[name].data_ptr() if tensors.get(name) is not None else None  # noqa: E731
-    return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full")))
+    return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full",
+                                            "scratch_slot", "k_res_pass")))
 
 
 def check_abi(lib: ctypes.CDLL, symbol: str, structs: dict[str, type]) -> dict:

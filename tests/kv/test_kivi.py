@@ -45,9 +45,12 @@ def test_sizes():
     for name, bits in BITS.items():
         codec = get_kv_codec(name, BS, HKV, D, torch.float32)
         codes = BS * HKV * D * bits // 8
-        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * (D // G) * 4 + BS * HKV * D * 4 + 1
+        # the residual is no part of a block: it lives in the scratch pool, a slot per open block
+        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * (D // G) * 4 + 1
         assert codec.bytes_per_block() == want
-        assert get_kv_codec(name, BS, HKV, D, torch.bfloat16).bytes_per_block() == want - BS * HKV * D * 2
+        assert codec.bytes_per_scratch_slot() == BS * HKV * D * 4
+        bf16 = get_kv_codec(name, BS, HKV, D, torch.bfloat16)
+        assert bf16.bytes_per_block() == want and bf16.bytes_per_scratch_slot() == BS * HKV * D * 2
 
 
 @pytest.mark.parametrize("name", KIVI)
@@ -202,22 +205,31 @@ def _c_store(lib, layout, cache, slots, k, v):
 
 
 @needs_native
+@pytest.mark.parametrize("pool", [None, 1], ids=["slot-per-block", "pooled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", KIVI)
-def test_c_store_equals_the_codec_write(name, dtype, cpu_variant):
+def test_c_store_equals_the_codec_write(name, dtype, pool, cpu_variant):
     """The fused step's store leaves the same bytes as the codec's PyTorch write: runs that
-    fill a block, stop short of its end, cross into the next, and a block reused from offset 0."""
+    fill a block, stop short of its end, cross into the next, and a block reused from offset 0.
+    `pooled`: the residual in a scratch pool of one slot at first (grown as blocks open), so
+    blocks and their residual slots differ; passes end (`settle`) after some writes."""
     codec = get_kv_codec(name, BS, HKV, D, dtype)
     lib, layout, _ = _lib_and_layout(codec)
-    py, c = PagedKVCache(codec, 1, 6), PagedKVCache(codec, 1, 6)
+    py, c = PagedKVCache(codec, 1, 6, pool), PagedKVCache(codec, 1, 6, pool)
     writes = [([8, 9, 10], 1.0), ([11, 12], 40.0), ([13], 0.01), ([20, 21, 22, 23], 5.0), ([8, 9], 2.0),
               ([14, 15, 16], 3.0)]
     for i, (slots, spread) in enumerate(writes):
         k, v = _rows(len(slots), 10 + i, spread).to(dtype), _rows(len(slots), 20 + i, spread).to(dtype)
         py.write(0, torch.tensor(slots), k, v)
+        c.open(torch.tensor(slots))  # what the fused step's caller does before the C store
         _c_store(lib, layout, c, slots, k, v)
         for key in py.layers[0]:
             assert torch.equal(py.layers[0][key], c.layers[0][key]), (name, i, key)
+        if pool is not None and i in (1, 3):
+            py.settle(), c.settle()
+    if pool is not None:
+        assert py.scratch.num_grows > 0 and py.scratch.held() == c.scratch.held()
+        assert sorted(py.scratch.held()) == [2, 3, 4], "open blocks (and those this pass filled) keep their slots"
 
 
 def _attend_reference(cache, table, n, q, scale):
@@ -231,21 +243,24 @@ def _attend_reference(cache, table, n, q, scale):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", KIVI)
-def test_c_attention_equals_the_reference(name, dtype, cpu_variant):
+@pytest.mark.parametrize("pool", [None, 2], ids=["slot-per-block", "pooled"])
+def test_c_attention_equals_the_reference(name, dtype, pool, cpu_variant):
     """Paged attention of the fused step over a KIVI cache (codes dequantized in registers, the
     partial block's keys read from the residual) equals softmax attention over the codec's
-    `read`, for 1..3 query heads per KV head and contexts that end mid-block and on a block's end."""
+    `read`, for 1..3 query heads per KV head and contexts that end mid-block and on a block's end.
+    `pooled`: the residual in a scratch pool (grown from 2 slots), each pass settled but the last,
+    so full blocks hold no residual slot and are read quantized."""
     codec = get_kv_codec(name, BS, HKV, D, dtype)
     lib, layout, _ = _lib_and_layout(codec)
-    cache = PagedKVCache(codec, 1, 8)
+    cache = PagedKVCache(codec, 1, 8, pool)
     n_max = 5 * BS - 1
     table = torch.tensor([6, 2, 7, 0, 4], dtype=torch.int64)
     slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n_max]
     k, v = _rows(n_max, 31).to(dtype), _rows(n_max, 32).to(dtype)
     p = ctypes.c_void_p
-    layer = native.kv_layer(cache.layers[0])
     for n in (1, 3, BS, 2 * BS + 1, 4 * BS, n_max):
         cache.write(0, slots[:n], k[:n], v[:n])  # from offset 0: each block starts afresh
+        layer = native.kv_layer(cache.layers[0])  # (a grown pool moves the residual)
         for group in (1, 2, 3):
             q = torch.randn(group * HKV, D, generator=torch.Generator().manual_seed(n + group))  # [H, D]
             scale = D ** -0.5
@@ -255,6 +270,9 @@ def test_c_attention_equals_the_reference(name, dtype, cpu_variant):
             lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(group * HKV),
                                 p(tab.data_ptr()), ctypes.c_long(n), ctypes.c_float(scale), p(out.data_ptr()))
             torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * math.sqrt(D))
+        if pool is not None and n != n_max:
+            cache.settle()
+            assert len(cache.scratch.held()) == (n % BS != 0)
     # The whole cache written, then queries over its first L entries: each sees the blocks as
     # decoding would have left them at entry L - 1 (KiviCodec.views), whole blocks filled after
     # it included. (fp32: the views are in the model's dtype.)

@@ -11,9 +11,13 @@
  *                 the block: k_scale, k_min [blocks, kv_heads, head_dim] fp32; values per token:
  *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] fp32 (per token and group
  *                 of 32 channels); value = code * scale + min.
- *                 k_res [blocks, block_size, kv_heads, head_dim] (fp32, or bf16 where res_bf16):
- *                 the keys as written; k_full [blocks] uint8: 1 once the block's last slot was
- *                 written and its keys quantized (until then attention reads k_res).
+ *                 k_res [pool slots, block_size, kv_heads, head_dim] (fp32, or bf16 where
+ *                 res_bf16): the keys as written, of open blocks only, block b's at pool slot
+ *                 scratch_slot[b] (int32, -1: none; ember/kv/scratch.py hands them out), or at
+ *                 slot -2 - scratch_slot[b] of k_res_pass (shared by the layers) for a block the
+ *                 current pass opens and fills;
+ *                 k_full [blocks] uint8: 1 once the block's last slot was written and its keys
+ *                 quantized (until then attention reads k_res).
  * Stores follow the codecs' `write` bit for bit (tests/kv/test_codecs.py holds them to it):
  * int8 rounds x / (max|x| / 127) to nearest even; fp8 keeps one power-of-two scale per block
  * and head, grown (and the block's rows re-encoded) when new rows need more range, and a
@@ -56,9 +60,20 @@ typedef struct {  /* one layer's tensors */
     float* v_scale;
     float* k_min;    /* KIVI only (else NULL) */
     float* v_min;
-    void* k_res;
+    void* k_res;     /* KIVI: the layer's residual pool, [slots, block_size, kv_heads, head_dim] */
     uint8_t* k_full;
+    const int32_t* scratch_slot;  /* KIVI: [blocks] s >= 0: slot s of k_res; s <= -2: slot -2 - s of
+                                     k_res_pass; -1: none */
+    void* k_res_pass;  /* KIVI: the pass pool, shared by the layers (ember/kv/scratch.py) */
 } ember_kv_layer;
+
+/* KIVI: where block `block`'s residual starts (elements of the residual's dtype; k_res_pass's
+ * when the block holds a pass slot), or -1 when it holds none. */
+static inline int64_t kivi_res_at(const ember_kv_layer* C, int64_t block, long per_block, const void** base) {
+    const int32_t s = C->scratch_slot[block];
+    *base = s >= 0 ? C->k_res : C->k_res_pass;
+    return s >= 0 ? (int64_t)s * per_block : s <= -2 ? (int64_t)(-2 - s) * per_block : -1;
+}
 
 static inline int kv_quantized(int64_t kind) { return kind >= EMBER_KV_FP8_E4M3; }
 static inline int kv_kivi(int64_t kind) { return kind == EMBER_KV_KIVI4 || kind == EMBER_KV_KIVI2; }
@@ -219,6 +234,9 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     const int bits = L->kind == EMBER_KV_KIVI4 ? 4 : 2, per = 8 / bits;
     const long rowb = Dh / per;
     const int64_t block = slots[0] / bs;
+    const void* res_base;
+    const int64_t res0 = kivi_res_at(C, block, bs * KV, &res_base) - block * bs * KV;  /* + slot * KV: a row */
+    void* res = (void*)res_base;
     uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
     const long groups = Dh / 32;
     for (long t = 0; t < n; t++) {
@@ -234,10 +252,10 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
             }
         }
         if (L->res_bf16) {
-            uint16_t* r = (uint16_t*)C->k_res + slots[t] * KV;
+            uint16_t* r = (uint16_t*)res + res0 + slots[t] * KV;
             for (long i = 0; i < KV; i++) r[i] = f32_to_bf16(k_rows[t * ld + i]);
         } else {
-            memcpy((float*)C->k_res + slots[t] * KV, k_rows + t * ld, sizeof(float) * KV);
+            memcpy((float*)res + res0 + slots[t] * KV, k_rows + t * ld, sizeof(float) * KV);
         }
     }
     C->k_full[block] = 0;
@@ -245,8 +263,8 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     /* the block is full: its keys per (head, channel) over its bs tokens */
     float* keys = (float*)malloc(sizeof(float) * bs * KV);
     for (long i = 0; i < bs * KV; i++)
-        keys[i] = L->res_bf16 ? bf16_to_f32(((const uint16_t*)C->k_res)[block * bs * KV + i])
-                              : ((const float*)C->k_res)[block * bs * KV + i];
+        keys[i] = L->res_bf16 ? bf16_to_f32(((const uint16_t*)res)[res0 + block * bs * KV + i])
+                              : ((const float*)res)[res0 + block * bs * KV + i];
     uint8_t* kcodes = (uint8_t*)C->k + block * bs * Hkv * rowb;
     memset(kcodes, 0, bs * Hkv * rowb);
     for (long h = 0; h < Hkv; h++)
@@ -418,7 +436,9 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         const int64_t slot = soff[t], block = slot / bs;
         __m256 a[HEADS_PER_PASS];
         for (int h = 0; h < HEADS_PER_PASS; h++) a[h] = _mm256_setzero_ps();
-        if (t < full_end && C->k_full[block]) {
+        const void* res;
+        const int64_t res_at = kivi_res_at(C, block, bs * KV, &res);
+        if (C->k_full[block] && (t < full_end || res_at < 0)) {  /* no slot: the pass that filled it ended */
             const uint8_t* row = kc + slot * Hkv * rowb;
             const float* ks = C->k_scale + block * KV + kvh * Dh;
             const float* km = C->k_min + block * KV + kvh * Dh;
@@ -428,10 +448,10 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
                     if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
             }
         } else {
-            const int64_t at = slot * KV + kvh * Dh;
+            const int64_t at = res_at + (slot % bs) * KV + kvh * Dh;
             for (long c = 0; c < Dh; c += 8) {
-                __m256 x = res_bf16 ? widen_bf16x8((const uint16_t*)C->k_res + at + c)
-                                    : _mm256_loadu_ps((const float*)C->k_res + at + c);
+                __m256 x = res_bf16 ? widen_bf16x8((const uint16_t*)res + at + c)
+                                    : _mm256_loadu_ps((const float*)res + at + c);
                 for (int h = 0; h < HEADS_PER_PASS; h++)
                     if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
             }

@@ -24,21 +24,32 @@ Fixed choices (not config options; they follow from the paged layout):
   (KIVI itself attends the whole prompt at full precision; here earlier, full blocks of a
   prompt are read quantized during its own prefill, as every Ember codec does.)
 
-The cost of the residual: every block allocates its full-precision keys (`k_res`), because a
-codec's tensors all lead with the block dimension (so copy-on-write and swap move a partial
-block with its residual) and any block may be a sequence's unfilled last one. That residual is
-larger than the quantized data: `bytes_per_block` counts it, and with it kivi4 takes more
-bytes per token than bf16 for an fp32 model (33,122 B against 23,040 on the default model).
-Only unfilled blocks ever read `k_res` after the step that fills them, so a residual pool with
-a slot per unfilled block (about one per running sequence) instead of one per block would cut
-it; see benchmarks/README.md, "KIVI", for the figures and what else 3.5x takes.
+The residual lives in a scratch pool, not in the blocks (kv/scratch.py, the KVCodec seam's
+`scratch_specs`): only an open block (its last slot not yet written) holds a slot, taken by the
+first write into it and given back after the pass that fills it (that pass's prefill queries
+still read the exact keys, see `views`), or when the block pool frees or reuses the block (a
+finished, aborted or preempted request's partial last block). Copy-on-write gives the copy a
+slot of its own; swap moves the slot's rows to a host scratch slot and back; a chunk that the
+chunk cache indexes keeps its partial last block's slot while it is indexed (the block is
+evictable; its slot comes back when the pool reuses it), so a later prompt reads that chunk's
+keys exactly, as before. `scratch_slot` [blocks] int32 (-1: none) maps a block to its slot.
+Sizing (kv/spec.py): max_num_seqs + ceil(max_num_batched_tokens / block_size) + 1 slots, counted
+in the cache's bytes (`KVCacheSpec.scratch_bytes`, taken out of `--kv-cache-memory`): a partial
+block per sequence, plus what one step can fill. An exhausted pool never fails a step: it
+grows (doubling; `ScratchSlots.num_grows`) and the fused C step picks up the new tensors.
+Without a pool (a PagedKVCache built without `num_scratch`: tests, evaluation) every block
+has a slot, its own.
 
 Per block (Hkv heads, D channels, bs tokens, b bits):
   k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
   k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens
   v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels
-  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
   k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
+Per scratch slot:
+  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
+So on the default model (30 layers, 3 KV heads of 64, bs 16) kivi4 takes 10,082 B/token in
+blocks (2.29x fewer than bf16's 23,040), plus 368,640 B per scratch slot for an fp32 model
+(184,320 for bf16): with the default 64 sequences and 512-token budget, 97 slots, 35.8 MB.
 
 `quantize`/`dequantize` and `encode_keys`/`encode_values` below are the plain PyTorch
 reference; csrc/attention_paged.h's KIVI kinds store bit for bit what `write` stores, and
@@ -143,7 +154,35 @@ class KiviCodec(KVCodec):
         return {"k": (codes, torch.uint8), "v": (codes, torch.uint8),
                 "k_scale": ((h, d), torch.float32), "k_min": ((h, d), torch.float32),
                 "v_scale": ((bs, h, d // self.vgroup), torch.float32), "v_min": ((bs, h, d // self.vgroup), torch.float32),
-                "k_res": ((bs, h, d), self.model_dtype), "k_full": ((1,), torch.uint8)}
+                "k_full": ((1,), torch.uint8)}
+
+    def scratch_specs(self):
+        """The residual: only open blocks read it (a block's keys are quantized by the write
+        that fills it, and `views` reads them exact only during that write's pass)."""
+        return {"k_res": ((self.block_size, self.num_kv_heads, self.head_dim), self.model_dtype)}
+
+    def _res_write(self, tensors, slots: torch.Tensor, k: torch.Tensor) -> None:
+        """Keys k [T, Hkv, D] into the residual of cache slots `slots`: the layer's open pool
+        (`k_res`) or the pass pool shared by the layers (`k_res_pass`), as kv/scratch.py says."""
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        s = tensors["scratch_slot"][slots // bs].long()
+        k = k.to(self.model_dtype)
+        own = s >= 0
+        if bool(own.all()):
+            tensors["k_res"].view(-1, h, d).index_copy_(0, s * bs + slots % bs, k)
+            return
+        tensors["k_res"].view(-1, h, d).index_copy_(0, (s * bs + slots % bs)[own], k[own])
+        tensors["k_res_pass"].view(-1, h, d).index_copy_(0, ((-2 - s) * bs + slots % bs)[~own], k[~own])
+
+    def _res_blocks(self, tensors, blocks: torch.Tensor) -> torch.Tensor:
+        """The residual of `blocks` [...] as [..., bs, Hkv, D] (garbage for blocks without a slot:
+        full ones, read quantized)."""
+        s = tensors["scratch_slot"][blocks].long()
+        res = tensors["k_res"][s.clamp(min=0)]
+        passed = s <= -2
+        if bool(passed.any()):
+            res[passed] = tensors["k_res_pass"][-2 - s[passed]]
+        return res
 
     def write(self, tensors, slots, k, v):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
@@ -151,7 +190,7 @@ class KiviCodec(KVCodec):
         tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
         tensors["v_scale"].view(-1, h, d // self.vgroup).index_copy_(0, slots, scale)
         tensors["v_min"].view(-1, h, d // self.vgroup).index_copy_(0, slots, mn)
-        tensors["k_res"].view(-1, h, d).index_copy_(0, slots, k.to(self.model_dtype))
+        self._res_write(tensors, slots, k)
         # A block is quantized by the write that reaches its last slot; any other write into a
         # block leaves it (or makes it again) a residual block.
         blocks = slots // bs
@@ -159,7 +198,7 @@ class KiviCodec(KVCodec):
         filled = torch.unique(blocks[slots % bs == bs - 1])
         tensors["k_full"][touched] = 0
         if len(filled):
-            kc, ks, km = encode_keys(tensors["k_res"][filled].float(), self.bits)
+            kc, ks, km = encode_keys(self._res_blocks(tensors, filled).float(), self.bits)
             tensors["k"][filled], tensors["k_scale"][filled], tensors["k_min"][filled] = kc, ks, km
             tensors["k_full"][filled] = 1
 
@@ -167,7 +206,7 @@ class KiviCodec(KVCodec):
         """`read` before rounding to the model's dtype (what the C kernel computes with)."""
         full = tensors["k_full"][blocks][..., None, None]  # [..., 1, 1, 1]
         quantized = decode_keys(tensors["k"][blocks], tensors["k_scale"][blocks], tensors["k_min"][blocks], self.bits)
-        k = torch.where(full.bool(), quantized, tensors["k_res"][blocks].float())
+        k = torch.where(full.bool(), quantized, self._res_blocks(tensors, blocks).float())
         v = decode_values(tensors["v"][blocks], tensors["v_scale"][blocks], tensors["v_min"][blocks], self.bits)
         return k, v
 
@@ -188,7 +227,7 @@ class KiviCodec(KVCodec):
         k, v = (x.reshape(shape) for x in self.read(tensors, table[:n]))
         if ctx - first == 1:
             return [(first, ctx, k[:ctx], v[:ctx])]
-        res = tensors["k_res"][table[:n]].reshape(shape).to(self.model_dtype)
+        res = self._res_blocks(tensors, table[:n]).reshape(shape).to(self.model_dtype)
         pieces, p = [], first
         while p < ctx:
             e = (p + 1) // bs
