@@ -18,8 +18,9 @@ from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode
 
 BS, HKV, D = 4, 2, 64
 G = 32  # value group (channels)
-KIVI = ["kivi4", "kivi2"]
-BITS = {"kivi4": 4, "kivi2": 2}
+KIVI = ["kivi4", "kivi2", "kivi4-fp16", "kivi2-fp16"]
+BITS = {"kivi4": 4, "kivi2": 2, "kivi4-fp16": 4, "kivi2-fp16": 2}
+STATS = {name: torch.float16 if name.endswith("-fp16") else torch.float32 for name in KIVI}  # scales, minimums
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
 
@@ -46,7 +47,8 @@ def test_sizes():
         codec = get_kv_codec(name, BS, HKV, D, torch.float32)
         codes = BS * HKV * D * bits // 8
         # the residual is no part of a block: it lives in the scratch pool, a slot per open block
-        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * (D // G) * 4 + 1
+        stat = STATS[name].itemsize
+        want = 2 * codes + 2 * HKV * D * stat + 2 * BS * HKV * (D // G) * stat + 1
         assert codec.bytes_per_block() == want
         assert codec.bytes_per_scratch_slot() == BS * HKV * D * 4
         bf16 = get_kv_codec(name, BS, HKV, D, torch.bfloat16)
@@ -67,19 +69,20 @@ def test_read_equals_the_reference(name):
     cache.write(0, slots, k, v)
     got_k, got_v = cache.gather(0, table, n)
     full = 3 * BS
-    want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits), bits) for b in range(3)] + [k[full:]])
-    want_v = decode_values(*encode_values(v, bits), bits)
+    st = STATS[name]
+    want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits, st), bits) for b in range(3)] + [k[full:]])
+    want_v = decode_values(*encode_values(v, bits, st), bits)
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
     assert torch.equal(got_k[full:], k[full:])  # the residual: exact
     assert not torch.equal(got_k[:full], k[:full])  # it really is quantized
     assert cache.layers[0]["k_full"][table].flatten().tolist() == [1, 1, 1, 0]
 
 
-@pytest.mark.parametrize("name", KIVI)
+@pytest.mark.parametrize("name", ["kivi4", "kivi2"])
 def test_error_bounds(name):
     """Every value within half a step of its group's grid, step = range / (2^bits - 1): keys'
     groups are (block, head, channel), values' are (token, head, 32 channels). Each group's
-    min and max come back (near) exactly."""
+    min and max come back (near) exactly. (fp16 statistics: test_fp16_statistics.)"""
     bits, qmax = BITS[name], (1 << BITS[name]) - 1
     cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
     k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
@@ -99,6 +102,27 @@ def test_error_bounds(name):
     rel = float(((gb - kb).abs() / k_step[:, None].clamp_min(1e-12)).mean())
     expected = 0.25 * (BS - 2) / BS
     assert 0.6 * expected < rel < 1.5 * expected, rel
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_fp16_statistics(bits):
+    """kivi4-fp16/kivi2-fp16 store scales and minimums in fp16, rounded before the codes are
+    computed from them: each value lands within half a step plus the statistics' fp16 rounding
+    (2^-11 relative) of what it was, and codes are those of the rounded grid."""
+    name = f"kivi{bits}-fp16"
+    cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
+    assert cache.layers[0]["k_scale"].dtype == cache.layers[0]["v_min"].dtype == torch.float16
+    k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
+    cache.write(0, torch.arange(4 * BS), k, v)
+    got_k, got_v = cache.gather(0, torch.arange(4), 4 * BS)
+    qmax = (1 << bits) - 1
+    for got, x, dim in ((got_k.view(4, BS, HKV, D), k.view(4, BS, HKV, D), 1),
+                        (got_v.view(-1, HKV, D // G, G), v.view(-1, HKV, D // G, G), -1)):
+        step = (x.amax(dim) - x.amin(dim)) / qmax
+        slack = 2.0 ** -11 * (x.amin(dim).abs() + x.amax(dim).abs() + qmax * step) + 1e-6
+        assert bool(((got - x).abs() <= (step / 2 * (1 + 1e-3) + slack).unsqueeze(dim)).all())
+    codes, scale, mn = quantize(v.view(-1, HKV, D // G, G), -1, bits, torch.float16)
+    assert torch.equal(scale, scale.half().float()) and torch.equal(mn, mn.half().float())
 
 
 @pytest.mark.parametrize("name", KIVI)

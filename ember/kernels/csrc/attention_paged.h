@@ -8,9 +8,9 @@
  *                 value = code * scale
  *   KIVI4, KIVI2  k, v: [blocks, block_size, kv_heads, head_dim * bits / 8] packed unsigned codes
  *                 (channel c at bit bits * c of its row, low bits first); keys per channel over
- *                 the block: k_scale, k_min [blocks, kv_heads, head_dim] fp32; values per token:
- *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] fp32 (per token and group
- *                 of 32 channels); value = code * scale + min.
+ *                 the block: k_scale, k_min [blocks, kv_heads, head_dim]; values per token:
+ *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] (per token and group
+ *                 of 32 channels); fp32, or fp16 where stats_f16; value = code * scale + min.
  *                 k_res [pool slots, block_size, kv_heads, head_dim] (fp32, or bf16 where
  *                 res_bf16): the keys as written, of open blocks only, block b's at pool slot
  *                 scratch_slot[b] (int32, -1: none; ember/kv/scratch.py hands them out), or at
@@ -51,6 +51,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     double fp8_max;           /* the format's largest finite value */
     int64_t fp8_man_bits, fp8_bias;
     int64_t res_bf16;         /* KIVI: k_res holds bf16 (else fp32) */
+    int64_t stats_f16;        /* KIVI: k_scale, k_min, v_scale, v_min hold fp16 (else fp32) */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -204,10 +205,25 @@ static void kv_store_fp8_run(const ember_kv_layout* L, uint8_t* data, float* sca
     }
 }
 
+/* KIVI's scales and minimums: element i of an fp32 or (f16) fp16 array. */
+static inline float kivi_stat(const void* p, int64_t i, int f16) {
+    return f16 ? _cvtsh_ss(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+}
+static inline void kivi_put_stat(void* p, int64_t i, float x, int f16) {
+    if (f16) ((uint16_t*)p)[i] = _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
+    else ((float*)p)[i] = x;
+}
+static inline __m256 kivi_stat8(const void* p, int64_t i, int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)p + i)))
+               : _mm256_loadu_ps((const float*)p + i);
+}
+
 /* KIVI: asymmetric codes[0..n-1] of the n values x[0], x[st], ... as kivi.py's `quantize`:
- * scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) ties to even, clamped. */
-static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* codes, float* scale_out,
-                          float* min_out) {
+ * scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) ties to even, clamped;
+ * with fp16 statistics (f16) the scale and minimum are rounded to fp16 (nearest even) first
+ * and the codes computed from the rounded ones. Stored at element i of scale_out, min_out. */
+static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* codes, void* scale_out,
+                          void* min_out, int64_t i_out, int f16) {
     const float qmax = (float)((1 << bits) - 1);
     float mn = x[0], mx = x[0];
     for (long j = 1; j < n; j++) {
@@ -215,13 +231,18 @@ static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* co
         mn = a < mn ? a : mn;
         mx = a > mx ? a : mx;
     }
-    float s = (mx - mn) / qmax, safe = s > 0.0f ? s : 1.0f;
+    float s = (mx - mn) / qmax;
+    if (f16) {
+        s = _cvtsh_ss(_cvtss_sh(s, _MM_FROUND_TO_NEAREST_INT));
+        mn = _cvtsh_ss(_cvtss_sh(mn, _MM_FROUND_TO_NEAREST_INT));
+    }
+    const float safe = s > 0.0f ? s : 1.0f;
     for (long j = 0; j < n; j++) {
         float r = nearbyintf((x[j * st] - mn) / safe);
         codes[j] = (uint8_t)(r > qmax ? qmax : r < 0.0f ? 0.0f : r);
     }
-    *scale_out = s;
-    *min_out = mn;
+    kivi_put_stat(scale_out, i_out, s, f16);
+    kivi_put_stat(min_out, i_out, mn, f16);
 }
 
 /* KIVI: rows rows[0..n-1] (stride ld floats) at consecutive slots within ONE block. Values are
@@ -242,8 +263,8 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     for (long t = 0; t < n; t++) {
         for (long h = 0; h < Hkv; h++) {
             for (long g = 0; g < groups; g++)
-                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32,
-                              C->v_scale + (slots[t] * Hkv + h) * groups + g, C->v_min + (slots[t] * Hkv + h) * groups + g);
+                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32, C->v_scale, C->v_min,
+                              (slots[t] * Hkv + h) * groups + g, (int)L->stats_f16);
             uint8_t* row = (uint8_t*)C->v + (slots[t] * Hkv + h) * rowb;
             for (long b = 0; b < rowb; b++) {
                 uint8_t byte = 0;
@@ -269,8 +290,8 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     memset(kcodes, 0, bs * Hkv * rowb);
     for (long h = 0; h < Hkv; h++)
         for (long c = 0; c < Dh; c++) {
-            kivi_quantize(keys + h * Dh + c, KV, bs, bits, codes, C->k_scale + block * KV + h * Dh + c,
-                          C->k_min + block * KV + h * Dh + c);
+            kivi_quantize(keys + h * Dh + c, KV, bs, bits, codes, C->k_scale, C->k_min, block * KV + h * Dh + c,
+                          (int)L->stats_f16);
             for (long t = 0; t < bs; t++)
                 kcodes[(t * Hkv + h) * rowb + c / per] |= (uint8_t)(codes[t] << (c % per * bits));
         }
@@ -426,7 +447,7 @@ static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
  * head and group at the end. */
 static inline __attribute__((always_inline)) void attend_heads_kivi(
         const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
-        long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16) {
+        long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16, int f16) {
     const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, bs = Lk->block_size;
     const long rowb = Dh * bits / 8;
     const uint8_t* kc = (const uint8_t*)C->k + kvh * rowb;
@@ -440,10 +461,10 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         const int64_t res_at = kivi_res_at(C, block, bs * KV, &res);
         if (C->k_full[block] && (t < full_end || res_at < 0)) {  /* no slot: the pass that filled it ended */
             const uint8_t* row = kc + slot * Hkv * rowb;
-            const float* ks = C->k_scale + block * KV + kvh * Dh;
-            const float* km = C->k_min + block * KV + kvh * Dh;
+            const int64_t ks = block * KV + kvh * Dh;  /* this head's key scales and minimums */
             for (long c = 0; c < Dh; c += 8) {
-                __m256 x = _mm256_fmadd_ps(kivi_codes8(row, c, bits), _mm256_loadu_ps(ks + c), _mm256_loadu_ps(km + c));
+                __m256 x = _mm256_fmadd_ps(kivi_codes8(row, c, bits), kivi_stat8(C->k_scale, ks + c, f16),
+                                           kivi_stat8(C->k_min, ks + c, f16));
                 for (int h = 0; h < HEADS_PER_PASS; h++)
                     if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
             }
@@ -469,7 +490,7 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         for (long t = 0; t < L; t++) {
             const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / 32;
             const uint8_t* row = vc + slot * Hkv * rowb;
-            const float sv = C->v_scale[g], mv = C->v_min[g];
+            const float sv = kivi_stat(C->v_scale, g, f16), mv = kivi_stat(C->v_min, g, f16);
             for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = kivi_codes8(row, c + 8 * i, bits);
@@ -551,12 +572,14 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
     const long Dh = Lk->head_dim, at = kvh * Dh;
     const float* ks = C->k_scale ? C->k_scale + kvh : NULL;
     const float* vs = C->v_scale ? C->v_scale + kvh : NULL;
-    if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width and residual dtype */
-        const int b4 = Lk->kind == EMBER_KV_KIVI4;
-        if (b4 && Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 1);
-        else if (b4) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 0);
-        else if (Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 1);
-        else attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 0);
+    if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width, residual dtype and statistics dtype */
+        switch ((Lk->kind == EMBER_KV_KIVI4) * 4 + (Lk->res_bf16 != 0) * 2 + (Lk->stats_f16 != 0)) {
+#define EMBER_KIVI_CASE(i, bits, rb, f16) \
+            case i: attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, bits, rb, f16); break;
+            EMBER_KIVI_CASE(0, 2, 0, 0) EMBER_KIVI_CASE(1, 2, 0, 1) EMBER_KIVI_CASE(2, 2, 1, 0) EMBER_KIVI_CASE(3, 2, 1, 1)
+            EMBER_KIVI_CASE(4, 4, 0, 0) EMBER_KIVI_CASE(5, 4, 0, 1) EMBER_KIVI_CASE(6, 4, 1, 0) EMBER_KIVI_CASE(7, 4, 1, 1)
+#undef EMBER_KIVI_CASE
+        }
         return;
     }
     if (kv_bfp(Lk->kind)) {
