@@ -7,6 +7,7 @@ an exhausted pool grows instead of failing."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ember.kv.cache import PagedKVCache
@@ -176,3 +177,18 @@ def test_compact_writes_fresh_blocks_and_keeps_one_slot():
     assert list(cache.scratch.held()) == [req.block_ids[-1]]
     kv.free(req)
     assert cache.scratch.held() == {} and cache.scratch.num_free == cache.scratch.num_slots
+
+
+def test_a_slots_tensor_reused_in_place_still_opens_its_blocks():
+    """Every layer of a pass opens the same slots tensor (checked once); one refilled in place
+    for the next pass is opened again, and a write into a block with no slot is refused rather
+    than landing in another block's residual."""
+    kv, cache = wired(8)
+    slots = torch.arange(2)
+    cache.write(0, slots, _rows(2, 1), _rows(2, 2))
+    slots.add_(BS)  # the next pass, same tensor: block 1
+    cache.write(0, slots, _rows(2, 3), _rows(2, 4))
+    assert sorted(cache.scratch.held()) == [0, 1]
+    tensors = cache.layers[0]
+    with pytest.raises(RuntimeError, match="without a residual slot"):
+        cache.codec.write(tensors, torch.tensor([3 * BS]), _rows(1, 5), _rows(1, 6))

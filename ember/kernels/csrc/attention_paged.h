@@ -256,8 +256,10 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     const long rowb = Dh / per;
     const int64_t block = slots[0] / bs;
     const void* res_base;
-    const int64_t res0 = kivi_res_at(C, block, bs * KV, &res_base) - block * bs * KV;  /* + slot * KV: a row */
+    const int64_t res_at = kivi_res_at(C, block, bs * KV, &res_base);
+    const int64_t res0 = res_at - block * bs * KV;  /* + slot * KV: a row */
     void* res = (void*)res_base;
+    if (res_at < 0) return;  /* no residual slot: the caller did not open the block (PagedKVCache.open); store nothing */
     uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
     const long groups = Dh / 32;
     for (long t = 0; t < n; t++) {

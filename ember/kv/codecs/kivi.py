@@ -177,6 +177,9 @@ class KiviCodec(KVCodec):
         (`k_res`) or the pass pool shared by the layers (`k_res_pass`), as kv/scratch.py says."""
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
         s = tensors["scratch_slot"][slots // bs].long()
+        if bool((s == -1).any()):
+            raise RuntimeError("a KIVI write into a block without a residual slot: open the slots first "
+                               "(PagedKVCache.write and the fused step do)")
         k = k.to(self.model_dtype)
         own = s >= 0
         if bool(own.all()):
