@@ -45,7 +45,7 @@ class ScratchSlots:
         self._filled: set[int] = set()  # blocks whose last entry this pass wrote
         self.num_grows = 0
         self.version = 0
-        self._last = self._last_key = None  # the slots tensor last opened: every layer of a pass opens the same one
+        self._last = None  # the slots last opened (a copy): every layer of a pass opens the same ones
 
     @property
     def num_free(self) -> int:
@@ -62,10 +62,12 @@ class ScratchSlots:
     def open(self, slots: torch.Tensor) -> bool:
         """Make sure every block `slots` (cache slots, block * block_size + offset) touches holds
         a slot; True when a pool grew (the caller reallocates its tensors: PagedKVCache.open)."""
-        key = (id(slots), slots._version)  # the same tensor, unmodified: this pass's next layer
-        if self.identity or slots.numel() == 0 or (slots is self._last and key == self._last_key):
+        if self.identity or slots.numel() == 0:
             return False
-        self._last, self._last_key = slots, key
+        last = self._last  # every layer of a pass opens the same slots: done once, until a release
+        if last is not None and last.shape == slots.shape and torch.equal(last, slots):
+            return False
+        self._last = slots.clone()  # (a copy: the caller may refill its tensor in place)
         bs = self.block_size
         blocks = torch.unique(slots // bs)
         missing = blocks[self.slot_of[blocks] == -1].tolist()

@@ -192,3 +192,18 @@ def test_a_slots_tensor_reused_in_place_still_opens_its_blocks():
     tensors = cache.layers[0]
     with pytest.raises(RuntimeError, match="without a residual slot"):
         cache.codec.write(tensors, torch.tensor([3 * BS]), _rows(1, 5), _rows(1, 6))
+
+
+def test_open_under_inference_mode():
+    """Evaluation runs under torch.inference_mode (its tensors track no version): pooled and
+    slot-per-block caches alike."""
+    with torch.inference_mode():
+        for num_scratch in (1, None):
+            cache = PagedKVCache.create(1, 8, BS, HKV, D, kv_cache_dtype="kivi4", num_scratch=num_scratch)
+            slots = torch.arange(BS + 2)
+            for _ in range(2):  # the same slots twice (two layers' worth): opened once
+                cache.write(0, slots, _rows(BS + 2, 1), _rows(BS + 2, 2))
+            got = cache.gather(0, torch.tensor([0, 1]), BS + 2)[0]
+            assert torch.equal(got[BS:], _rows(BS + 2, 1)[BS:])
+            if num_scratch:
+                assert cache.scratch.held() == {0: -2, 1: 0}  # block 0: a pass slot; 1: an open one

@@ -34,11 +34,15 @@ finished, aborted or preempted request's partial last block). Copy-on-write give
 slot of its own; swap moves the slot's rows to a host scratch slot and back; a chunk that the
 chunk cache indexes keeps its partial last block's slot while it is indexed (the block is
 evictable; its slot comes back when the pool reuses it), so a later prompt reads that chunk's
-keys exactly, as before. `scratch_slot` [blocks] int32 (-1: none) maps a block to its slot.
-Sizing (kv/spec.py): max_num_seqs + ceil(max_num_batched_tokens / block_size) + 1 slots, counted
-in the cache's bytes (`KVCacheSpec.scratch_bytes`, taken out of `--kv-cache-memory`): a partial
-block per sequence, plus what one step can fill. An exhausted pool never fails a step: it
-grows (doubling; `ScratchSlots.num_grows`) and the fused C step picks up the new tensors.
+keys exactly, as before. `scratch_slot` [blocks] int32 maps a block to its slot: s >= 0 in
+the layer's own pool `k_res`, s <= -2 in `k_res_pass` (slot -2 - s), a pool shared by all layers
+for blocks a pass both opens and fills (a prefill chunk's whole blocks: each layer reads them
+only in its own attention, right after its write), -1 none.
+Sizing (kv/spec.py): max_num_seqs + 2 slots a layer (a partial block per sequence, and two
+prefills that fill one block and open the next in the same step) and ceil(max_num_batched_tokens
+/ block_size) + 1 shared pass slots, counted in the cache's bytes (`KVCacheSpec.scratch_bytes`,
+taken out of `--kv-cache-memory`). An exhausted pool never fails a step: it grows (doubling;
+`ScratchSlots.num_grows`) and the fused C step picks up the new tensors.
 Without a pool (a PagedKVCache built without `num_scratch`: tests, evaluation) every block
 has a slot, its own.
 
@@ -47,8 +51,8 @@ Per block (Hkv heads, D channels, bs tokens, b bits):
   k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens (-fp16: fp16)
   v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels (-fp16: fp16)
   k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
-Per scratch slot:
-  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
+Per scratch slot (k_res: one pool per layer; k_res_pass: one pool for all layers):
+  k_res, k_res_pass model dtype [bs, Hkv, D] the keys as written (the residual)
 So on the default model (30 layers, 3 KV heads of 64, bs 16) kivi4 takes 10,082 B/token in
 blocks (2.29x fewer than bf16's 23,040; kivi4-fp16 7,922, 2.91x; kivi2 7,202, 3.20x; kivi2-fp16
 5,042, 4.57x), plus the scratch: 12,288 B per open slot and layer for an fp32 model (6,144 for
