@@ -70,9 +70,10 @@ def main() -> None:
     text = default_eval_text()
     rows = {}
     for codec in codecs:
-        spec = kv_cache_spec(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_dtype=codec,
-                                          max_num_seqs=10**6), lm.config)
-        row = {"bytes_per_token": spec.bytes_per_token, "tokens_in_1GiB": spec.num_tokens}
+        spec = kv_cache_spec(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_dtype=codec), lm.config)
+        # what 1 GiB of blocks holds (a codec's scratch pool, sized by max_num_seqs, not counted)
+        row = {"bytes_per_token": spec.bytes_per_token, "tokens_in_1GiB": 2**30 // spec.bytes_per_block * spec.block_size,
+               "scratch_bytes_at_defaults": spec.scratch_bytes}
         if args.ppl_tokens:
             r = evaluate_perplexity(lm.model, lm.tokenizer, text, max_tokens=args.ppl_tokens, decode=True,
                                     kv_cache_dtype=codec, progress=False)

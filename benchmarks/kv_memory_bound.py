@@ -12,6 +12,7 @@ fused decode step works on larger batches; the ratio says how much of that turns
 
 from __future__ import annotations
 
+import os
 import time
 
 from common import base_parser, corpus_token_ids, environment, log, set_threads, write_json  # noqa: I001
@@ -25,7 +26,8 @@ from ember.loader import load_model
 
 def run(loaded, method: KVMethod, prompts, output_len: int, args) -> dict:
     llm = LLM(loaded=loaded, threads=args.threads, kv_cache_memory=args.kv_cache_memory,
-              max_num_seqs=args.max_num_seqs, enable_prefix_caching=False, **method.engine_options())
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              enable_prefix_caching=False, **method.engine_options())
     engine = llm.engine
     peak = 0
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
@@ -37,10 +39,14 @@ def run(loaded, method: KVMethod, prompts, output_len: int, args) -> dict:
     seconds = time.perf_counter() - t0
     for i in ids:
         engine.release(i)
+    scratch = engine.kv_cache.scratch
     return {"method": method.name, "seconds": seconds, "output_tok_s": len(prompts) * output_len / seconds,
             "bytes_per_token": engine.kv_spec.bytes_per_token, "cache_tokens": engine.kv_spec.num_tokens,
+            "kv_cache_bytes": engine.kv_spec.total_bytes, "scratch_bytes": engine.kv_spec.scratch_bytes,
+            "scratch_grows": scratch.num_grows if scratch is not None else 0,
             "peak_running": peak, "preemptions": engine.scheduler.num_preemptions,
-            "fused": engine.runner.decoder is not None}
+            "fused": engine.runner.decoder is not None,
+            "loadavg_after": os.getloadavg()}  # the machine is shared: timings are indicative
 
 
 def main() -> None:
@@ -51,6 +57,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--kv-cache-memory", default="64MiB")
     p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--linear", default="auto", help="LinearMethod of the model (auto: as the file stores it)")
     args = p.parse_args()
     set_threads(args.threads)
@@ -59,16 +66,19 @@ def main() -> None:
     prompts = [ids[i * args.prompt_len:(i + 1) * args.prompt_len] for i in range(args.requests)]
     rows = []
     for name in args.methods.split(","):
-        log(f"{name}: {args.requests} requests of {args.prompt_len} + {args.output_len} tokens ...")
+        log(f"{name}: {args.requests} requests of {args.prompt_len} + {args.output_len} tokens "
+            f"(load average {os.getloadavg()[0]:.2f}) ...")
         rows.append(run(loaded, KVMethod.parse(name), prompts, args.output_len, args))
         log(f"{name}: {rows[-1]['output_tok_s']:.1f} output tok/s, {rows[-1]['seconds']:.0f} s, "
             f"peak {rows[-1]['peak_running']} sequences")
     base = next((r for r in rows if r["method"] == "bf16"), rows[0])
-    print(f"{'method':18} {'B/token':>8} {'cache tok':>9} {'peak seqs':>9} {'preempt':>7} {'out tok/s':>9} {'vs bf16':>7}")
+    print(f"{'method':18} {'B/token':>8} {'scratch MiB':>11} {'cache tok':>9} {'peak seqs':>9} {'preempt':>7} "
+          f"{'out tok/s':>9} {'vs bf16':>7} {'load 1m':>7}")
     for r in rows:
         r["vs_bf16"] = r["output_tok_s"] / base["output_tok_s"]
-        print(f"{r['method']:18} {r['bytes_per_token']:8.0f} {r['cache_tokens']:9d} {r['peak_running']:9d} "
-              f"{r['preemptions']:7d} {r['output_tok_s']:9.1f} {r['vs_bf16']:6.2f}x", flush=True)
+        print(f"{r['method']:18} {r['bytes_per_token']:8.0f} {r['scratch_bytes'] / 2**20:11.1f} {r['cache_tokens']:9d} "
+              f"{r['peak_running']:9d} {r['preemptions']:7d} {r['output_tok_s']:9.1f} {r['vs_bf16']:6.2f}x "
+              f"{r['loadavg_after'][0]:7.2f}", flush=True)
     write_json(args.output, {"args": vars(args), "environment": environment(args.threads), "rows": rows})
 
 

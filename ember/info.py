@@ -53,7 +53,10 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "auto": list(resolved.notes),
         "weight_bytes_loaded": _loaded_weight_bytes(mc, cfg.linear, dtype),
         "kv_cache_dtype": cfg.kv_cache_dtype,
-        "kv_bytes_per_token": spec.bytes_per_token,
+        "kv_bytes_per_token": spec.bytes_per_token,  # the blocks alone
+        "kv_scratch_slots": spec.num_scratch,  # a codec's pool for open blocks (KIVI's residual)
+        "kv_scratch_bytes": spec.scratch_bytes,
+        "kv_bytes_per_token_held": round(spec.bytes_per_token_held, 1),  # kv_cache_bytes / kv_cache_tokens
         "kv_cache_blocks": spec.num_blocks,
         "kv_cache_tokens": spec.num_tokens,
         "kv_cache_bytes": spec.total_bytes,
@@ -130,9 +133,14 @@ def format_info(info: dict) -> str:
     lines.extend(f"auto          {note}" for note in info["auto"])
     lines.append("layer shapes  " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in info["layer_shapes"].items()))
     kv_dtype = info["kv_cache_dtype"] if info["kv_cache_dtype"] != "auto" else info["dtype"]
-    lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included)")
+    lines.append(f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included; "
+                 f"{info['kv_bytes_per_token_held']:,.0f} B counting the scratch pool)"
+                 if info["kv_scratch_slots"] else
+                 f"KV per token  {_size(info['kv_bytes_per_token'])} in {kv_dtype} (scales included)")
+    scratch = (f", of which {_size(info['kv_scratch_bytes'])} scratch: {info['kv_scratch_slots']} slots a layer for "
+               "open blocks" if info["kv_scratch_slots"] else "")
     lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "
-                 f"({_size(info['kv_cache_bytes'])})")
+                 f"({_size(info['kv_cache_bytes'])}{scratch})")
     lines.append(f"C kernels     {info['c_kernels']}")
     if "energy" in info:
         lines.append(info["energy"]["report"])

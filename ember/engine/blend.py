@@ -41,6 +41,7 @@ class Blender:
             tables[i, :len(use.blocks)] = torch.tensor(use.blocks, dtype=torch.long)
         meta = AttentionMetadata(lengths, list(lengths), torch.tensor(slots, dtype=torch.long), tables)
         self.forward(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta)
+        self.kv_cache.settle()  # full chunk blocks keep no scratch; a partial last one keeps its slot
 
     def __call__(self, plans: list[tuple[list[int], list[int], BlendPlan]]) -> None:
         """`plans`: (prompt token ids, block ids, plan) of each request blended this step."""

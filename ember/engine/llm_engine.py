@@ -65,10 +65,11 @@ class LLMEngine:
         spec = kv_cache_spec(config, self.model_config)
         self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
-        self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks)
+        self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks, spec.num_scratch, spec.num_pass)
         self.scheduler = build_scheduler(config, spec.num_blocks, bs, self.tokenizer.stop_token_ids, policy,
                                          preemptor=self._make_preemptor())
         self.kv = self.scheduler.kv
+        self.kv.pool.on_release = self.kv_cache.release  # a freed block's scratch slot goes back
         attention = get_attention_backend(config.attention)
         self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
         self.runner.blender = self._make_blender(self.runner)

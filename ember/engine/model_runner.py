@@ -97,13 +97,16 @@ class ModelRunner:
     def execute(self, batch: SchedulerOutput, block_copies: list[tuple[int, int]] = (), clock=NO_CLOCK) -> StepResult:
         """`clock`: the step's StepClock (engine/profile.py), marked after prepare, forward and logits."""
         self.kv_cache.copy_blocks(list(block_copies))
-        work = self._blend(batch)
-        if not work:  # only blends this step: no token reached its end
-            clock.mark("forward")
-            return StepResult([], None, {})
-        input_ids, positions, meta = self.prepare(work)
-        clock.mark("prepare")
-        hidden = self.forward(input_ids, positions, meta)
+        try:
+            work = self._blend(batch)
+            if not work:  # only blends this step: no token reached its end
+                clock.mark("forward")
+                return StepResult([], None, {})
+            input_ids, positions, meta = self.prepare(work)
+            clock.mark("prepare")
+            hidden = self.forward(input_ids, positions, meta)
+        finally:
+            self.kv_cache.settle()  # the blocks this step filled need no scratch any more
         clock.mark("forward")
         rows, sample_requests, prompt_logits = [], [], {}
         end = 0

@@ -63,14 +63,16 @@ class KVLayout(ctypes.Structure):
     """csrc/attention_paged.h's ember_kv_layout: how every layer's KV blocks are stored."""
     _fields_ = [("kind", ctypes.c_int64), ("block_size", ctypes.c_int64), ("num_kv_heads", ctypes.c_int64),
                 ("head_dim", ctypes.c_int64), ("fp8_table", ctypes.c_void_p), ("fp8_max", ctypes.c_double),
-                ("fp8_man_bits", ctypes.c_int64), ("fp8_bias", ctypes.c_int64), ("res_bf16", ctypes.c_int64)]
+                ("fp8_man_bits", ctypes.c_int64), ("fp8_bias", ctypes.c_int64), ("res_bf16", ctypes.c_int64),
+                ("stats_f16", ctypes.c_int64)]
 
 
 class KVLayer(ctypes.Structure):
     """csrc/attention_paged.h's ember_kv_layer: one layer's KV tensors, by pointer."""
     _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("k_scale", ctypes.c_void_p),
                 ("v_scale", ctypes.c_void_p), ("k_min", ctypes.c_void_p), ("v_min", ctypes.c_void_p),
-                ("k_res", ctypes.c_void_p), ("k_full", ctypes.c_void_p)]
+                ("k_res", ctypes.c_void_p), ("k_full", ctypes.c_void_p), ("scratch_slot", ctypes.c_void_p),
+                ("k_res_pass", ctypes.c_void_p)]
 
 
 def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
@@ -81,7 +83,8 @@ def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
     layout = KVLayout(kinds.index(codec.native_kind), codec.block_size, codec.num_kv_heads, codec.head_dim,
                       None if table is None else table.data_ptr(), getattr(codec, "fmax", 0.0),
                       fmt.man_bits if fmt else 0, fmt.bias if fmt else 0,
-                      getattr(codec, "residual_dtype", None) == torch.bfloat16)
+                      getattr(codec, "residual_dtype", None) == torch.bfloat16,
+                      getattr(codec, "stat_dtype", None) == torch.float16)
     return layout, table
 
 
@@ -89,7 +92,8 @@ def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
     """The bfp codecs' exponents (`k_exp`, `v_exp`, int8) travel in the scale pointers."""
     tensors = {"k_scale": tensors.get("k_exp"), "v_scale": tensors.get("v_exp")} | tensors
     ptr = lambda name: tensors[name].data_ptr() if tensors.get(name) is not None else None  # noqa: E731
-    return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full")))
+    return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full",
+                                            "scratch_slot", "k_res_pass")))
 
 
 def check_abi(lib: ctypes.CDLL, symbol: str, structs: dict[str, type]) -> dict:

@@ -26,6 +26,9 @@ class BlockPool:
         self._evictable: OrderedDict[int, None] = OrderedDict()  # refcount 0, still cached; oldest first
         self._cached: dict[int, int] = {}  # block hash -> block id
         self.num_evictions = 0
+        # Called with blocks whose contents die: freed uncached, or taken again (an evicted
+        # cached block included); the KV cache gives back what it kept for them (kv/scratch.py).
+        self.on_release = None
 
     # --- counts -----------------------------------------------------------------------------
     @property
@@ -58,6 +61,8 @@ class BlockPool:
                 self.num_evictions += 1
             self.ref_counts[block] = 1
             blocks.append(block)
+        if self.on_release is not None:
+            self.on_release(blocks)
         return blocks
 
     def share(self, blocks: list[int]) -> None:
@@ -79,6 +84,8 @@ class BlockPool:
                     self._evictable[block] = None
                 else:
                     self._free.append(block)
+                    if self.on_release is not None:
+                        self.on_release([block])
 
     # --- prefix cache index -------------------------------------------------------------------
     def lookup(self, block_hash: int, tokens: tuple[int, ...]) -> int | None:
@@ -113,6 +120,8 @@ class BlockPool:
             block, _ = self._evictable.popitem(last=False)
             self._uncache(block)
             self._free.append(block)
+            if self.on_release is not None:
+                self.on_release([block])
 
     def check_consistency(self) -> None:
         """Invariants tests rely on: every block is in exactly one place."""

@@ -17,11 +17,18 @@ class KVCacheSpec:
     block_size: int
     num_blocks: int
     max_model_len: int  # the longest sequence the cache and the model allow
+    num_scratch: int = 0  # slots of the codec's open scratch pool, per layer (kv/scratch.py; 0: it keeps none)
+    num_pass: int = 0  # slots of its pass pool, shared by the layers
 
     @property
     def bytes_per_block(self) -> int:
-        """All layers' K and V (with scales) for one block of tokens."""
+        """All layers' K and V (with scales) for one block of tokens (not the scratch pool)."""
         return self.num_layers * self.codec.bytes_per_block()
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The scratch pools, all layers (KIVI: the open blocks' full-precision keys)."""
+        return (self.num_scratch * self.num_layers + self.num_pass) * self.codec.bytes_per_scratch_slot()
 
     @property
     def bytes_per_token(self) -> float:
@@ -33,7 +40,12 @@ class KVCacheSpec:
 
     @property
     def total_bytes(self) -> int:
-        return self.num_blocks * self.bytes_per_block
+        return self.num_blocks * self.bytes_per_block + self.scratch_bytes
+
+    @property
+    def bytes_per_token_held(self) -> float:
+        """total_bytes per token of capacity: the blocks with the scratch pool spread over them."""
+        return self.total_bytes / self.num_tokens
 
     def blocks_in(self, num_bytes: int) -> int:
         """How many whole blocks `num_bytes` hold (the host swap pool's size)."""
@@ -47,12 +59,20 @@ def kv_cache_spec(config, model_config) -> KVCacheSpec:
     mc, bs = model_config, config.block_size
     codec = get_kv_codec(config.kv_cache_dtype, bs, mc.num_kv_heads, mc.head_dim, config.torch_dtype)
     block_bytes = mc.num_layers * codec.bytes_per_block()
+    # Scratch slots (only open blocks hold one, kv/scratch.py): per layer, one per sequence (its
+    # partial last block) and 2 for prefill chunks that fill one block and open the next in
+    # the same step (more at once grows the pool); shared by the layers, one per block a
+    # step's token budget can open and fill.
+    scratch = codec.scratch_specs()
+    num_scratch = config.max_num_seqs + 2 if scratch else 0
+    num_pass = -(-config.max_num_batched_tokens // bs) + 1 if scratch else 0
+    scratch_bytes = (num_scratch * mc.num_layers + num_pass) * codec.bytes_per_scratch_slot()
     if config.kv_cache_tokens:
         num_blocks = -(-config.kv_cache_tokens // bs)
-    else:
-        num_blocks = parse_bytes(config.kv_cache_memory) // block_bytes
+    else:  # the memory holds the scratch pool and the blocks
+        num_blocks = (parse_bytes(config.kv_cache_memory) - scratch_bytes) // block_bytes
     limit = config.max_model_len or mc.max_position
     # Never allocate more than max_num_seqs full-length sequences could use.
     num_blocks = max(1, min(num_blocks, config.max_num_seqs * -(-limit // bs) + 1))
     max_model_len = min(limit, mc.max_position, num_blocks * bs)
-    return KVCacheSpec(codec, mc.num_layers, bs, num_blocks, max_model_len)
+    return KVCacheSpec(codec, mc.num_layers, bs, num_blocks, max_model_len, num_scratch, num_pass)

@@ -2,7 +2,9 @@
 
 The host pool is preallocated (`swap_space`), so a swap is a gather into it and a scatter
 back, one copy per tensor of each layer (codes and scales alike). When the host pool is full the request falls back to
-recompute (its blocks are simply freed).
+recompute (its blocks are simply freed). The host pool is a PagedKVCache of its own, so a
+block's scratch data (KIVI's residual of a partial block, kv/scratch.py) goes to a host
+scratch slot and back with it.
 """
 
 from __future__ import annotations
@@ -18,20 +20,18 @@ from ember.request import Request
 
 
 class HostKVPool:
-    """Host blocks shaped like the device cache's, one dict of tensors per layer (the codec's)."""
+    """Host blocks shaped like the device cache's (a PagedKVCache: the codec's tensors, and a
+    scratch pool that starts as small as the device's and grows if swapped requests need more)."""
 
     def __init__(self, like: PagedKVCache, num_blocks: int):
-        self.layers = [like.codec.allocate(num_blocks) for _ in range(like.num_layers)]
+        scratch = like.scratch.num_slots if like.scratch is not None and not like.scratch.identity else None
+        self.cache = PagedKVCache(like.codec, like.num_layers, num_blocks, scratch, num_pass=1)
         self.free = deque(range(num_blocks))
         self.num_blocks = num_blocks
 
-
-def copy_blocks(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
-    """Every tensor of every layer: dst_layers[..][dst] = src_layers[..][src]."""
-    src_t, dst_t = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
-    for a, b in zip(src_layers, dst_layers):
-        for name, t in a.items():
-            b[name][dst_t] = t[src_t]
+    @property
+    def layers(self):
+        return self.cache.layers
 
 
 @PREEMPTORS.register("swap")
@@ -51,7 +51,7 @@ class SwapPreemptor(Preemptor):
         own = set(request.block_ids)
         self.cache.copy_blocks([(src, dst) for src, dst in kv.pending_copies if dst in own])
         host = [self.host.free.popleft() for _ in range(keep)]
-        copy_blocks(self.cache.layers, request.block_ids[:keep], self.host.layers, host)
+        self.cache.transfer(self.host.cache, request.block_ids[:keep], host)
         self.swapped[request.request_id] = (host, request.num_computed_tokens, request.num_dropped_tokens)
         self.num_swapped_out += 1
         kv.free(request)
@@ -65,7 +65,7 @@ class SwapPreemptor(Preemptor):
         if kv.blocks_needed(request.num_tokens - dropped) > kv.pool.num_free_blocks:
             return False  # wait until the whole sequence fits again
         blocks = kv.pool.allocate(len(host))
-        copy_blocks(self.host.layers, host, self.cache.layers, blocks)
+        self.host.cache.transfer(self.cache, host, blocks)
         request.block_ids = blocks
         request.num_computed_tokens, request.num_dropped_tokens = computed, dropped
         self.release(request)
@@ -75,6 +75,7 @@ class SwapPreemptor(Preemptor):
     def release(self, request: Request) -> None:
         entry = self.swapped.pop(request.request_id, None)
         if entry is not None:
+            self.host.cache.release(entry[0])  # host scratch slots go back with the host blocks
             self.host.free.extend(entry[0])
 
     @property

@@ -76,6 +76,7 @@ class NativeDecoder:
             layers[i] = _Layer(*ws, self._norms[i][0].data_ptr(), self._norms[i][1].data_ptr(),
                                native.kv_layer(kv_cache.layers[i]))
         self._layers = layers  # the structs point into model and cache tensors, which outlive self
+        self._kv_cache, self._kv_version = kv_cache, kv_cache.scratch_version
         self.takes_prefill = all(lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
                                  for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
         self._kv_layout, self._fp8_table = native.kv_layout(codec, abi["kv_kinds"])
@@ -116,6 +117,11 @@ class NativeDecoder:
         else:
             seq = torch.repeat_interleave(torch.arange(len(meta.query_lens)), torch.tensor(meta.query_lens))
         ids, pos, slots = input_ids.contiguous(), positions.contiguous(), meta.slot_mapping.contiguous()
+        self._kv_cache.open(meta.slot_mapping)  # scratch slots for the blocks written (a codec's residual)
+        if self._kv_cache.scratch_version != self._kv_version:  # the scratch pool grew: new pointers
+            for i in range(self.cfg.num_layers):
+                self._layers[i].kv = native.kv_layer(self._kv_cache.layers[i])
+            self._kv_version = self._kv_cache.scratch_version
         p = ctypes.c_void_p
         self._lib.ember_llama_decode(ctypes.byref(self._desc), ctypes.c_long(m), p(ids.data_ptr()), p(pos.data_ptr()),
                                      p(slots.data_ptr()), p(seq.data_ptr()), ctypes.c_long(len(meta.query_lens)),

@@ -40,6 +40,22 @@ def assert_no_leak(llm: LLM) -> None:
     assert not llm.engine.scheduler.running and not llm.engine.scheduler.waiting
     preemptor = llm.engine.scheduler.preemptor
     assert not getattr(preemptor, "swapped", {}), "host swap blocks still held"
+    assert_no_scratch_leak(llm)
+
+
+def assert_no_scratch_leak(llm: LLM) -> None:
+    """A codec's scratch pool (kv/scratch.py: KIVI's residual) is back to full once the engine
+    drained, but for the partial last blocks of chunks the chunk cache still indexes."""
+    pool, scratch = llm.engine.kv.pool, llm.engine.kv_cache.scratch
+    if scratch is None:
+        return
+    held = scratch.held()
+    kept = [b for b in held if pool.ref_counts[b] == 0 and pool.block_hash[b] is not None]
+    assert len(held) == len(kept), f"scratch slots still held by blocks {sorted(set(held) - set(kept))}"
+    assert scratch.num_free == scratch.num_slots - len(held)
+    host = getattr(llm.engine.scheduler.preemptor, "host", None)
+    if host is not None and host.cache.scratch is not None:
+        assert host.cache.scratch.num_free == host.cache.scratch.num_slots, "host scratch slots still held"
 
 
 # At a near-tie, GEMM blocking may flip the argmax: both candidates must then be within this

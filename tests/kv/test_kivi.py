@@ -18,8 +18,9 @@ from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode
 
 BS, HKV, D = 4, 2, 64
 G = 32  # value group (channels)
-KIVI = ["kivi4", "kivi2"]
-BITS = {"kivi4": 4, "kivi2": 2}
+KIVI = ["kivi4", "kivi2", "kivi4-fp16", "kivi2-fp16"]
+BITS = {"kivi4": 4, "kivi2": 2, "kivi4-fp16": 4, "kivi2-fp16": 2}
+STATS = {name: torch.float16 if name.endswith("-fp16") else torch.float32 for name in KIVI}  # scales, minimums
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
 
@@ -45,9 +46,13 @@ def test_sizes():
     for name, bits in BITS.items():
         codec = get_kv_codec(name, BS, HKV, D, torch.float32)
         codes = BS * HKV * D * bits // 8
-        want = 2 * codes + 2 * HKV * D * 4 + 2 * BS * HKV * (D // G) * 4 + BS * HKV * D * 4 + 1
+        # the residual is no part of a block: it lives in the scratch pool, a slot per open block
+        stat = STATS[name].itemsize
+        want = 2 * codes + 2 * HKV * D * stat + 2 * BS * HKV * (D // G) * stat + 1
         assert codec.bytes_per_block() == want
-        assert get_kv_codec(name, BS, HKV, D, torch.bfloat16).bytes_per_block() == want - BS * HKV * D * 2
+        assert codec.bytes_per_scratch_slot() == BS * HKV * D * 4
+        bf16 = get_kv_codec(name, BS, HKV, D, torch.bfloat16)
+        assert bf16.bytes_per_block() == want and bf16.bytes_per_scratch_slot() == BS * HKV * D * 2
 
 
 @pytest.mark.parametrize("name", KIVI)
@@ -64,19 +69,20 @@ def test_read_equals_the_reference(name):
     cache.write(0, slots, k, v)
     got_k, got_v = cache.gather(0, table, n)
     full = 3 * BS
-    want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits), bits) for b in range(3)] + [k[full:]])
-    want_v = decode_values(*encode_values(v, bits), bits)
+    st = STATS[name]
+    want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits, st), bits) for b in range(3)] + [k[full:]])
+    want_v = decode_values(*encode_values(v, bits, st), bits)
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
     assert torch.equal(got_k[full:], k[full:])  # the residual: exact
     assert not torch.equal(got_k[:full], k[:full])  # it really is quantized
     assert cache.layers[0]["k_full"][table].flatten().tolist() == [1, 1, 1, 0]
 
 
-@pytest.mark.parametrize("name", KIVI)
+@pytest.mark.parametrize("name", ["kivi4", "kivi2"])
 def test_error_bounds(name):
     """Every value within half a step of its group's grid, step = range / (2^bits - 1): keys'
     groups are (block, head, channel), values' are (token, head, 32 channels). Each group's
-    min and max come back (near) exactly."""
+    min and max come back (near) exactly. (fp16 statistics: test_fp16_statistics.)"""
     bits, qmax = BITS[name], (1 << BITS[name]) - 1
     cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
     k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
@@ -96,6 +102,27 @@ def test_error_bounds(name):
     rel = float(((gb - kb).abs() / k_step[:, None].clamp_min(1e-12)).mean())
     expected = 0.25 * (BS - 2) / BS
     assert 0.6 * expected < rel < 1.5 * expected, rel
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_fp16_statistics(bits):
+    """kivi4-fp16/kivi2-fp16 store scales and minimums in fp16, rounded before the codes are
+    computed from them: each value lands within half a step plus the statistics' fp16 rounding
+    (2^-11 relative) of what it was, and codes are those of the rounded grid."""
+    name = f"kivi{bits}-fp16"
+    cache = PagedKVCache.create(1, 4, BS, HKV, D, kv_cache_dtype=name)
+    assert cache.layers[0]["k_scale"].dtype == cache.layers[0]["v_min"].dtype == torch.float16
+    k, v = _rows(4 * BS, 3), _rows(4 * BS, 4)
+    cache.write(0, torch.arange(4 * BS), k, v)
+    got_k, got_v = cache.gather(0, torch.arange(4), 4 * BS)
+    qmax = (1 << bits) - 1
+    for got, x, dim in ((got_k.view(4, BS, HKV, D), k.view(4, BS, HKV, D), 1),
+                        (got_v.view(-1, HKV, D // G, G), v.view(-1, HKV, D // G, G), -1)):
+        step = (x.amax(dim) - x.amin(dim)) / qmax
+        slack = 2.0 ** -11 * (x.amin(dim).abs() + x.amax(dim).abs() + qmax * step) + 1e-6
+        assert bool(((got - x).abs() <= (step / 2 * (1 + 1e-3) + slack).unsqueeze(dim)).all())
+    codes, scale, mn = quantize(v.view(-1, HKV, D // G, G), -1, bits, torch.float16)
+    assert torch.equal(scale, scale.half().float()) and torch.equal(mn, mn.half().float())
 
 
 @pytest.mark.parametrize("name", KIVI)
@@ -202,22 +229,31 @@ def _c_store(lib, layout, cache, slots, k, v):
 
 
 @needs_native
+@pytest.mark.parametrize("pool", [None, 1], ids=["slot-per-block", "pooled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", KIVI)
-def test_c_store_equals_the_codec_write(name, dtype, cpu_variant):
+def test_c_store_equals_the_codec_write(name, dtype, pool, cpu_variant):
     """The fused step's store leaves the same bytes as the codec's PyTorch write: runs that
-    fill a block, stop short of its end, cross into the next, and a block reused from offset 0."""
+    fill a block, stop short of its end, cross into the next, and a block reused from offset 0.
+    `pooled`: the residual in a scratch pool of one slot at first (grown as blocks open), so
+    blocks and their residual slots differ; passes end (`settle`) after some writes."""
     codec = get_kv_codec(name, BS, HKV, D, dtype)
     lib, layout, _ = _lib_and_layout(codec)
-    py, c = PagedKVCache(codec, 1, 6), PagedKVCache(codec, 1, 6)
+    py, c = PagedKVCache(codec, 1, 6, pool), PagedKVCache(codec, 1, 6, pool)
     writes = [([8, 9, 10], 1.0), ([11, 12], 40.0), ([13], 0.01), ([20, 21, 22, 23], 5.0), ([8, 9], 2.0),
               ([14, 15, 16], 3.0)]
     for i, (slots, spread) in enumerate(writes):
         k, v = _rows(len(slots), 10 + i, spread).to(dtype), _rows(len(slots), 20 + i, spread).to(dtype)
         py.write(0, torch.tensor(slots), k, v)
+        c.open(torch.tensor(slots))  # what the fused step's caller does before the C store
         _c_store(lib, layout, c, slots, k, v)
         for key in py.layers[0]:
             assert torch.equal(py.layers[0][key], c.layers[0][key]), (name, i, key)
+        if pool is not None and i in (1, 3):
+            py.settle(), c.settle()
+    if pool is not None:
+        assert py.scratch.num_grows > 0 and py.scratch.held() == c.scratch.held()
+        assert sorted(py.scratch.held()) == [2, 3, 4], "open blocks (and those this pass filled) keep their slots"
 
 
 def _attend_reference(cache, table, n, q, scale):
@@ -231,21 +267,24 @@ def _attend_reference(cache, table, n, q, scale):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", KIVI)
-def test_c_attention_equals_the_reference(name, dtype, cpu_variant):
+@pytest.mark.parametrize("pool", [None, 2], ids=["slot-per-block", "pooled"])
+def test_c_attention_equals_the_reference(name, dtype, pool, cpu_variant):
     """Paged attention of the fused step over a KIVI cache (codes dequantized in registers, the
     partial block's keys read from the residual) equals softmax attention over the codec's
-    `read`, for 1..3 query heads per KV head and contexts that end mid-block and on a block's end."""
+    `read`, for 1..3 query heads per KV head and contexts that end mid-block and on a block's end.
+    `pooled`: the residual in a scratch pool (grown from 2 slots), each pass settled but the last,
+    so full blocks hold no residual slot and are read quantized."""
     codec = get_kv_codec(name, BS, HKV, D, dtype)
     lib, layout, _ = _lib_and_layout(codec)
-    cache = PagedKVCache(codec, 1, 8)
+    cache = PagedKVCache(codec, 1, 8, pool)
     n_max = 5 * BS - 1
     table = torch.tensor([6, 2, 7, 0, 4], dtype=torch.int64)
     slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n_max]
     k, v = _rows(n_max, 31).to(dtype), _rows(n_max, 32).to(dtype)
     p = ctypes.c_void_p
-    layer = native.kv_layer(cache.layers[0])
     for n in (1, 3, BS, 2 * BS + 1, 4 * BS, n_max):
         cache.write(0, slots[:n], k[:n], v[:n])  # from offset 0: each block starts afresh
+        layer = native.kv_layer(cache.layers[0])  # (a grown pool moves the residual)
         for group in (1, 2, 3):
             q = torch.randn(group * HKV, D, generator=torch.Generator().manual_seed(n + group))  # [H, D]
             scale = D ** -0.5
@@ -255,6 +294,9 @@ def test_c_attention_equals_the_reference(name, dtype, cpu_variant):
             lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(group * HKV),
                                 p(tab.data_ptr()), ctypes.c_long(n), ctypes.c_float(scale), p(out.data_ptr()))
             torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * math.sqrt(D))
+        if pool is not None and n != n_max:
+            cache.settle()
+            assert len(cache.scratch.held()) == (n % BS != 0)
     # The whole cache written, then queries over its first L entries: each sees the blocks as
     # decoding would have left them at entry L - 1 (KiviCodec.views), whole blocks filled after
     # it included. (fp32: the views are in the model's dtype.)

@@ -8,12 +8,16 @@
  *                 value = code * scale
  *   KIVI4, KIVI2  k, v: [blocks, block_size, kv_heads, head_dim * bits / 8] packed unsigned codes
  *                 (channel c at bit bits * c of its row, low bits first); keys per channel over
- *                 the block: k_scale, k_min [blocks, kv_heads, head_dim] fp32; values per token:
- *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] fp32 (per token and group
- *                 of 32 channels); value = code * scale + min.
- *                 k_res [blocks, block_size, kv_heads, head_dim] (fp32, or bf16 where res_bf16):
- *                 the keys as written; k_full [blocks] uint8: 1 once the block's last slot was
- *                 written and its keys quantized (until then attention reads k_res).
+ *                 the block: k_scale, k_min [blocks, kv_heads, head_dim]; values per token:
+ *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] (per token and group
+ *                 of 32 channels); fp32, or fp16 where stats_f16; value = code * scale + min.
+ *                 k_res [pool slots, block_size, kv_heads, head_dim] (fp32, or bf16 where
+ *                 res_bf16): the keys as written, of open blocks only, block b's at pool slot
+ *                 scratch_slot[b] (int32, -1: none; ember/kv/scratch.py hands them out), or at
+ *                 slot -2 - scratch_slot[b] of k_res_pass (shared by the layers) for a block the
+ *                 current pass opens and fills;
+ *                 k_full [blocks] uint8: 1 once the block's last slot was written and its keys
+ *                 quantized (until then attention reads k_res).
  * Stores follow the codecs' `write` bit for bit (tests/kv/test_codecs.py holds them to it):
  * int8 rounds x / (max|x| / 127) to nearest even; fp8 keeps one power-of-two scale per block
  * and head, grown (and the block's rows re-encoded) when new rows need more range, and a
@@ -47,6 +51,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     double fp8_max;           /* the format's largest finite value */
     int64_t fp8_man_bits, fp8_bias;
     int64_t res_bf16;         /* KIVI: k_res holds bf16 (else fp32) */
+    int64_t stats_f16;        /* KIVI: k_scale, k_min, v_scale, v_min hold fp16 (else fp32) */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -56,9 +61,20 @@ typedef struct {  /* one layer's tensors */
     float* v_scale;
     float* k_min;    /* KIVI only (else NULL) */
     float* v_min;
-    void* k_res;
+    void* k_res;     /* KIVI: the layer's residual pool, [slots, block_size, kv_heads, head_dim] */
     uint8_t* k_full;
+    const int32_t* scratch_slot;  /* KIVI: [blocks] s >= 0: slot s of k_res; s <= -2: slot -2 - s of
+                                     k_res_pass; -1: none */
+    void* k_res_pass;  /* KIVI: the pass pool, shared by the layers (ember/kv/scratch.py) */
 } ember_kv_layer;
+
+/* KIVI: where block `block`'s residual starts (elements of the residual's dtype; k_res_pass's
+ * when the block holds a pass slot), or -1 when it holds none. */
+static inline int64_t kivi_res_at(const ember_kv_layer* C, int64_t block, long per_block, const void** base) {
+    const int32_t s = C->scratch_slot[block];
+    *base = s >= 0 ? C->k_res : C->k_res_pass;
+    return s >= 0 ? (int64_t)s * per_block : s <= -2 ? (int64_t)(-2 - s) * per_block : -1;
+}
 
 static inline int kv_quantized(int64_t kind) { return kind >= EMBER_KV_FP8_E4M3; }
 static inline int kv_kivi(int64_t kind) { return kind == EMBER_KV_KIVI4 || kind == EMBER_KV_KIVI2; }
@@ -189,10 +205,25 @@ static void kv_store_fp8_run(const ember_kv_layout* L, uint8_t* data, float* sca
     }
 }
 
+/* KIVI's scales and minimums: element i of an fp32 or (f16) fp16 array. */
+static inline float kivi_stat(const void* p, int64_t i, int f16) {
+    return f16 ? _cvtsh_ss(((const uint16_t*)p)[i]) : ((const float*)p)[i];
+}
+static inline void kivi_put_stat(void* p, int64_t i, float x, int f16) {
+    if (f16) ((uint16_t*)p)[i] = _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT);
+    else ((float*)p)[i] = x;
+}
+static inline __m256 kivi_stat8(const void* p, int64_t i, int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)p + i)))
+               : _mm256_loadu_ps((const float*)p + i);
+}
+
 /* KIVI: asymmetric codes[0..n-1] of the n values x[0], x[st], ... as kivi.py's `quantize`:
- * scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) ties to even, clamped. */
-static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* codes, float* scale_out,
-                          float* min_out) {
+ * scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) ties to even, clamped;
+ * with fp16 statistics (f16) the scale and minimum are rounded to fp16 (nearest even) first
+ * and the codes computed from the rounded ones. Stored at element i of scale_out, min_out. */
+static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* codes, void* scale_out,
+                          void* min_out, int64_t i_out, int f16) {
     const float qmax = (float)((1 << bits) - 1);
     float mn = x[0], mx = x[0];
     for (long j = 1; j < n; j++) {
@@ -200,13 +231,18 @@ static void kivi_quantize(const float* x, long st, long n, int bits, uint8_t* co
         mn = a < mn ? a : mn;
         mx = a > mx ? a : mx;
     }
-    float s = (mx - mn) / qmax, safe = s > 0.0f ? s : 1.0f;
+    float s = (mx - mn) / qmax;
+    if (f16) {
+        s = _cvtsh_ss(_cvtss_sh(s, _MM_FROUND_TO_NEAREST_INT));
+        mn = _cvtsh_ss(_cvtss_sh(mn, _MM_FROUND_TO_NEAREST_INT));
+    }
+    const float safe = s > 0.0f ? s : 1.0f;
     for (long j = 0; j < n; j++) {
         float r = nearbyintf((x[j * st] - mn) / safe);
         codes[j] = (uint8_t)(r > qmax ? qmax : r < 0.0f ? 0.0f : r);
     }
-    *scale_out = s;
-    *min_out = mn;
+    kivi_put_stat(scale_out, i_out, s, f16);
+    kivi_put_stat(min_out, i_out, mn, f16);
 }
 
 /* KIVI: rows rows[0..n-1] (stride ld floats) at consecutive slots within ONE block. Values are
@@ -219,13 +255,18 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     const int bits = L->kind == EMBER_KV_KIVI4 ? 4 : 2, per = 8 / bits;
     const long rowb = Dh / per;
     const int64_t block = slots[0] / bs;
+    const void* res_base;
+    const int64_t res_at = kivi_res_at(C, block, bs * KV, &res_base);
+    const int64_t res0 = res_at - block * bs * KV;  /* + slot * KV: a row */
+    void* res = (void*)res_base;
+    if (res_at < 0) return;  /* no residual slot: the caller did not open the block (PagedKVCache.open); store nothing */
     uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
     const long groups = Dh / 32;
     for (long t = 0; t < n; t++) {
         for (long h = 0; h < Hkv; h++) {
             for (long g = 0; g < groups; g++)
-                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32,
-                              C->v_scale + (slots[t] * Hkv + h) * groups + g, C->v_min + (slots[t] * Hkv + h) * groups + g);
+                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32, C->v_scale, C->v_min,
+                              (slots[t] * Hkv + h) * groups + g, (int)L->stats_f16);
             uint8_t* row = (uint8_t*)C->v + (slots[t] * Hkv + h) * rowb;
             for (long b = 0; b < rowb; b++) {
                 uint8_t byte = 0;
@@ -234,10 +275,10 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
             }
         }
         if (L->res_bf16) {
-            uint16_t* r = (uint16_t*)C->k_res + slots[t] * KV;
+            uint16_t* r = (uint16_t*)res + res0 + slots[t] * KV;
             for (long i = 0; i < KV; i++) r[i] = f32_to_bf16(k_rows[t * ld + i]);
         } else {
-            memcpy((float*)C->k_res + slots[t] * KV, k_rows + t * ld, sizeof(float) * KV);
+            memcpy((float*)res + res0 + slots[t] * KV, k_rows + t * ld, sizeof(float) * KV);
         }
     }
     C->k_full[block] = 0;
@@ -245,14 +286,14 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     /* the block is full: its keys per (head, channel) over its bs tokens */
     float* keys = (float*)malloc(sizeof(float) * bs * KV);
     for (long i = 0; i < bs * KV; i++)
-        keys[i] = L->res_bf16 ? bf16_to_f32(((const uint16_t*)C->k_res)[block * bs * KV + i])
-                              : ((const float*)C->k_res)[block * bs * KV + i];
+        keys[i] = L->res_bf16 ? bf16_to_f32(((const uint16_t*)res)[res0 + block * bs * KV + i])
+                              : ((const float*)res)[res0 + block * bs * KV + i];
     uint8_t* kcodes = (uint8_t*)C->k + block * bs * Hkv * rowb;
     memset(kcodes, 0, bs * Hkv * rowb);
     for (long h = 0; h < Hkv; h++)
         for (long c = 0; c < Dh; c++) {
-            kivi_quantize(keys + h * Dh + c, KV, bs, bits, codes, C->k_scale + block * KV + h * Dh + c,
-                          C->k_min + block * KV + h * Dh + c);
+            kivi_quantize(keys + h * Dh + c, KV, bs, bits, codes, C->k_scale, C->k_min, block * KV + h * Dh + c,
+                          (int)L->stats_f16);
             for (long t = 0; t < bs; t++)
                 kcodes[(t * Hkv + h) * rowb + c / per] |= (uint8_t)(codes[t] << (c % per * bits));
         }
@@ -408,7 +449,7 @@ static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
  * head and group at the end. */
 static inline __attribute__((always_inline)) void attend_heads_kivi(
         const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
-        long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16) {
+        long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16, int f16) {
     const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, bs = Lk->block_size;
     const long rowb = Dh * bits / 8;
     const uint8_t* kc = (const uint8_t*)C->k + kvh * rowb;
@@ -418,20 +459,22 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         const int64_t slot = soff[t], block = slot / bs;
         __m256 a[HEADS_PER_PASS];
         for (int h = 0; h < HEADS_PER_PASS; h++) a[h] = _mm256_setzero_ps();
-        if (t < full_end && C->k_full[block]) {
+        const void* res;
+        const int64_t res_at = kivi_res_at(C, block, bs * KV, &res);
+        if (C->k_full[block] && (t < full_end || res_at < 0)) {  /* no slot: the pass that filled it ended */
             const uint8_t* row = kc + slot * Hkv * rowb;
-            const float* ks = C->k_scale + block * KV + kvh * Dh;
-            const float* km = C->k_min + block * KV + kvh * Dh;
+            const int64_t ks = block * KV + kvh * Dh;  /* this head's key scales and minimums */
             for (long c = 0; c < Dh; c += 8) {
-                __m256 x = _mm256_fmadd_ps(kivi_codes8(row, c, bits), _mm256_loadu_ps(ks + c), _mm256_loadu_ps(km + c));
+                __m256 x = _mm256_fmadd_ps(kivi_codes8(row, c, bits), kivi_stat8(C->k_scale, ks + c, f16),
+                                           kivi_stat8(C->k_min, ks + c, f16));
                 for (int h = 0; h < HEADS_PER_PASS; h++)
                     if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
             }
         } else {
-            const int64_t at = slot * KV + kvh * Dh;
+            const int64_t at = res_at + (slot % bs) * KV + kvh * Dh;
             for (long c = 0; c < Dh; c += 8) {
-                __m256 x = res_bf16 ? widen_bf16x8((const uint16_t*)C->k_res + at + c)
-                                    : _mm256_loadu_ps((const float*)C->k_res + at + c);
+                __m256 x = res_bf16 ? widen_bf16x8((const uint16_t*)res + at + c)
+                                    : _mm256_loadu_ps((const float*)res + at + c);
                 for (int h = 0; h < HEADS_PER_PASS; h++)
                     if (h < nh) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, a[h]);
             }
@@ -449,7 +492,7 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
         for (long t = 0; t < L; t++) {
             const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / 32;
             const uint8_t* row = vc + slot * Hkv * rowb;
-            const float sv = C->v_scale[g], mv = C->v_min[g];
+            const float sv = kivi_stat(C->v_scale, g, f16), mv = kivi_stat(C->v_min, g, f16);
             for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = kivi_codes8(row, c + 8 * i, bits);
@@ -531,12 +574,14 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
     const long Dh = Lk->head_dim, at = kvh * Dh;
     const float* ks = C->k_scale ? C->k_scale + kvh : NULL;
     const float* vs = C->v_scale ? C->v_scale + kvh : NULL;
-    if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width and residual dtype */
-        const int b4 = Lk->kind == EMBER_KV_KIVI4;
-        if (b4 && Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 1);
-        else if (b4) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 0);
-        else if (Lk->res_bf16) attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 1);
-        else attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 0);
+    if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width, residual dtype and statistics dtype */
+        switch ((Lk->kind == EMBER_KV_KIVI4) * 4 + (Lk->res_bf16 != 0) * 2 + (Lk->stats_f16 != 0)) {
+#define EMBER_KIVI_CASE(i, bits, rb, f16) \
+            case i: attend_heads_kivi(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, bits, rb, f16); break;
+            EMBER_KIVI_CASE(0, 2, 0, 0) EMBER_KIVI_CASE(1, 2, 0, 1) EMBER_KIVI_CASE(2, 2, 1, 0) EMBER_KIVI_CASE(3, 2, 1, 1)
+            EMBER_KIVI_CASE(4, 4, 0, 0) EMBER_KIVI_CASE(5, 4, 0, 1) EMBER_KIVI_CASE(6, 4, 1, 0) EMBER_KIVI_CASE(7, 4, 1, 1)
+#undef EMBER_KIVI_CASE
+        }
         return;
     }
     if (kv_bfp(Lk->kind)) {

@@ -14,7 +14,9 @@ Fixed choices (not config options; they follow from the paged layout):
   1,024 tokens; benchmarks/README.md, "KIVI".)
 - scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
   [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
-  Scales and minimums are fp32.
+  Scales and minimums are fp32; `kivi4-fp16`/`kivi2-fp16` keep them in fp16, rounded (to
+  nearest even) before the codes are computed from them, for 2,160 fewer B/token on the
+  default model (benchmarks/README.md, "KIVI", for the perplexity cost).
 - Codes are packed little-endian along the channels: channel c of a row sits at bit
   bits * c of the row's bytes (4-bit: low nibble first).
 - What a query sees (`views`): the cache as decoding would have left it at the query's own
@@ -24,21 +26,38 @@ Fixed choices (not config options; they follow from the paged layout):
   (KIVI itself attends the whole prompt at full precision; here earlier, full blocks of a
   prompt are read quantized during its own prefill, as every Ember codec does.)
 
-The cost of the residual: every block allocates its full-precision keys (`k_res`), because a
-codec's tensors all lead with the block dimension (so copy-on-write and swap move a partial
-block with its residual) and any block may be a sequence's unfilled last one. That residual is
-larger than the quantized data: `bytes_per_block` counts it, and with it kivi4 takes more
-bytes per token than bf16 for an fp32 model (33,122 B against 23,040 on the default model).
-Only unfilled blocks ever read `k_res` after the step that fills them, so a residual pool with
-a slot per unfilled block (about one per running sequence) instead of one per block would cut
-it; see benchmarks/README.md, "KIVI", for the figures and what else 3.5x takes.
+The residual lives in a scratch pool, not in the blocks (kv/scratch.py, the KVCodec seam's
+`scratch_specs`): only an open block (its last slot not yet written) holds a slot, taken by the
+first write into it and given back after the pass that fills it (that pass's prefill queries
+still read the exact keys, see `views`), or when the block pool frees or reuses the block (a
+finished, aborted or preempted request's partial last block). Copy-on-write gives the copy a
+slot of its own; swap moves the slot's rows to a host scratch slot and back; a chunk that the
+chunk cache indexes keeps its partial last block's slot while it is indexed (the block is
+evictable; its slot comes back when the pool reuses it), so a later prompt reads that chunk's
+keys exactly, as before. `scratch_slot` [blocks] int32 maps a block to its slot: s >= 0 in
+the layer's own pool `k_res`, s <= -2 in `k_res_pass` (slot -2 - s), a pool shared by all layers
+for blocks a pass both opens and fills (a prefill chunk's whole blocks: each layer reads them
+only in its own attention, right after its write), -1 none.
+Sizing (kv/spec.py): max_num_seqs + 2 slots a layer (a partial block per sequence, and two
+prefills that fill one block and open the next in the same step) and ceil(max_num_batched_tokens
+/ block_size) + 1 shared pass slots, counted in the cache's bytes (`KVCacheSpec.scratch_bytes`,
+taken out of `--kv-cache-memory`). An exhausted pool never fails a step: it grows (doubling;
+`ScratchSlots.num_grows`) and the fused C step picks up the new tensors.
+Without a pool (a PagedKVCache built without `num_scratch`: tests, evaluation) every block
+has a slot, its own.
 
 Per block (Hkv heads, D channels, bs tokens, b bits):
   k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
-  k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens
-  v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels
-  k_res             model dtype [bs, Hkv, D] the keys as written (the residual)
+  k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens (-fp16: fp16)
+  v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels (-fp16: fp16)
   k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
+Per scratch slot (k_res: one pool per layer; k_res_pass: one pool for all layers):
+  k_res, k_res_pass model dtype [bs, Hkv, D] the keys as written (the residual)
+So on the default model (30 layers, 3 KV heads of 64, bs 16) kivi4 takes 10,082 B/token in
+blocks (2.29x fewer than bf16's 23,040; kivi4-fp16 7,922, 2.91x; kivi2 7,202, 3.20x; kivi2-fp16
+5,042, 4.57x), plus the scratch: 12,288 B per open slot and layer for an fp32 model (6,144 for
+bf16), with the defaults (64 sequences, 512-token budget) 66 open slots a layer and 33 pass
+slots, 23.6 MiB (fp32; 11.8 MiB bf16) of a 1 GiB cache.
 
 `quantize`/`dequantize` and `encode_keys`/`encode_values` below are the plain PyTorch
 reference; csrc/attention_paged.h's KIVI kinds store bit for bit what `write` stores, and
@@ -55,13 +74,17 @@ VALUE_GROUP = 32  # channels per value scale and minimum (KIVI's group size)
 
 
 # --- reference ----------------------------------------------------------------------------------
-def quantize(x: torch.Tensor, dim: int, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, dim: int, bits: int, stat_dtype: torch.dtype = torch.float32
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric quantization of fp32 x over `dim`: (codes int64 in [0, 2^bits-1] shaped like x,
-    scale, minimum) with `dim` reduced."""
+    scale, minimum) with `dim` reduced. stat_dtype fp16: scale and minimum rounded to fp16 (to
+    nearest even) before the codes are computed from them (returned as fp32, exact in fp16)."""
     qmax = (1 << bits) - 1
     x = x.float()
     mn, mx = x.amin(dim), x.amax(dim)
     scale = (mx - mn) / qmax
+    if stat_dtype != torch.float32:
+        scale, mn = scale.to(stat_dtype).float(), mn.to(stat_dtype).float()
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.round((x - mn.unsqueeze(dim)) / safe.unsqueeze(dim)).clamp_(0, qmax)
     return codes.to(torch.int64), scale, mn
@@ -86,10 +109,11 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return ((packed.to(torch.int32)[..., None] >> shifts) & mask).reshape(*packed.shape[:-1], -1)
 
 
-def encode_keys(k: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_keys(k: torch.Tensor, bits: int, stat_dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Blocks of keys [..., bs, Hkv, D] -> (packed codes [..., bs, Hkv, D*bits/8], scale [..., Hkv, D],
     min [Hkv, D]): per channel over the block's tokens."""
-    codes, scale, mn = quantize(k, -3, bits)
+    codes, scale, mn = quantize(k, -3, bits, stat_dtype)
     return pack(codes, bits), scale, mn
 
 
@@ -97,28 +121,30 @@ def value_group(head_dim: int) -> int:
     return min(VALUE_GROUP, head_dim)
 
 
-def encode_values(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_values(v: torch.Tensor, bits: int, stat_dtype: torch.dtype = torch.float32
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [..., D/G], min [..., D/G]):
     per token and group of G = value_group(D) channels."""
     d = v.shape[-1]
-    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d), -1), -1, bits)
+    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d), -1), -1, bits, stat_dtype)
     return pack(codes.flatten(-2), bits), scale, mn
 
 
 def decode_keys(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
     """packed [..., bs, Hkv, D*bits/8], scale/min [..., Hkv, D] -> [..., bs, Hkv, D] fp32."""
-    return unpack(packed, bits).float() * scale.unsqueeze(-3) + mn.unsqueeze(-3)
+    return unpack(packed, bits).float() * scale.float().unsqueeze(-3) + mn.float().unsqueeze(-3)
 
 
 def decode_values(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, bits: int) -> torch.Tensor:
     """packed [..., D*bits/8], scale/min [..., D/G] -> [..., D] fp32."""
     codes = unpack(packed, bits)
-    return dequantize(codes.reshape(*scale.shape, -1), scale, mn, -1).flatten(-2)
+    return dequantize(codes.reshape(*scale.shape, -1), scale.float(), mn.float(), -1).flatten(-2)
 
 
 # --- codec --------------------------------------------------------------------------------------
 class KiviCodec(KVCodec):
     bits: int
+    stat_dtype = torch.float32  # of the scales and minimums
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -131,7 +157,7 @@ class KiviCodec(KVCodec):
         # csrc/attention_paged.h: fp32 or bf16 residual, head_dim a multiple of 32, <= 1024 codes a group
         fits = self.model_dtype in (torch.float32, torch.bfloat16) and self.head_dim % 32 == 0 \
             and self.head_dim <= 1024 and self.block_size <= 1024
-        return self.name if fits else None
+        return f"kivi{self.bits}" if fits else None  # fp16 statistics: the layout's stats_f16
 
     @property
     def residual_dtype(self) -> torch.dtype:
@@ -141,17 +167,49 @@ class KiviCodec(KVCodec):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
         codes = (bs, h, d * self.bits // 8)
         return {"k": (codes, torch.uint8), "v": (codes, torch.uint8),
-                "k_scale": ((h, d), torch.float32), "k_min": ((h, d), torch.float32),
-                "v_scale": ((bs, h, d // self.vgroup), torch.float32), "v_min": ((bs, h, d // self.vgroup), torch.float32),
-                "k_res": ((bs, h, d), self.model_dtype), "k_full": ((1,), torch.uint8)}
+                "k_scale": ((h, d), self.stat_dtype), "k_min": ((h, d), self.stat_dtype),
+                "v_scale": ((bs, h, d // self.vgroup), self.stat_dtype), "v_min": ((bs, h, d // self.vgroup), self.stat_dtype),
+                "k_full": ((1,), torch.uint8)}
+
+    def scratch_specs(self):
+        """The residual: only open blocks read it (a block's keys are quantized by the write
+        that fills it, and `views` reads them exact only during that write's pass)."""
+        return {"k_res": ((self.block_size, self.num_kv_heads, self.head_dim), self.model_dtype)}
+
+    def _res_write(self, tensors, slots: torch.Tensor, k: torch.Tensor) -> None:
+        """Keys k [T, Hkv, D] into the residual of cache slots `slots`: the layer's open pool
+        (`k_res`) or the pass pool shared by the layers (`k_res_pass`), as kv/scratch.py says."""
+        bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
+        s = tensors["scratch_slot"][slots // bs].long()
+        if bool((s == -1).any()):
+            raise RuntimeError("a KIVI write into a block without a residual slot: open the slots first "
+                               "(PagedKVCache.write and the fused step do)")
+        k = k.to(self.model_dtype)
+        own = s >= 0
+        if bool(own.all()):
+            tensors["k_res"].view(-1, h, d).index_copy_(0, s * bs + slots % bs, k)
+            return
+        tensors["k_res"].view(-1, h, d).index_copy_(0, (s * bs + slots % bs)[own], k[own])
+        tensors["k_res_pass"].view(-1, h, d).index_copy_(0, ((-2 - s) * bs + slots % bs)[~own], k[~own])
+
+    def _res_blocks(self, tensors, blocks: torch.Tensor) -> torch.Tensor:
+        """The residual of `blocks` [...] as [..., bs, Hkv, D] (garbage for blocks without a slot:
+        full ones, read quantized)."""
+        s = tensors["scratch_slot"][blocks].long()
+        res = tensors["k_res"][s.clamp(min=0)]
+        passed = s <= -2
+        if bool(passed.any()):
+            res[passed] = tensors["k_res_pass"][-2 - s[passed]]
+        return res
 
     def write(self, tensors, slots, k, v):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
-        codes, scale, mn = encode_values(v, self.bits)
+        codes, scale, mn = encode_values(v, self.bits, self.stat_dtype)
+        scale, mn = scale.to(self.stat_dtype), mn.to(self.stat_dtype)
         tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
         tensors["v_scale"].view(-1, h, d // self.vgroup).index_copy_(0, slots, scale)
         tensors["v_min"].view(-1, h, d // self.vgroup).index_copy_(0, slots, mn)
-        tensors["k_res"].view(-1, h, d).index_copy_(0, slots, k.to(self.model_dtype))
+        self._res_write(tensors, slots, k)
         # A block is quantized by the write that reaches its last slot; any other write into a
         # block leaves it (or makes it again) a residual block.
         blocks = slots // bs
@@ -159,7 +217,8 @@ class KiviCodec(KVCodec):
         filled = torch.unique(blocks[slots % bs == bs - 1])
         tensors["k_full"][touched] = 0
         if len(filled):
-            kc, ks, km = encode_keys(tensors["k_res"][filled].float(), self.bits)
+            kc, ks, km = encode_keys(self._res_blocks(tensors, filled).float(), self.bits, self.stat_dtype)
+            ks, km = ks.to(self.stat_dtype), km.to(self.stat_dtype)
             tensors["k"][filled], tensors["k_scale"][filled], tensors["k_min"][filled] = kc, ks, km
             tensors["k_full"][filled] = 1
 
@@ -167,7 +226,7 @@ class KiviCodec(KVCodec):
         """`read` before rounding to the model's dtype (what the C kernel computes with)."""
         full = tensors["k_full"][blocks][..., None, None]  # [..., 1, 1, 1]
         quantized = decode_keys(tensors["k"][blocks], tensors["k_scale"][blocks], tensors["k_min"][blocks], self.bits)
-        k = torch.where(full.bool(), quantized, tensors["k_res"][blocks].float())
+        k = torch.where(full.bool(), quantized, self._res_blocks(tensors, blocks).float())
         v = decode_values(tensors["v"][blocks], tensors["v_scale"][blocks], tensors["v_min"][blocks], self.bits)
         return k, v
 
@@ -188,7 +247,7 @@ class KiviCodec(KVCodec):
         k, v = (x.reshape(shape) for x in self.read(tensors, table[:n]))
         if ctx - first == 1:
             return [(first, ctx, k[:ctx], v[:ctx])]
-        res = tensors["k_res"][table[:n]].reshape(shape).to(self.model_dtype)
+        res = self._res_blocks(tensors, table[:n]).reshape(shape).to(self.model_dtype)
         pieces, p = [], first
         while p < ctx:
             e = (p + 1) // bs
@@ -207,3 +266,14 @@ class Kivi4Codec(KiviCodec):
 @KV_CODECS.register("kivi2")
 class Kivi2Codec(KiviCodec):
     name, bits = "kivi2", 2
+
+
+@KV_CODECS.register("kivi4-fp16")
+class Kivi4Fp16Codec(KiviCodec):
+    """kivi4 with fp16 scales and minimums (half their bytes)."""
+    name, bits, stat_dtype = "kivi4-fp16", 4, torch.float16
+
+
+@KV_CODECS.register("kivi2-fp16")
+class Kivi2Fp16Codec(KiviCodec):
+    name, bits, stat_dtype = "kivi2-fp16", 2, torch.float16

@@ -44,4 +44,5 @@ def compact(press: KVPress, cache: PagedKVCache, kv: KVCacheManager, request: Re
     slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).flatten()[:keep]
     for layer, (keys, values) in enumerate(kept):
         cache.write(layer, slots, keys, values)
+    cache.settle()  # the full blocks just written keep no scratch (the partial last one does)
     return True
