@@ -15,6 +15,7 @@ write, before the next layer writes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ember.kv.codecs import KVCodec
@@ -137,15 +138,17 @@ class PagedKVCache:
         if pairs:
             self.transfer(self, [a for a, _ in pairs], [b for _, b in pairs])
 
-    def transfer(self, dst: "PagedKVCache", src_blocks: list[int], dst_blocks: list[int]) -> None:
+    def transfer(self, dst: "PagedKVCache", src_blocks: list[int], dst_blocks: list[int],
+                 blocks: bool = True, scratch: bool = True) -> None:
         """dst's blocks `dst_blocks` become copies of this cache's `src_blocks` (same codec and
         layers; dst may be this cache, or a host pool for swap), scratch data included: a
-        destination whose source holds no scratch slot gives its own back."""
+        destination whose source holds no scratch slot gives its own back. `blocks` / `scratch`
+        False leaves that part out (a swap-in off the engine thread moves the blocks' bytes there
+        and does the slot bookkeeping, which the step also does, on the engine thread)."""
         if not src_blocks:
             return
-        src_t, dst_t = torch.tensor(src_blocks, dtype=torch.long), torch.tensor(dst_blocks, dtype=torch.long)
         pairs = []
-        if self.scratch is not None:
+        if scratch and self.scratch is not None:
             have = [(int(self.scratch.slot_of[a]), b) for a, b in zip(src_blocks, dst_blocks)]
             if any(s <= -2 for s, _ in have):
                 raise RuntimeError("a block holding a pass slot can't be copied (only between passes)")
@@ -155,10 +158,34 @@ class PagedKVCache:
                     pairs.append((s, dst.scratch.take(b)))
             dst._fit()
         for a, b in zip(self.layers, dst.layers):
-            for name in self.block_names:
-                b[name][dst_t] = a[name][src_t]
+            if blocks:
+                copy_rows({name: a[name] for name in self.block_names}, src_blocks, b, dst_blocks)
             if pairs:
-                s_t = torch.tensor([s for s, _ in pairs], dtype=torch.long)
-                d_t = torch.tensor([d for _, d in pairs], dtype=torch.long)
-                for name in self.scratch_names:
-                    b[name][d_t] = a[name][s_t]
+                copy_rows({name: a[name] for name in self.scratch_names}, [s for s, _ in pairs], b,
+                          [d for _, d in pairs])
+
+
+def runs(src: list[int], dst: list[int]) -> list[tuple[int, int, int]]:
+    """(src start, dst start, length) stretches where both lists count up by one."""
+    out: list[tuple[int, int, int]] = []
+    for s, d in zip(src, dst):
+        if out and s == out[-1][0] + out[-1][2] and d == out[-1][1] + out[-1][2]:
+            a, b, n = out[-1]
+            out[-1] = (a, b, n + 1)
+        else:
+            out.append((s, d, 1))
+    return out
+
+
+def copy_rows(src: dict[str, torch.Tensor], rows: list[int], dst: dict[str, torch.Tensor], to: list[int]) -> None:
+    """dst[name][to] = src[name][rows] for every tensor of `src`, one slice per run of rows.
+
+    The bytes move through numpy: a plain memcpy on the calling thread, with the GIL released.
+    torch's indexed or large-slice copies hand the work to the intra-op thread pool, which, beside
+    a busy engine (or on a swap-in thread beside the step's own forward), spins against it:
+    40-100x slower on a loaded 2-core machine (benchmarks/README.md, FastSwitch)."""
+    stretches = runs(rows, to)
+    for name, t in src.items():
+        s_bytes, d_bytes = t.view(torch.uint8).numpy(), dst[name].view(torch.uint8).numpy()
+        for s, d, n in stretches:
+            np.copyto(d_bytes[d:d + n], s_bytes[s:s + n])

@@ -1,13 +1,15 @@
 """FastSwitch preemption (Shen et al. 2024; no public code): swaps as few large copies, swap-in
 off the step, and host copies kept for the next swap of the same tokens.
 
-- **Runs.** Host blocks are handed out in contiguous runs (first fit), and a copy moves each
-  stretch where both sides are consecutive with one slice per tensor. The device pool hands out
-  ascending ids from its free list, so a request's blocks are mostly consecutive too. (The
-  plain swap gathers and scatters block by block through an index.)
-- **Swap-in off the step.** `resume` allocates the device blocks and starts the copy on a
-  background thread; the request is then `in_flight` (the scheduler passes over it and keeps
-  the running batch going) until a later step finds the copy landed and admits it.
+- **Runs.** Host blocks are handed out in contiguous runs (first fit), so a copy
+  (`PagedKVCache.transfer`: one slice per stretch where both sides are consecutive) is a few
+  large ones. The device pool hands out ascending ids from its free list, so a request's
+  blocks are often consecutive too; the plain swap takes whatever host blocks come first.
+- **Swap-in off the step.** `resume` allocates the device blocks, moves the scratch data of
+  its open block (KIVI's residual: slot bookkeeping the step also does) and starts the copy of
+  the blocks' bytes on a background thread; the request is then `in_flight` (the scheduler
+  passes over it and keeps the running batch going) until a later step finds the copy landed
+  and admits it.
 - **Reuse.** A full block never changes, so its host copy stays valid after the swap-in. It
   is kept, indexed by the chain hash of its tokens, and the next swap-out of the same request
   (priority churn) or of a later turn that begins with the same tokens copies only the blocks
@@ -23,44 +25,10 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-from ember.kv.cache import PagedKVCache
+from ember.kv.cache import PagedKVCache, runs
 from ember.kv.manager import KVCacheManager, chain_hash
 from ember.kv.preemption import PREEMPTORS, Preemptor
 from ember.request import Request
-
-
-def runs(src: list[int], dst: list[int]) -> list[tuple[int, int, int]]:
-    """(src start, dst start, length) stretches where both lists count up by one."""
-    out: list[tuple[int, int, int]] = []
-    for s, d in zip(src, dst):
-        if out and s == out[-1][0] + out[-1][2] and d == out[-1][1] + out[-1][2]:
-            a, b, n = out[-1]
-            out[-1] = (a, b, n + 1)
-        else:
-            out.append((s, d, 1))
-    return out
-
-
-def _bytes(t: torch.Tensor) -> np.ndarray:
-    return t.view(torch.uint8).numpy()  # every codec's tensors are contiguous, block-major
-
-
-def copy_runs(src_layers, src: list[int], dst_layers, dst: list[int]) -> None:
-    """Every tensor of every layer: dst_layers[..][dst] = src_layers[..][src], a slice per run.
-
-    The bytes move through numpy: a plain memcpy on the calling thread, with the GIL released.
-    torch's copy_ of a large slice hands it to the intra-op thread pool, which, beside a busy
-    engine (or on the swap-in thread, beside the step's own forward), spins against it: 40-100x
-    slower on a loaded 2-core machine (benchmarks/README.md, FastSwitch)."""
-    stretches = runs(src, dst)
-    for a, b in zip(src_layers, dst_layers):
-        for name, t in a.items():
-            s_bytes, d_bytes = _bytes(t), _bytes(b[name])
-            for s, d, n in stretches:
-                np.copyto(d_bytes[d:d + n], s_bytes[s:s + n])
 
 
 @dataclass
@@ -141,7 +109,9 @@ class HostBlocks:
 class FastSwitchPreemptor(Preemptor):
     def __init__(self, cache: PagedKVCache, num_host_blocks: int):
         self.cache, self.block_size = cache, cache.block_size
-        self.host_layers = [cache.codec.allocate(max(1, num_host_blocks)) for _ in range(cache.num_layers)]
+        from ember.kv.swap import HostKVPool
+
+        self.host_cache = HostKVPool(cache, max(1, num_host_blocks)).cache
         self.host = HostBlocks(max(1, num_host_blocks))
         self.swapped: dict[str, tuple[list[int], int, int]] = {}  # request -> (host blocks, computed, dropped)
         self.inflight: dict[str, tuple[Future, list[int], KVCacheManager]] = {}  # swap-ins under way
@@ -178,7 +148,7 @@ class FastSwitchPreemptor(Preemptor):
         start = time.perf_counter()
         own = set(request.block_ids)  # a copy-on-write queued this step must land before the read
         self.cache.copy_blocks([(src, dst) for src, dst in kv.pending_copies if dst in own])
-        copy_runs(self.cache.layers, [request.block_ids[i] for i in missing], self.host_layers, fresh)
+        self.cache.transfer(self.host_cache, [request.block_ids[i] for i in missing], fresh)
         for i, b in zip(missing, fresh):
             host[i] = b
             if i < len(hashes):
@@ -205,6 +175,7 @@ class FastSwitchPreemptor(Preemptor):
             request.block_ids = blocks
             request.num_computed_tokens, request.num_dropped_tokens = computed, dropped
             self.host.give_back(host)
+            self.host_cache.release([b for b in host if self.host.refs[b] == 0])  # host scratch slots
             self.stats.swapped_in += 1
             return True
         entry = self.swapped.get(rid)
@@ -214,12 +185,13 @@ class FastSwitchPreemptor(Preemptor):
         if kv.blocks_needed(request.num_tokens - dropped) > kv.pool.num_free_blocks:
             return False  # wait until the whole sequence fits again
         blocks = kv.pool.allocate(len(host))
+        self.host_cache.transfer(self.cache, host, blocks, blocks=False)  # slots here, bytes off the step
         self.inflight[rid] = (self._copier.submit(self._copy_in, host, blocks), blocks, kv)
         return False
 
     def _copy_in(self, host: list[int], blocks: list[int]) -> None:
         start = time.perf_counter()
-        copy_runs(self.host_layers, host, self.cache.layers, blocks)
+        self.host_cache.transfer(self.cache, host, blocks, scratch=False)
         s = self.stats
         s.seconds_in += time.perf_counter() - start
         s.blocks_copied_in += len(blocks)
@@ -243,6 +215,7 @@ class FastSwitchPreemptor(Preemptor):
         entry = self.swapped.pop(rid, None)
         if entry is not None:
             self.host.give_back(entry[0])
+            self.host_cache.release([b for b in entry[0] if self.host.refs[b] == 0])
 
     @property
     def num_host_blocks_used(self) -> int:

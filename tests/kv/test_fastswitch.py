@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ember.kv.cache import PagedKVCache
-from ember.kv.fastswitch import FastSwitchPreemptor, HostBlocks, copy_runs, runs
+from ember.kv.cache import copy_rows, runs
+from ember.kv.fastswitch import FastSwitchPreemptor, HostBlocks
 from ember.kv.manager import KVCacheManager
 from tests.kv.test_manager import BS, assert_same, contents, request, run_prefill, write_tokens
 
@@ -23,18 +24,19 @@ def swap_in(fs: FastSwitchPreemptor, req, kv) -> None:
     assert not fs.in_flight(req)
 
 
-def test_runs_and_copy_runs_equal_a_gather():
+def test_runs_and_copy_rows_equal_a_gather():
     assert runs([3, 4, 5, 9, 10, 2], [0, 1, 2, 3, 4, 7]) == [(3, 0, 3), (9, 3, 2), (2, 7, 1)]
     assert runs([], []) == []
     g = torch.Generator().manual_seed(0)
-    src = [{"k": torch.randn(12, 2, 3, generator=g), "s": torch.randn(12, 1, generator=g)}]
-    dst = [{"k": torch.zeros(12, 2, 3), "s": torch.zeros(12, 1)}]
+    src = {"k": torch.randn(12, 2, 3, generator=g), "s": torch.randn(12, 1, generator=g).bfloat16(),
+           "c": torch.randint(0, 255, (12, 5), generator=g, dtype=torch.uint8)}
+    dst = {name: torch.zeros_like(t) for name, t in src.items()}
     a, b = [3, 4, 5, 9, 10, 2], [0, 1, 2, 3, 4, 7]
-    copy_runs(src, a, dst, b)
-    for name in ("k", "s"):
-        assert torch.equal(dst[0][name][b], src[0][name][a])
+    copy_rows(src, a, dst, b)
+    for name in src:
+        assert torch.equal(dst[name][b], src[name][a])
         untouched = [i for i in range(12) if i not in b]
-        assert not dst[0][name][untouched].any()
+        assert not dst[name][untouched].any()
 
 
 def test_host_allocation_is_contiguous_and_gives_up_kept_copies_last():
@@ -52,14 +54,18 @@ def test_host_allocation_is_contiguous_and_gives_up_kept_copies_last():
     assert host.allocate(1) == [0] and 111 not in host.index and not host.kept
 
 
-@pytest.mark.parametrize("codec", ["auto", "int8", "bfp4"])
+@pytest.mark.parametrize("codec", ["auto", "int8", "bfp4", "kivi4"])
 def test_round_trip_off_the_step(codec):
-    cache = PagedKVCache.create(2, 8, BS, num_kv_heads=2, head_dim=32, kv_cache_dtype=codec)
+    """(kivi4: the partial block's residual lives in a scratch slot, 2 for 8 blocks, and moves
+    to a host slot and back with it.)"""
+    cache = PagedKVCache.create(2, 8, BS, num_kv_heads=2, head_dim=32, kv_cache_dtype=codec, num_scratch=2)
     kv = KVCacheManager(8, BS)
+    kv.pool.on_release = cache.release
     fs = FastSwitchPreemptor(cache, num_host_blocks=6)
     req = request("r", range(10))
     run_prefill(kv, req)
     write_tokens(cache, req, 0, 10, seed=1)
+    cache.settle()  # the end of the step that wrote them
     saved = contents(cache, req, 10)
     fs.preempt(req, kv)
     assert req.block_ids == [] and req.num_computed_tokens == 0 and kv.pool.num_used_blocks == 0
@@ -67,6 +73,7 @@ def test_round_trip_off_the_step(codec):
     other = request("o", [90 + i for i in range(30)])  # someone overwrites the device blocks meanwhile
     run_prefill(kv, other)
     write_tokens(cache, other, 0, 30, seed=2)
+    cache.settle()
     kv.free(other)
     swap_in(fs, req, kv)
     assert req.num_computed_tokens == 10 and len(req.block_ids) == 3 and fs.stats.runs_in == 1
@@ -77,6 +84,9 @@ def test_round_trip_off_the_step(codec):
     fs.release(req)
     kv.pool.check_consistency()
     assert kv.pool.num_used_blocks == 0
+    if cache.scratch is not None:  # every slot back, on the device and on the host
+        cache.settle()
+        assert cache.scratch.num_used == 0 and fs.host_cache.scratch.num_used == 0
 
 
 def test_a_second_swap_copies_only_what_the_host_lacks():
