@@ -43,7 +43,7 @@ def one(kind: str, args, fragment: bool) -> dict:
         kv.pool._free.extend(free)
     host = (args.tokens + args.cycles * args.decode) // bs + 8
     pre = SwapPreemptor(cache, host) if kind == "swap" else FastSwitchPreemptor(cache, host)
-    for layers in (cache.layers, pre.host.layers if kind == "swap" else pre.host_layers):
+    for layers in (cache.layers, pre.host.layers if kind == "swap" else pre.host_cache.layers):
         for tensors in layers:
             for t in tensors.values():
                 t.fill_(0)
