@@ -34,6 +34,10 @@ Per block (bs tokens, r latent channels, G a group, b bits):
 On the default model (30 layers, r = 384): xquant4 292 B a token and layer (8,760 B/token; bf16
 K/V 23,040, 2.63x; fp32 K/V 46,080, 5.26x), xquant2 196 (5,880), xquant4-fp16 244 (7,320).
 
+Beside the blocks, the codec holds two fp32 r x r maps per layer (1.2 MB each layer on the
+default model, 35 MB for 30 layers; not counted in the KV bytes, as the weights are not) and
+one fp32 copy of the RoPE tables.
+
 The fused C step has no layout for it (`native_kind` None): it runs on the PyTorch path, and
 a press (which writes entries without their positions) is refused.
 `encode`/`decode` below, over the bound matrices, and xquant_ref.py (independent of this file)
@@ -107,8 +111,10 @@ class XQuantCodec(KVCodec):
     def bind_layer(self, tensors, model, index):
         w, bias = kv_weights(model, index)
         to_latent, from_latent, _ = latent_maps(w)
+        if getattr(self, "_rope_model", None) is not model:  # one fp32 copy of the tables for all layers
+            self._rope_model, self._cos, self._sin = model, model.cos.float(), model.sin.float()
         tensors |= {"xq_to_latent": to_latent, "xq_from_latent": from_latent, "xq_bias": bias,
-                    "xq_cos": model.cos.float(), "xq_sin": model.sin.float()}
+                    "xq_cos": self._cos, "xq_sin": self._sin}
 
     def _bound(self, tensors):
         if "xq_to_latent" not in tensors:
