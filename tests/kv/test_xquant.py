@@ -232,3 +232,9 @@ def test_xquant4_greedy_stays_close_to_fp32_kv(make_llm, mixed_prompts):  # noqa
 def test_a_press_is_refused(make_llm):  # noqa: F811
     with pytest.raises(ValueError, match="kv_press can't run"):
         make_llm(kv_cache_dtype="xquant4", kv_press="streaming:0.5")
+
+
+def test_eval_kv_knows_the_codec():
+    from ember.eval.kv.methods import KVMethod
+    assert KVMethod.parse("xquant4").engine_options() == {"kv_cache_dtype": "xquant4", "kv_press": ""}
+    assert KVMethod.parse("xquant2").name == "xquant2"
