@@ -25,7 +25,7 @@ from ember.kv.codecs.xquant import kv_weights
 from ember.loader import default_model_path, load_model
 
 VARIANTS = {"fp32": None, "gqa4": ("gqa", 4, 32), "gqa2": ("gqa", 2, 32), "plain4": ("plain", 4, 32),
-            "plain2": ("plain", 2, 32)}
+            "plain2": ("plain", 2, 32), "gqa4-g16": ("gqa", 4, 16)}
 
 
 class FakeQuantKV(torch.nn.Module):
@@ -51,7 +51,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ppl-tokens", type=int, default=4096)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="fp32,gqa4,gqa2,plain4,plain2")
     p.add_argument("--output", default="")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
