@@ -71,7 +71,7 @@ def test_bytes_per_block():
     per group, an int32 position; the allocated tensors are what bytes_per_block counts."""
     for name, per_token in [("xquant4", 192 + 12 * 8 + 4), ("xquant2", 96 + 12 * 8 + 4),
                             ("xquant4-g64", 192 + 6 * 8 + 4), ("xquant4-fp16", 192 + 12 * 4 + 4),
-                            ("xquant2-fp16", 96 + 12 * 4 + 4)]:
+                            ("xquant2-fp16", 96 + 12 * 4 + 4), ("xquant4-g16-fp16", 192 + 24 * 4 + 4)]:
         codec = get_kv_codec(name, BS, 3, 64, torch.float32)
         assert codec.bytes_per_block() == BS * per_token, name
         tensors = codec.allocate(7)

@@ -1,4 +1,4 @@
-"""`xquant4`, `xquant2` (and `-g64`, `-fp16` variants): XQuant (Tomar et al. 2025, arXiv
+"""`xquant4`, `xquant2` (and `-g64`, `-fp16`, `-g16-fp16` variants): XQuant (Tomar et al. 2025, arXiv
 2508.10395; no public code) in its GQA form: each KV entry is stored as a low-bit latent of the
 layer input X, and K and V are computed again from it when attention reads the cache.
 
@@ -20,7 +20,8 @@ recovered from K and V (rank 384 < 576), so it would need the layer input passed
 attention seam. It is not built; benchmarks/README.md ("XQuant") gives its bytes by count.
 
 Quantization (as KIVI quantizes values): per token, in groups of G channels of the latent
-(G = 32, `-g64`: 64), asymmetric: scale = (max - min) / (2^bits - 1), code = round((x - min) /
+(G = 32, `-g64`: 64, `-g16-fp16`: 16 with fp16 statistics, the bytes of G = 32 with fp32
+ones), asymmetric: scale = (max - min) / (2^bits - 1), code = round((x - min) /
 scale) clamped, x' = code * scale + min (kivi.quantize). Scales and minimums fp32 (`-fp16`:
 fp16). Latent channels come in the order of the singular values, so a group holds channels of
 similar magnitude. No full-precision residual window: a row needs no other row, so every
@@ -177,3 +178,4 @@ for _bits in (4, 2):
     _register(f"xquant{_bits}", _bits)
     _register(f"xquant{_bits}-g64", _bits, 64)
     _register(f"xquant{_bits}-fp16", _bits, 32, torch.float16)
+    _register(f"xquant{_bits}-g16-fp16", _bits, 16, torch.float16)  # xquant{bits}'s bytes, finer groups
