@@ -12,7 +12,10 @@ K arrives rotated; the codec undoes RoPE at the row's position before projecting
 it again at read time, so each entry stores its int32 RoPE position (counted in the bytes;
 `needs_positions`). W comes from the layer's own projection at load (`bind_layer`: the
 LinearMethod applied to the identity, so whatever it stores, the dequantized weights it
-computes with), built once per layer in fp32.
+computes with), built once per layer in fp32. With a method that also rounds its activations
+(`int4` here: its K/V differ from X W by up to 0.6% of their range), the stored latent is the
+exact rotation of the K and V the model computed, ([K_pre, V] - b) V S^-1, rather than X U:
+unquantized, it reads back the model's K and V either way.
 
 Why not plain XQuant (cache X, 576 values) here: on this model X is wider than K + V (576 > 384
 values a token), so caching X costs more than caching K and V at the same bits; and X can't be
