@@ -14,8 +14,9 @@ fused step refuses the codec (and says so).
 A codec that stores K/V through the model's own weights (XQuant: a latent of the layer input,
 K and V computed again at read time) says `needs_positions`: its `write` then also gets each
 row's RoPE position (`positions` [T] int64), and the cache binds it to the loaded model once
-(`bind_layer`, per layer, before the first write). Writes that cannot say where their rows sit
-(a press compacting a sequence, CacheBlend's re-rotated chunks) are refused for such a codec.
+(`bind_layer`, per layer, before the first write). A write that cannot say where its rows sit
+(a press compacting a sequence) is refused for such a codec; CacheBlend's blend gives the
+re-rotated chunk entries' new positions.
 """
 
 from __future__ import annotations
