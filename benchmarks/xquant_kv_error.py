@@ -8,7 +8,7 @@ import torch
 from ember.loader import default_model_path, load_model
 from ember.models.llama import rms_norm
 from ember.kernels.attention import AttentionMetadata
-from ember.kv.codecs.xquant import kv_weights, latent_maps
+from ember.kv.codecs.xquant import kv_weights
 from ember.kv.codecs import xquant_ref as ref
 lm = load_model(default_model_path(), dtype=torch.float32)
 m, cfg = lm.model, lm.model.cfg
