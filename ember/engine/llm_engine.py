@@ -68,8 +68,12 @@ class LLMEngine:
         spec = kv_cache_spec(config, self.model_config)
         self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
+        if spec.codec.needs_positions and config.kv_press:
+            raise ValueError(f"kv_press can't run with kv_cache_dtype {config.kv_cache_dtype!r}: compacted entries "
+                             "are written without their positions, which this codec stores them by")
         with self._timed("KV cache"):
             self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks, spec.num_scratch, spec.num_pass)
+            self.kv_cache.bind_model(self.model)  # a codec that stores K/V through the model's weights
         self.scheduler = build_scheduler(config, spec.num_blocks, bs, self.tokenizer.stop_token_ids, policy,
                                          preemptor=self._make_preemptor())
         self.kv = self.scheduler.kv

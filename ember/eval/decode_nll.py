@@ -31,6 +31,7 @@ def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = Tr
     per_seq = -(-context // BLOCK_SIZE)
     codec = get_kv_codec(kv_cache_dtype, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim, model.dtype)
     cache = PagedKVCache(codec, cfg.num_layers, num * per_seq)
+    cache.bind_model(model)
     tables = torch.arange(num * per_seq, dtype=torch.long).view(num, per_seq)
     attention = attention or model.attention
     decoder = None

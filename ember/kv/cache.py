@@ -113,9 +113,23 @@ class PagedKVCache:
             self.scratch.release(blocks)
 
     # --- data -----------------------------------------------------------------------------------
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    def bind_model(self, model) -> None:
+        """Give the codec what it takes from the loaded model, layer by layer (KVCodec.bind_layer)."""
+        for index, tensors in enumerate(self.layers):
+            self.codec.bind_layer(tensors, model, index)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              positions: torch.Tensor | None = None) -> None:
+        """Rows k, v [T, Hkv, D] into `slots`; `positions` [T]: their RoPE positions (only a codec
+        that `needs_positions` reads them, and refuses a write without them)."""
         self.open(slots)
-        self.codec.write(self.layers[layer], slots, k, v)
+        if self.codec.needs_positions:
+            if positions is None:
+                raise ValueError(f"the {self.codec.name!r} KV cache stores rows through their RoPE positions; "
+                                 "this write does not give them (a press compacting entries can't use it)")
+            self.codec.write(self.layers[layer], slots, k, v, positions=positions)
+        else:
+            self.codec.write(self.layers[layer], slots, k, v)
 
     def read_blocks(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of `blocks` [...] as [..., block_size, Hkv, D] in the model's dtype."""

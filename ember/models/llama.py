@@ -7,6 +7,8 @@ so a layer costs a few large matrix products rather than many small ones.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +143,8 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"position {int(positions.max())} is beyond the model's context of {self.cfg.max_position}")
         x = F.embedding(input_ids, self.embed)
         cos, sin = self.cos[positions], self.sin[positions]
+        if meta.positions is None and meta.slot_mapping is not None:  # where the rows written sit
+            meta = dataclasses.replace(meta, positions=positions)
         for layer in self.layers:
             x = layer(x, cos, sin, meta, kv_cache, attention)
         return rms_norm(x, self.norm, self.cfg.rms_norm_eps)

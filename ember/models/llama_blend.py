@@ -103,7 +103,7 @@ def blend_prefill(model, kv_cache, token_ids: list[int], block_ids: list[int], p
             cos, sin, mask = cos[chosen], sin[chosen], None
         keys, values = cached_k, cached_v
         keys[rows], values[rows] = k, v
-        kv_cache.write(index, slots, keys, values)
+        kv_cache.write(index, slots, keys, values, positions)
         if index == last:
             break  # only its entries are needed: no later layer reads its output
         if start:

@@ -101,10 +101,11 @@ def test_blending_under_memory_pressure_with_chunked_prefill(make_llm, pressure_
     assert_no_leak(llm)
 
 
-@pytest.mark.parametrize("codec", ["auto", "kivi4"])
+@pytest.mark.parametrize("codec", ["auto", "kivi4", pytest.param("xquant4", marks=pytest.mark.slow)])
 def test_aborting_after_the_blend_and_evicting_chunks_leak_nothing(make_llm, documents, codec):
     """kivi4: a chunk's partial last block keeps its residual slot while the chunk cache indexes
-    it, and gives it back when evicted (assert_no_leak checks the scratch pool too)."""
+    it, and gives it back when evicted (assert_no_leak checks the scratch pool too). xquant4: the
+    blend writes re-rotated chunk entries with their new positions."""
     llm = make_llm(kv_cache_tokens=1024, kv_cache_dtype=codec)
     engine = llm.engine
     rid = engine.add_request({"documents": documents[:2], "prompt": QUESTION}, greedy(50))

@@ -25,6 +25,7 @@ class AttentionMetadata:
     context_lens: list[int]
     slot_mapping: torch.Tensor | None = None  # [T] int64: cache slot (block * block_size + offset) per new token
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int64
+    positions: torch.Tensor | None = None  # [T] int64: RoPE position per new token (the model fills it)
 
     @classmethod
     def no_cache(cls, lengths: list[int]) -> "AttentionMetadata":

@@ -63,7 +63,7 @@ class BatchedAttention(AttentionBackend):
 
     def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
         if kv_cache is not None:
-            kv_cache.write(layer, meta.slot_mapping, k, v)
+            kv_cache.write(layer, meta.slot_mapping, k, v, meta.positions)
         plan = self._decode_plan(meta, kv_cache.block_size) if kv_cache is not None and 1 in meta.query_lens else None
         decode_rows = set()
         if plan is not None:

@@ -36,7 +36,7 @@ class TorchAttention(AttentionBackend):
 
     def forward(self, layer, q, k, v, meta: AttentionMetadata, kv_cache, scale):
         if kv_cache is not None:
-            kv_cache.write(layer, meta.slot_mapping, k, v)
+            kv_cache.write(layer, meta.slot_mapping, k, v, meta.positions)
         out = torch.empty_like(q)
         start = 0
         for i, q_len in enumerate(meta.query_lens):

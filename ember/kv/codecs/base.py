@@ -10,6 +10,13 @@ dict's `scratch_slot` [num_blocks] int32); kv/scratch.py hands out, gives back, 
 swaps those slots, so the codec only reads and writes them. `native_kind`
 names the layout in csrc/attention_paged.h that the fused C step reads; None means the
 fused step refuses the codec (and says so).
+
+A codec that stores K/V through the model's own weights (XQuant: a latent of the layer input,
+K and V computed again at read time) says `needs_positions`: its `write` then also gets each
+row's RoPE position (`positions` [T] int64), and the cache binds it to the loaded model once
+(`bind_layer`, per layer, before the first write). A write that cannot say where its rows sit
+(a press compacting a sequence) is refused for such a codec; CacheBlend's blend gives the
+re-rotated chunk entries' new positions.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ember.registry import Registry
 class KVCodec:
     name = ""
     native_kind: str | None = None  # a kind of csrc/attention_paged.h (ember_kv_kind_names)
+    needs_positions = False  # write(..., positions=) and bind_layer before use (see the module doc)
 
     def __init__(self, block_size: int, num_kv_heads: int, head_dim: int, model_dtype: torch.dtype):
         self.block_size, self.num_kv_heads, self.head_dim = block_size, num_kv_heads, head_dim
@@ -68,6 +76,10 @@ class KVCodec:
             tensors["scratch_slot"] = (torch.arange(num_blocks, dtype=torch.int32) if num_scratch is None
                                        else torch.full((num_blocks,), -1, dtype=torch.int32))
         return tensors
+
+    def bind_layer(self, tensors: dict[str, torch.Tensor], model, index: int) -> None:
+        """Take what layer `index` of the loaded `model` gives the codec (kept in the layer's dict,
+        beside its block tensors; not copied or swapped with blocks). Nothing by default."""
 
     # --- data -----------------------------------------------------------------------------------
     def write(self, tensors: dict[str, torch.Tensor], slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
