@@ -52,7 +52,8 @@ class LLMEngine:
         config.apply_threads()
         policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         if loaded is None:
-            loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress)
+            loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress,
+                                quantizer=config.quantizer, calibration_tokens=config.calibration_tokens)
         elif config.dtype != "auto" and loaded.model.dtype != config.torch_dtype:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
         # `auto` options become what the loader chose; the notes say why (`ember serve` prints them)
