@@ -88,3 +88,48 @@ def test_binary_coding_grid_matches_bcq_on_identity_hessian():
 def test_gptq_refuses_methods_it_does_not_serve(name):
     with pytest.raises(ValueError, match="gptq applies to tmac-w1..w4 and bcq-w2..w4"):
         grid_for(get_linear_method(name))
+
+
+class _CharTokenizer:
+    def encode(self, text, add_bos=False):
+        return [ord(c) % 1000 for c in text]
+
+
+def test_calibration_tokens_are_never_scored():
+    """The calibration windows are the text's tail; a model calibrated on the text has its
+    perplexity windows end before them, with or without max_tokens."""
+    from types import SimpleNamespace
+
+    from ember.eval.perplexity import calibration_record, calibration_windows, scored_tokens
+    text = "".join(chr(97 + i % 26) for i in range(20_000))
+    tok = _CharTokenizer()
+    windows, start = calibration_windows(tok, text, 2048)
+    assert windows.shape == (4, 512) and start == 20_000 - 2048
+    assert windows.reshape(-1).tolist() == tok.encode(text)[start:]
+    model = SimpleNamespace(calibration=calibration_record(text, start))
+    assert scored_tokens(20_000, None, text, model) == start  # the whole text: stops before them
+    assert scored_tokens(20_000, 4096, text, model) == 4096
+    assert scored_tokens(20_000, None, text + " ", model) == 20_000  # another text: no calibration in it
+    assert scored_tokens(20_000, None, text, SimpleNamespace()) == 20_000
+    with pytest.raises(ValueError, match="more than half"):
+        calibration_windows(tok, text, 12_000)
+
+
+def test_default_calibration_and_scored_spans_are_disjoint(ember_lm, topics_text):
+    """On the real text: the default 8192 calibration tokens begin after the 16k tokens the
+    benchmarks score (lowbit.py --ppl-tokens 4096, README figures over 16k)."""
+    from ember.config import EngineConfig
+    from ember.eval.perplexity import calibration_windows
+    _, start = calibration_windows(ember_lm.tokenizer, topics_text, EngineConfig().calibration_tokens)
+    assert start > 16_384
+
+
+def test_config_refuses_gptq_where_it_does_not_apply():
+    from ember.config import EngineConfig
+    with pytest.raises(ValueError, match="gptq applies to"):
+        EngineConfig(linear="int4", quantizer="gptq")
+    with pytest.raises(ValueError, match="explicit --linear"):
+        EngineConfig(quantizer="gptq")
+    with pytest.raises(ValueError, match="rtn, gptq"):
+        EngineConfig(linear="tmac-w2", quantizer="awq")
+    assert EngineConfig(linear="tmac-w3", quantizer="gptq").calibration_tokens == 8192
