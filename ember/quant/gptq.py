@@ -156,6 +156,10 @@ def grid_for(method):
     raise ValueError(f"--quantizer gptq applies to tmac-w1..w4 and bcq-w2..w4, not to {method.name!r}")
 
 
+class _Collected(Exception):
+    """Raised by the input hook once a sublayer's inputs are in hand."""
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -183,10 +187,13 @@ def calibrate(net, method, windows: torch.Tensor, progress: bool = True) -> None
             def collect(_mod, args):
                 nonlocal h
                 a = args[0].reshape(-1, args[0].shape[-1]).double()
-                h = h + 2 * a.t() @ a if h.numel() else 2 * a.t() @ a
+                h = 2 * a.t() @ a
+                raise _Collected  # the rest of the layer is not needed for this sublayer
             hook = lin.register_forward_pre_hook(collect)
             try:
                 layer(x, cos, sin, meta, None, net.attention)
+            except _Collected:
+                pass
             finally:
                 hook.remove()
             weight, bias = lin.params["weight"].float(), lin.params.get("bias")
