@@ -152,6 +152,14 @@ def run_worker(cmd: list[str], job: dict, count_instructions: bool = False) -> d
         if count_instructions:
             full = callgrind_marks.valgrind_command(f"{tmp}/cg.out") + full
         proc = subprocess.run(full, capture_output=True, text=True)
+        if proc.returncode == -11 and cmd[-1].endswith("llamacpp_worker.py") and "extra_bufts" not in job \
+                and not count_instructions:
+            # llama.cpp's choice of weight layout (AMX where the CPU reports it) crashes in some
+            # VMs (this one's AMX tiles): run its plain CPU layout and say so in the figures.
+            log("llama.cpp worker crashed (SIGSEGV) with its extra weight layouts: again without them")
+            res = run_worker(cmd, dict(job, extra_bufts=False))
+            res["extra_bufts_crashed"] = True
+            return res
         if proc.returncode != 0:
             raise RuntimeError(f"worker failed ({proc.returncode}): {' '.join(full)}\n{proc.stderr[-3000:]}")
         res = json.load(open(op))

@@ -15,8 +15,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: str, limit_s: float = 300.0) -> None:
-    """Poll `url` until it answers 200; bounded, and fails early if the server exits."""
+def wait_ready(proc: subprocess.Popen, url: str, log: str, limit_s: float = 300.0, poll_s: float = 0.5) -> None:
+    """Poll `url` every `poll_s` until it answers 200; bounded, and fails early if the server exits."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -26,7 +26,7 @@ def wait_ready(proc: subprocess.Popen, url: str, log: str, limit_s: float = 300.
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(poll_s)
     proc.terminate()
     raise SystemExit(f"server not ready after {limit_s:.0f} s; see {log}")
 
@@ -38,3 +38,23 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """Peak resident set (VmHWM) of a server and every process under it, summed, in MiB: read
+    before stopping it (engines that run their core in a child process, like vLLM, count whole)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024

@@ -45,7 +45,8 @@ def run(cmd: list[str]) -> None:
 def measure(args, rate: float, out: str, profile: str | None, tmp: str) -> None:
     """One `ember bench serve` run against a fresh server (profiled when `profile` is given)."""
     port = free_port()
-    serve = EMBER + ["serve", "--host", "127.0.0.1", "--port", str(port), *shlex.split(args.engine)]
+    serve = EMBER + ["serve", "--host", "127.0.0.1", "--port", str(port), *shlex.split(args.engine),
+                     *shlex.split(args.sched_args)]
     if profile:
         serve += ["--profile", profile]
     log = os.path.join(tmp, f"serve-{rate:g}.log")
@@ -81,6 +82,8 @@ def main() -> int:
                    help="engine flags of every run (the profile's configuration)")
     p.add_argument("--workload", default="--workload chat-like --num-prompts 40 --max-input-len 512 --max-output-len 64")
     p.add_argument("--offline-workload", default="--workload chat-like --num-prompts 64 --max-input-len 512 --max-output-len 64")
+    p.add_argument("--sched-args", default="", help="scheduling flags given to the served engine and to the simulated "
+                                                    "one alike, e.g. --policy vtc (the step model does not change)")
     p.add_argument("--rates", default="0.6,1.5", help="request rates to measure and simulate")
     p.add_argument("--calib-rate", type=float, default=0.6, help="the served run whose profile is calibrated from")
     p.add_argument("--seed", type=int, default=0)
@@ -118,7 +121,8 @@ def main() -> int:
     model = json.load(open(model_json))
     table = []
     for rate in rates:
-        run(EMBER + ["sim", "run", "--model-json", model_json, *shlex.split(args.workload), "--request-rate",
+        run(EMBER + ["sim", "run", "--model-json", model_json, *shlex.split(args.workload), *shlex.split(args.sched_args),
+                     "--request-rate",
                      str(rate), "--seed", str(args.seed), "--no-progress", "--label", "sim", "-o", w(f"sim-{rate:g}.json")])
         measured, simulated = figures(w(f"measured-{rate:g}.json")), figures(w(f"sim-{rate:g}.json"))
         table.append({"request_rate": rate, "in_sample": not args.model_json and rate == args.calib_rate, "measured": measured,
@@ -133,7 +137,8 @@ def main() -> int:
     if args.resimulate:
         env = {"measured_in_an_earlier_run": True, **json.load(open(args.out))["environment"]} \
             if args.out and os.path.exists(args.out) else {"measured_in_an_earlier_run": True}
-    write_json(args.out, {"environment": env, "engine": args.engine, "workload": args.workload, "model_json": model_json,
+    write_json(args.out, {"environment": env, "engine": args.engine, "sched_args": args.sched_args,
+                          "workload": args.workload, "model_json": model_json,
                           "offline_workload": args.offline_workload, "calib_rate": args.calib_rate,
                           "model": {k: model[k] for k in ("kind", "holdout_mape_pct", "compared", "inter_step_s", "rows")},
                           "workdir": tmp, "table": table})

@@ -24,13 +24,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import callgrind_marks  # noqa: E402  (benchmarks/, standard library only)
 
 
+FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # llama_flash_attn_type
+
+
 class Context:
-    def __init__(self, model, n_ctx: int, n_seq: int, threads: int, n_batch: int = 512):
+    """Options (the job's keys, defaults = this worker's usual settings):
+    flash_attn  auto (llama.cpp's own default, as its tools run), off (what llama-cpp-python's
+                `Llama` class and its server set unless told otherwise), on
+    kv_unified  one cache shared by all sequences, like Ember's block pool (default); False:
+                one stream per sequence, as llama-batched-bench runs
+    logits_all  copy the logits of every prompt token out, as llama-cpp-python's server does by
+                default (`logits_all=True`); default: only the rows sampled from"""
+
+    def __init__(self, model, n_ctx: int, n_seq: int, threads: int, n_batch: int = 512,
+                 flash_attn: str = "auto", kv_unified: bool = True, logits_all: bool = False):
         p = L.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         p.n_threads = p.n_threads_batch = threads
-        p.kv_unified = True  # one cache shared by all sequences, like Ember's block pool
+        p.kv_unified = kv_unified
+        p.flash_attn_type = FLASH_ATTN[flash_attn]
         p.no_perf = True
+        self.logits_all = logits_all
         self.ctx = L.llama_init_from_model(model, p)
         if not self.ctx:
             raise RuntimeError("llama_init_from_model failed")
@@ -51,10 +65,12 @@ class Context:
             for j, (tok, pos, seq, want) in enumerate(chunk):
                 b.token[j], b.pos[j], b.n_seq_id[j] = tok, pos, 1
                 b.seq_id[j][0] = seq
-                b.logits[j] = 1 if want else 0
+                b.logits[j] = 1 if want or self.logits_all else 0
             rc = L.llama_decode(self.ctx, b)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
+            if self.logits_all:  # the copy llama-cpp-python's Llama.eval makes into `scores`
+                np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(chunk), self.n_vocab)).copy()
             for j, (_, _, _, want) in enumerate(chunk):
                 if want:
                     ptr = L.llama_get_logits_ith(self.ctx, j)
@@ -102,10 +118,12 @@ def main() -> None:
     model = L.llama_model_load_from_file(job["model"].encode(), mp)
     if not model:
         raise RuntimeError("cannot load " + job["model"])
-    res = {"engine": "llama.cpp", "version": L.__version__, "threads": threads}
+    opts = {k: job[k] for k in ("flash_attn", "kv_unified", "logits_all") if k in job}
+    res = {"engine": "llama.cpp", "version": L.__version__, "threads": threads, "options": opts,
+           "extra_bufts": mp.use_extra_bufts, "system_info": L.llama_print_system_info().decode().strip()}
 
     if "prefill" in job:
-        ctx = Context(model, 1024, 1, threads)
+        ctx = Context(model, 1024, 1, threads, **opts)
         times = []
         for ids in job["prefill"]:  # the first is a warm-up
             ctx.clear()
@@ -135,7 +153,7 @@ def main() -> None:
     for c_str, prompts in job.get("batched", {}).items():
         c = int(c_str)
         n_ctx = c * (max(len(p) for p in prompts) + job["new_tokens"]) + 256
-        ctx = Context(model, n_ctx, c, threads)
+        ctx = Context(model, n_ctx, c, threads, **opts)
         run_batch(ctx, prompts[: min(c, 4)], 8)  # warm-up
         r = run_batch(ctx, prompts, job["new_tokens"])
         r.pop("tokens")

@@ -1,17 +1,15 @@
-"""The same `ember bench serve` workload against `ember serve` and llama.cpp's OpenAI servers.
+"""The same `ember bench serve` workload against `ember serve` and the peers' OpenAI servers.
 
-The servers run one after the other on loopback, on the same GGUF file, with the same thread
-count; the client (this checkout's `ember bench serve`) and its seeded workload are the same for
-all, so the ratios compare the servers. The peers:
-- `llamacpp`: `python -m llama_cpp.server` from the peer venv that `llamacpp_env.sh` builds
-  (llama-cpp-python 0.3.36 from source), one request at a time;
-- `llama-server-npN`: llama.cpp's own `llama-server` with N parallel slots and continuous
-  batching (`-np N -cb`, a context of N x --n-ctx so each slot has --n-ctx), built from the same
-  vendored llama.cpp by `llamacpp_tools.sh`.
-Never part of `make test`.
+The servers run one after the other on loopback, on the same GGUF file (vLLM: the same weights
+as an HF folder), with the same thread count; the client (this checkout's `ember bench serve`)
+and its seeded workload are the same for all, so the ratios compare the servers. The servers
+and how each is started: serving_peers.py. Each load point (a request rate of --sweep-rate, or a
+fixed number of requests in flight of --sweep-concurrency) gets a fresh server per engine; each
+run also records the server's start-up time (process start to ready) and peak resident memory
+(its whole process tree). Never part of `make test`.
 
-  .venv/bin/python benchmarks/peers/serve_vs_llamacpp.py --workload chat-like --num-prompts 200 \\
-      --sweep-rate inf,4 --out-dir reports/peers
+  .venv/bin/python benchmarks/peers/serve_vs_llamacpp.py --servers ember,llama-server-np32,vllm \\
+      --workload chat-like --num-prompts 48 --sweep-rate 1,2 --sweep-concurrency 1,8,32
 
 Output tokens must match for the ratios to mean "same work": with --ignore-eos Ember ignores EOS
 itself, and llama.cpp (which has no ignore_eos) gets a logit bias of -100 on its end tokens.
@@ -22,18 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PEERS = os.path.join(ROOT, "benchmarks", "peers")
 sys.path.insert(0, ROOT)
-
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks", "peers"))
+import serving_peers  # noqa: E402
 from ember.bench.report import load_report, print_table, run_name  # noqa: E402
-from servers import free_port, stop, wait_ready  # noqa: E402
+from servers import free_port, stop, tree_peak_rss_mib, wait_ready  # noqa: E402
 
 RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda m: m["output_throughput"]),
               ("total tok/s", lambda m: m["total_token_throughput"]), ("requests/s", lambda m: m["request_throughput"]),
@@ -43,50 +41,13 @@ RATIO_ROWS = (("duration s", lambda m: m["duration_s"]), ("output tok/s", lambda
               ("failed", lambda m: m["failed"]), ("output tokens", lambda m: m["total_output_tokens"]))
 
 
-def peer_build(script: str, given: str | None) -> str:
-    """What a peer's build script prints last (a python, a directory), unless given."""
-    if given:
-        return given
-    out = subprocess.run(["bash", os.path.join(PEERS, script)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{script} failed:\n{out.stderr[-2000:]}")
-    return out.stdout.strip().splitlines()[-1]
-
-
-def llama_server_command(args, model: str, port: int, slots: int) -> list[str]:
-    return [os.path.join(peer_build("llamacpp_tools.sh", args.llamacpp_tools), "llama-server"), "-m", model, "--host", "127.0.0.1",
-            "--port", str(port), "-t", str(args.threads), "-tb", str(args.threads), "-np", str(slots), "-cb",
-            "-c", str(args.n_ctx * slots), *shlex.split(args.llama_server_args)]
-
-
-def server_commands(args, model: str, port: int, name: str) -> tuple[list[str], str]:
-    """(command, readiness URL) of server `name`."""
-    base = f"http://127.0.0.1:{port}"
-    if name.startswith("llama-server-np"):
-        return llama_server_command(args, model, port, int(name[len("llama-server-np"):])), base + "/health"
-    return _python_servers(args, model, port)[name]
-
-
-def _python_servers(args, model: str, port: int) -> dict[str, tuple[list[str], str]]:
-    """name -> (command, readiness URL)."""
-    ember = [os.path.join(ROOT, ".venv", "bin", "ember"), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--model", model, "--threads", str(args.threads), "--max-num-seqs", str(args.max_num_seqs)]
-    ember += shlex.split(args.ember_args)
-    llama = [peer_build("llamacpp_env.sh", args.llamacpp_python) if "llamacpp" in args.servers else "python", "-m",
-             "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-             "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
-             "--interrupt_requests", "False"]  # its default True ends a stream when another request arrives
-    llama += shlex.split(args.llamacpp_args)
-    base = f"http://127.0.0.1:{port}"
-    return {"ember": (ember, base + "/health"), "llamacpp": (llama, base + "/v1/models")}
-
-
-def bench_command(args, name: str, port: int, out: str, rate: str) -> list[str]:
+def bench_command(args, name: str, port: int, out: str, point: tuple[str, int | None]) -> list[str]:
+    rate, concurrency = point
     cmd = [os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "serve", "--base-url", f"http://127.0.0.1:{port}",
            "--endpoint", args.endpoint, "--workload", args.workload, "--num-prompts", str(args.num_prompts),
            "--request-rate", rate, "--seed", str(args.seed), "--output", out, "--label", name]
-    if args.max_concurrency:
-        cmd += ["--max-concurrency", str(args.max_concurrency)]
+    if concurrency or args.max_concurrency:
+        cmd += ["--max-concurrency", str(concurrency or args.max_concurrency)]
     if args.ignore_eos:
         cmd += ["--ignore-eos"]
         if name != "ember":  # no ignore_eos field in llama_cpp.server: forbid the end tokens instead
@@ -112,37 +73,51 @@ def _num(v) -> str:
     return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
-def markdown_table(files: dict[str, str], peer: str) -> str:
-    """The ratio table as Markdown, for benchmarks/README.md."""
-    ember, llama = load_report(files["ember"]), load_report(files[peer])
-    head = ["metric"]
-    for run in ember["runs"]:
-        rate = run_name(ember, run).split(" ", 1)[1]
-        head += [f"ember {rate}", f"{peer} {rate}", "ratio"]
+SUMMARY = (("output tok/s", lambda m: m["output_throughput"]), ("TTFT mean ms", lambda m: m["ttft_ms"]["mean"]),
+           ("TTFT p99 ms", lambda m: m["ttft_ms"]["p99"]), ("TPOT mean ms", lambda m: m["tpot_ms"]["mean"]))
+
+
+def summary_table(files: dict[str, str], seen: dict[str, dict[str, dict]], points: list[str]) -> str:
+    """Every server at every load point as Markdown (benchmarks/README.md), with Ember's ratio to
+    each peer's output throughput and p99 TTFT."""
+    head = ["load", "server", *(k for k, _ in SUMMARY), "peak RSS MiB", "start-up s", "Ember / it: tok/s, p99 TTFT"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, f in RATIO_ROWS:
-        cells = [key]
-        for run_e, run_l in zip(ember["runs"], llama["runs"]):
-            a, b = f(run_e["metrics"]), f(run_l["metrics"])
-            cells += [_num(a), _num(b), f"{a / b:.2f}" if b else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+    reports = {name: load_report(path)["runs"] for name, path in files.items()}
+    for i, point in enumerate(points):
+        ember = reports["ember"][i]["metrics"] if "ember" in reports else None
+        for name, runs in reports.items():
+            m, extra = runs[i]["metrics"], seen[name][point]
+            ratio = "" if ember is None or name == "ember" else \
+                f"{ember['output_throughput'] / m['output_throughput']:.2f}x, {ember['ttft_ms']['p99'] / m['ttft_ms']['p99']:.2f}x"
+            cells = [point, name, *(_num(f(m)) for _, f in SUMMARY), _num(extra["peak_rss_mib"]),
+                     f"{extra['startup_s']:.1f}", ratio]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run_one(args, name: str, model: str, rate: str, out: str) -> None:
-    """Start server `name`, run the workload at `rate` into `out`, stop the server."""
+def point_name(point: tuple[str, int | None]) -> str:
+    rate, concurrency = point
+    return f"c{concurrency}" if concurrency else f"rate{rate}"
+
+
+def run_one(args, name: str, model: str, point: tuple[str, int | None], out: str) -> dict:
+    """Start server `name`, run the workload at `point` into `out`, stop the server; returns the
+    server's start-up seconds and peak memory."""
     port = free_port()
-    cmd, ready = server_commands(args, model, port, name)
-    log = os.path.join(args.out_dir, f"{name}-rate{rate}-server.log")
+    cmd, ready, env = serving_peers.server(args, name, model, port)
+    log = os.path.join(args.out_dir, f"{name}-{point_name(point)}-server.log")
     print(f"[{name}] {' '.join(cmd)}", file=sys.stderr)
+    t0 = time.perf_counter()
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
-        wait_ready(proc, ready, log)
-        bench = bench_command(args, name, port, out, rate)
+        wait_ready(proc, ready, log, poll_s=0.05)
+        startup = time.perf_counter() - t0
+        bench = bench_command(args, name, port, out, point)
         print(f"[{name}] {' '.join(shlex.quote(c) for c in bench)}", file=sys.stderr)
         if subprocess.run(bench, cwd=ROOT).returncode != 0:
             raise SystemExit(f"[{name}] ember bench serve failed")
+        return {"startup_s": startup, "peak_rss_mib": tree_peak_rss_mib(proc.pid)}
     finally:
         stop(proc)
 
@@ -160,22 +135,27 @@ def merge_runs(paths: list[str], out: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default="ember,llamacpp",
-                   help="which to run, in order: ember, llamacpp, llama-server-npN (N parallel slots)")
+    p.add_argument("--servers", default="ember,llamacpp", help=f"which to run, in order: {serving_peers.NAMES}")
     p.add_argument("--model", default=None, help="GGUF file (default: the default model)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-num-seqs", type=int, default=32, help="ember serve --max-num-seqs")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="ember serve and vLLM --max-num-seqs")
     p.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context (its default 2048 is short for chat-like)")
     p.add_argument("--ember-args", default="", help="more `ember serve` flags, one string")
     p.add_argument("--llamacpp-args", default="", help="more `llama_cpp.server` flags, one string")
     p.add_argument("--llamacpp-python", default=None, help="python of the peer venv (default: build/find it)")
+    p.add_argument("--llamacpp-extra-bufts", action="store_true",
+                   help="let llama_cpp.server use llama.cpp's extra weight layouts (AMX; crashes in this VM)")
     p.add_argument("--llamacpp-tools", default=None, help="directory of llama-server (default: llamacpp_tools.sh)")
     p.add_argument("--llama-server-args", default="", help="more llama-server flags, one string")
+    p.add_argument("--vllm-python", default=None, help="python of the vLLM venv (default: vllm_env.sh)")
+    p.add_argument("--vllm-args", default="", help="more vLLM server flags, one string")
     p.add_argument("--endpoint", default="chat", choices=["chat", "completions"])
     p.add_argument("--workload", default="chat-like")
     p.add_argument("--num-prompts", type=int, default=200)
-    p.add_argument("--sweep-rate", default="inf,4", help="request rates, one run each")
-    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--sweep-rate", default="inf,4", help="request rates, one run each ('' for none)")
+    p.add_argument("--sweep-concurrency", default="",
+                   help="numbers of requests in flight, one run each (all sent at once, at most C open)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="a cap for the --sweep-rate runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--end-tokens", default="0,2", help="token ids llama.cpp must not emit under --ignore-eos")
@@ -184,26 +164,34 @@ def main() -> int:
     args = p.parse_args()
     args.end_tokens = [int(t) for t in args.end_tokens.split(",") if t.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not servers or any(s not in ("ember", "llamacpp") and not re.fullmatch(r"llama-server-np[1-9][0-9]*", s)
-                          for s in servers):
-        raise SystemExit("--servers: a comma-separated list of ember, llamacpp, llama-server-npN")
+    if not servers or not all(serving_peers.valid(s) for s in servers):
+        raise SystemExit(f"--servers: a comma-separated list of {serving_peers.NAMES}")
     args.servers = servers
+    try:
+        points = [(r.strip(), None) for r in args.sweep_rate.split(",") if r.strip()]
+        points += [("inf", int(c)) for c in args.sweep_concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise SystemExit(f"--sweep-concurrency: whole numbers, comma-separated (got {args.sweep_concurrency!r})")
+    if not points:
+        raise SystemExit("nothing to run: give --sweep-rate or --sweep-concurrency")
     from ember.loader import default_model_path
     model = os.path.abspath(args.model) if args.model else default_model_path()
     os.makedirs(args.out_dir, exist_ok=True)
     parts: dict[str, list[str]] = {name: [] for name in servers}
-    # rates outer, servers inner: the two runs of one rate are close in time (a shared machine's load
+    servers_seen: dict[str, dict[str, dict]] = {name: {} for name in servers}
+    # points outer, servers inner: the runs of one point are close in time (a shared machine's load
     # drifts), and every run gets a fresh server, so no run starts with a cache the previous one warmed
-    for rate in args.sweep_rate.split(","):
+    for point in points:
         for name in servers:
-            out = os.path.join(args.out_dir, f"{name}-rate{rate.strip()}.json")
-            run_one(args, name, model, rate.strip(), out)
+            out = os.path.join(args.out_dir, f"{name}-{point_name(point)}.json")
+            servers_seen[name][point_name(point)] = run_one(args, name, model, point, out)
             parts[name].append(out)
     files = {name: merge_runs(paths, os.path.join(args.out_dir, f"{name}.json")) for name, paths in parts.items()}
+    json.dump(servers_seen, open(os.path.join(args.out_dir, "servers.json"), "w"), indent=1)
     if "ember" in files:
         for peer in (n for n in files if n != "ember"):
             ratio_table(files, peer)
-            print(markdown_table(files, peer))
+    print(summary_table(files, servers_seen, [point_name(p) for p in points]))
     subprocess.run([os.path.join(ROOT, ".venv", "bin", "ember"), "bench", "compare", *files.values(),
                     "--plot", os.path.join(args.out_dir, "plots")], cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"results and plots in {args.out_dir}", file=sys.stderr)

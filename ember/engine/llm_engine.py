@@ -8,6 +8,7 @@ detokenizing, sampling and logprobs stay here: the scheduler runs without a mode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -51,9 +52,11 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         config.apply_threads()
         policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
+        self.startup_s: dict[str, float] = {}  # where start-up went, by part (`ember serve` says)
         if loaded is None:
-            loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress,
-                                quantizer=config.quantizer, calibration_tokens=config.calibration_tokens)
+            with self._timed("model"):
+                loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress,
+                                    quantizer=config.quantizer, calibration_tokens=config.calibration_tokens)
         elif config.dtype != "auto" and loaded.model.dtype != config.torch_dtype:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
         # `auto` options become what the loader chose; the notes say why (`ember serve` prints them)
@@ -66,13 +69,16 @@ class LLMEngine:
         spec = kv_cache_spec(config, self.model_config)
         self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
-        self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks, spec.num_scratch, spec.num_pass)
+        with self._timed("KV cache"):
+            self.kv_cache = PagedKVCache(spec.codec, spec.num_layers, spec.num_blocks, spec.num_scratch, spec.num_pass)
         self.scheduler = build_scheduler(config, spec.num_blocks, bs, self.tokenizer.stop_token_ids, policy,
                                          preemptor=self._make_preemptor())
         self.kv = self.scheduler.kv
         self.kv.pool.on_release = self.kv_cache.release  # a freed block's scratch slot goes back
         attention = get_attention_backend(config.attention)
-        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, self._make_decoder(attention))
+        with self._timed("C kernels"):
+            decoder = self._make_decoder(attention)
+        self.runner = ModelRunner(self.model, self.kv_cache, bs, attention, decoder)
         self.runner.blender = self._make_blender(self.runner)
         self.sampler = Sampler(config.seed)
         self.structured = GrammarBackend(self.tokenizer, self.model_config.vocab_size)  # compiles on first use
@@ -87,6 +93,12 @@ class LLMEngine:
         self.last_step = StepStats()
         self.total_generated_tokens = 0
         self.total_prompt_tokens = 0
+
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        start = time.perf_counter()
+        yield
+        self.startup_s[part] = time.perf_counter() - start
 
     def _make_decoder(self, attention):
         """The model's fused decode step, as config.fused_decode asks; None: the PyTorch path.

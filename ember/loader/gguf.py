@@ -59,26 +59,19 @@ def unpermute_qk(weight: torch.Tensor | GGMLBlocks, n_heads: int) -> torch.Tenso
 
 
 class GGUFFile:
-    """A GGUF file opened by memory map. `metadata` holds every key with Python values."""
+    """A GGUF file opened by memory map (gguf_reader.py). `metadata` holds every key with Python values."""
 
     def __init__(self, path: str | os.PathLike):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ModelLoadError(f"GGUF file not found: {path}")
-        import gguf  # imported here: the package is only needed when reading GGUF
+        from ember.loader.gguf_reader import read_gguf
 
         try:
-            self._reader = gguf.GGUFReader(path)
-        except Exception as exc:  # the reader raises bare ValueErrors on bad magic/version
+            self.metadata, self._tensors = read_gguf(path)
+        except (ValueError, OSError) as exc:
             raise ModelLoadError(f"not a readable GGUF file: {path} ({exc})") from exc
         self.path = path
-        self.metadata: dict[str, Any] = {}
-        for key, field in self._reader.fields.items():
-            try:
-                self.metadata[key] = field.contents()
-            except Exception:  # pragma: no cover - exotic field types we never read
-                continue
-        self._tensors = {t.name: t for t in self._reader.tensors}
 
     @property
     def architecture(self) -> str:
@@ -139,7 +132,7 @@ class GGUFFile:
         return {self.tensor_type(n) for n in self._tensors if (hf_name(n) or "").endswith("proj.weight")}
 
     def raw(self, name: str):
-        """The gguf ReaderTensor, for kernels that repack quantized blocks without going through float."""
+        """The GGUFTensor (gguf_reader.py), for kernels that repack quantized blocks without going through float."""
         return self._tensors[name]
 
     def dequantize(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -150,6 +143,8 @@ class GGUFFile:
                 f"tensor {name} in {self.path} has quantization type {qtype}, which Ember does not "
                 f"support; supported: {sorted(SUPPORTED_TYPES)}"
             )
+        if qtype in BLOCK_BYTES and len(tensor.shape) == 2:  # in torch: ~10x the `gguf` package's numpy
+            return self.blocks(name).dequantize(torch.float32).to(dtype)
         import gguf
 
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)

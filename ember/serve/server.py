@@ -140,6 +140,27 @@ def startup_report(engine) -> list[str]:
     return lines
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc); None where that can't be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def startup_line(parts: dict[str, float]) -> str:
+    """'ready in 3.1 s: model 1.9 s, ...': the engine's timed parts, and what else went by since
+    the process started (the interpreter, imports, the HTTP server)."""
+    age = process_age_s()
+    shown = [f"{name} {s:.1f} s" for name, s in parts.items()]
+    if age is None:
+        return "ready: " + ", ".join(shown)
+    return f"ready in {age:.1f} s: " + ", ".join(shown + [f"Python, imports and HTTP {age - sum(parts.values()):.1f} s"])
+
+
 def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
     print(f"loading {engine_cfg.model or 'the default model'} ...", file=sys.stderr, flush=True)
@@ -151,6 +172,7 @@ def serve(engine_cfg: EngineConfig, cfg: ServerConfig) -> int:
         print(f"step profile: one row per engine step to {cfg.profile}", file=sys.stderr, flush=True)
 
     def on_ready(port: int) -> None:
+        print(startup_line(async_engine.engine.startup_s), file=sys.stderr, flush=True)
         base = f"http://{cfg.host}:{port}"
         auth = f" -H 'Authorization: Bearer {cfg.api_key}'" if cfg.api_key else ""
         print(f"Ember is serving {name!r} at {base}/v1 (OpenAI-compatible); Ctrl-C stops it.\n"

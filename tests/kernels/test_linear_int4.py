@@ -265,3 +265,26 @@ def test_the_default_models_q4_1_blocks_load_unchanged(ember_lm, ember_lm_int4):
             params = getattr(int4, name).params
             assert "block_codes" in params
             assert torch.equal(dequantize_int4(params), getattr(dense, name).params["weight"]), (i, name)
+
+
+@pytest.mark.parametrize("variant", list(native.VARIANTS))
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_load_time_repack_equals_the_torch_packing(monkeypatch, variant, qtype):
+    """csrc/linear.c's one-pass repack of GGUF Q4 blocks, held to pack_blocks(q4_codes()) byte
+    for byte, under every CPU variant this machine runs."""
+    import numpy as np
+
+    from ember.kernels.linear.ggml_blocks import BLOCK_BYTES, GGMLBlocks
+    from ember.kernels.linear.int4 import pack_blocks, repack_q4
+
+    force_cpu_variant(monkeypatch, variant)
+    n, k = 40, 96
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, (n, k // 32, BLOCK_BYTES[qtype]), dtype=np.uint8)
+    halves = rng.uniform(-2, 2, (n, k // 32, 2)).astype(np.float16).view(np.uint8)  # finite d and m
+    raw[..., :4 if qtype == "Q4_1" else 2] = halves.reshape(n, k // 32, 4)[..., :4 if qtype == "Q4_1" else 2]
+    weight = GGMLBlocks(qtype, torch.from_numpy(raw.reshape(n, -1)), k)
+    codes, sm = repack_q4(weight)
+    want_codes, want_sm = pack_blocks(*weight.q4_codes())
+    assert torch.equal(codes, want_codes)
+    assert torch.equal(sm.view(torch.int16), want_sm.view(torch.int16))

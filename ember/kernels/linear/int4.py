@@ -31,6 +31,8 @@ processing element), which a CPU has no counterpart for.
 
 from __future__ import annotations
 
+import ctypes
+
 import functools
 
 import torch
@@ -134,6 +136,26 @@ def pack_blocks(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> 
     return codes, sm
 
 
+def repack_q4(weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q4_0/Q4_1 GGMLBlocks weight -> pack_blocks' (codes, scale-minimum) in one C pass
+    (csrc/linear.c ember_repack_q4); pack_blocks(*weight.q4_codes()) where the C kernels are
+    off, and as the reference tests hold the C pass to."""
+    lib = native.load("linear")
+    if lib is None:
+        return pack_blocks(*weight.q4_codes())
+    n, k = weight.shape
+    data = weight.data.contiguous()
+    codes = torch.empty((n // ROWS, k // GROUP, 4, 32), dtype=torch.uint8)
+    sm = torch.empty((n // ROWS, k // GROUP, 2, ROWS), dtype=torch.float16)
+    has_min = weight.qtype == "Q4_1"
+    lib.ember_repack_q4(ctypes.c_void_p(data.data_ptr()), ctypes.c_long(n), ctypes.c_long(k), ctypes.c_int(has_min),
+                        ctypes.c_void_p(codes.data_ptr()), ctypes.c_void_p(sm.data_ptr()),
+                        ctypes.c_int(torch.get_num_threads()))
+    if not has_min:  # Q4_0: w = d (q - 8), a minimum of -8 d (exact in fp16), as q4_codes gives it
+        sm[:, :, 1] = sm[:, :, 0] * -8
+    return codes, sm
+
+
 def unpack_blocks(codes: torch.Tensor, sm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of pack_blocks: codes int32 [N, K], scale and minimum (sm's dtype) [N, K/32]."""
     nb, g = codes.shape[:2]
@@ -192,7 +214,7 @@ class Int4Linear(WeightOnlyLinear):
     def pack_quantized(self, weight, bias, dtype):
         # Q4_0 and Q4_1 are this kernel's grid already: codes and fp16 scales are moved, not recomputed.
         if weight.qtype in ("Q4_0", "Q4_1") and self.takes_blocks(weight.shape[0]):
-            codes, sm = pack_blocks(*weight.q4_codes())
+            codes, sm = repack_q4(weight)
             return self.add_bias({"block_codes": codes, "block_scale_min": sm}, bias, dtype)
         return super().pack_quantized(weight, bias, dtype)
 

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ember.kv.memory import lazy_zeros
 from ember.registry import Registry
 
 
@@ -56,13 +57,14 @@ class KVCodec:
         (None: one per block, block b's in slot b) and `scratch_slot` (the slot map: identity
         for None, else all -1; PagedKVCache puts one map shared by every layer in its place)."""
         # Zeros, not empty: batched attention reads padding slots under a mask, and 0 x NaN
-        # from uninitialised memory would still poison the probability-value product.
-        tensors = {name: torch.zeros((num_blocks, *shape), dtype=dtype)
+        # from uninitialised memory would still poison the probability-value product. Mapped on
+        # first write (kv/memory.py): a cache sized for the worst case costs what it holds.
+        tensors = {name: lazy_zeros((num_blocks, *shape), dtype)
                    for name, (shape, dtype) in self.tensor_specs().items()}
         scratch = self.scratch_specs()
         if scratch:
             n = num_blocks if num_scratch is None else num_scratch
-            tensors |= {name: torch.zeros((n, *shape), dtype=dtype) for name, (shape, dtype) in scratch.items()}
+            tensors |= {name: lazy_zeros((n, *shape), dtype) for name, (shape, dtype) in scratch.items()}
             tensors["scratch_slot"] = (torch.arange(num_blocks, dtype=torch.int32) if num_scratch is None
                                        else torch.full((num_blocks,), -1, dtype=torch.int32))
         return tensors
