@@ -97,7 +97,12 @@ static inline __attribute__((always_inline)) void linear_lmul_omp(const ember_we
             long mt = M - m0 < 4 ? M - m0 : 4;
             float r[4];
             lmul_row_tile(row, fx + m0 * K, sx + m0 * K, K, mt, m, r);
-            for (long i = 0; i < mt; i++) put(y + (m0 + i) * ldy + n, r[i], W->bias, n, accumulate);
+            for (long i = 0; i < mt; i++) {
+                float v = r[i];
+                if (W->bias) v += W->bias[n];
+                float* out = y + (m0 + i) * ldy + n;
+                *out = accumulate ? *out + v : v;
+            }
         }
     }
     free(fx);
