@@ -52,16 +52,30 @@ SUBLAYERS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 class UniformGrid:
-    """Asymmetric uniform codes per group (tmac_ref.quantize_rtn's grid)."""
+    """Asymmetric uniform codes per group (tmac_ref.quantize_rtn's grid). search: try the
+    group's range shrunk by SHRINKS and keep, per row, the one whose rounding leaves the least
+    squared error (GPTQ's `mse` option; `--quantizer gptq-mse`); else min/max."""
 
-    def __init__(self, bits: int, planes: bool = False):
-        self.bits, self.levels, self.planes = bits, (1 << bits) - 1, planes
+    SHRINKS = torch.linspace(1.0, 0.5, 11)
+
+    def __init__(self, bits: int, planes: bool = False, search: bool = False):
+        self.bits, self.levels, self.planes, self.search = bits, (1 << bits) - 1, planes, search
+
+    def _range(self, w: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lo, hi = w.amin(-1) * shrink, w.amax(-1) * shrink
+        scale = ((hi - lo) / self.levels).clamp(min=1e-5).to(SCALE_DTYPE)
+        minimum = lo.to(SCALE_DTYPE)
+        q = torch.round((w - minimum.float()[:, None]) / scale.float()[:, None]).clamp(0, self.levels)
+        err = ((q * scale.float()[:, None] + minimum.float()[:, None] - w) ** 2).sum(-1)
+        return scale, minimum, err
 
     def fit(self, w: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """w [N, group] -> the group's values [N, L] ascending, and what `parts` needs of it."""
-        lo, hi = w.amin(-1), w.amax(-1)
-        scale = ((hi - lo) / self.levels).clamp(min=1e-5).to(SCALE_DTYPE)
-        minimum = lo.to(SCALE_DTYPE)
+        scale, minimum, err = self._range(w, 1.0)
+        for shrink in self.SHRINKS[1:].tolist() if self.search else []:
+            s, m, e = self._range(w, shrink)
+            better = e < err
+            scale, minimum, err = torch.where(better, s, scale), torch.where(better, m, minimum), torch.where(better, e, err)
         values = minimum.float()[:, None] + scale.float()[:, None] * torch.arange(self.levels + 1, dtype=torch.float32)
         return values, (scale, minimum)
 
@@ -142,17 +156,19 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, grid, group: int 
     return grid.parts(index, fitted)
 
 
-def grid_for(method):
-    """The grid a LinearMethod stores, or ValueError naming the methods GPTQ applies to."""
+def grid_for(method, search: bool = False):
+    """The grid a LinearMethod stores, or ValueError naming the methods GPTQ applies to.
+    search: uniform grids search each group's range (BCQ's fit already minimizes the squared
+    error, so it is the same either way)."""
     from ember.kernels.linear.bcq import BcqLinear
     from ember.kernels.linear.planes import RtnPlanesLinear
     from ember.kernels.linear.tmac import LutLinear
     if isinstance(method, BcqLinear):
         return BinaryCodingGrid(method.bits)
     if isinstance(method, RtnPlanesLinear):
-        return UniformGrid(method.bits, planes=True)
+        return UniformGrid(method.bits, planes=True, search=search)
     if isinstance(method, LutLinear) and type(method).quantize is LutLinear.quantize:
-        return UniformGrid(method.bits)
+        return UniformGrid(method.bits, search=search)
     raise ValueError(f"--quantizer gptq applies to tmac-w1..w4 and bcq-w2..w4, not to {method.name!r}")
 
 
@@ -165,14 +181,14 @@ def _log(msg: str) -> None:
 
 
 @torch.inference_mode()
-def calibrate(net, method, windows: torch.Tensor, progress: bool = True) -> None:
+def calibrate(net, method, windows: torch.Tensor, progress: bool = True, search: bool = False) -> None:
     """Quantize every projection of `net` (a float model, every Linear `dense`) onto `method`'s
     grid by GPTQ, layer by layer, on calibration windows [B, C] of token ids; the projections
     end packed by `method`, the output head by its head method. Progress goes to stderr."""
     from ember.kernels.attention import AttentionMetadata
     from ember.kernels.linear import get_linear_method
 
-    grid = grid_for(method)
+    grid = grid_for(method, search)
     num, context = windows.shape
     positions = torch.arange(context).repeat(num)
     meta = AttentionMetadata.no_cache([context] * num)
