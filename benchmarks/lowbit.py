@@ -1,9 +1,9 @@
 """Low-bit linear methods against `int4`, same process, same threads: perplexity, single-stream
 decode and prefill speed, kernel NMSE, weight memory and the energy estimate.
 
-Per method (`--methods`, default int4,tmac-w4,tmac-w2,ternary; `NAME:gptq` quantizes NAME's
-weights with GPTQ, quant/gptq.py, on --calibration-tokens from the text's tail, which the
-perplexity never scores; `--ppl-only` skips the speed rounds):
+Per method (`--methods`, default int4,tmac-w4,tmac-w2,ternary; `NAME:gptq` (or `NAME:gptq-mse`)
+quantizes NAME's weights with GPTQ, quant/gptq.py, on --calibration-tokens from the text's
+tail, which the perplexity never scores; `--ppl-only` skips the speed rounds):
   ppl      `ember eval ppl`'s recipe (pydoc_data.topics, windows of 512, every prediction scored)
            over the first --ppl-tokens tokens, fp32;
   prefill  one 512-token prompt, one output token: 512 / time to first token (the fused step
