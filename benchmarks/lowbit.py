@@ -1,7 +1,9 @@
 """Low-bit linear methods against `int4`, same process, same threads: perplexity, single-stream
 decode and prefill speed, kernel NMSE, weight memory and the energy estimate.
 
-Per method (`--methods`, default int4,tmac-w4,tmac-w2,ternary):
+Per method (`--methods`, default int4,tmac-w4,tmac-w2,ternary; `NAME:gptq` (or `NAME:gptq-mse`)
+quantizes NAME's weights with GPTQ, quant/gptq.py, on --calibration-tokens from the text's
+tail, which the perplexity never scores; `--ppl-only` skips the speed rounds):
   ppl      `ember eval ppl`'s recipe (pydoc_data.topics, windows of 512, every prediction scored)
            over the first --ppl-tokens tokens, fp32;
   prefill  one 512-token prompt, one output token: 512 / time to first token (the fused step
@@ -86,6 +88,8 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--calibration-tokens", type=int, default=8192)
+    ap.add_argument("--ppl-only", action="store_true", help="perplexity, memory, energy and NMSE only")
     args = ap.parse_args()
     threads = set_threads(args.threads)
     env = environment(threads)
@@ -108,20 +112,33 @@ def main() -> None:
     text = load_eval_text(None)
     rows, results = [], {"env": env, "args": vars(args), "results": []}
     engines = {}
-    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        log(f"[{name}] load")
-        lm = load_model(path, dtype=torch.float32, linear=name)
+    for spec in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        name, _, quantizer = spec.partition(":")
+        quantizer = quantizer or "rtn"
+        log(f"[{spec}] load")
+        lm = load_model(path, dtype=torch.float32, linear=name, quantizer=quantizer,
+                        calibration_tokens=args.calibration_tokens)
         log(f"[{name}] perplexity over {args.ppl_tokens} tokens")
         ppl = evaluate_perplexity(lm.model, lm.tokenizer, text, context=512, max_tokens=args.ppl_tokens, progress=False)
         info = model_info(EngineConfig(model=path, linear=name, dtype="fp32"), energy=True)
-        entry = {"method": name, "perplexity": ppl.perplexity, "ppl_tokens_scored": ppl.tokens_scored,
+        entry = {"method": spec, "perplexity": ppl.perplexity, "ppl_tokens_scored": ppl.tokens_scored,
                  "weight_bytes_loaded": info["weight_bytes_loaded"],
                  "energy_uj_per_token": info["energy"]["total_pj"] / 1e6}
-        if name not in ("int4", "dense", "int8"):
+        if name not in ("int4", "dense", "int8") and quantizer == "rtn":
             entry.update(kernel_nmse(name, acts))
         results["results"].append(entry)
-        engines[name] = LLM(loaded=lm, threads=threads, linear=name, enable_prefix_caching=False, kv_cache_tokens=4096)
+        if args.ppl_only:
+            del lm
+            gc.collect()
+            continue
+        engines[spec] = LLM(loaded=lm, threads=threads, linear=name, enable_prefix_caching=False, kv_cache_tokens=4096)
 
+    if args.ppl_only:
+        print_table([{"method": r["method"], "ppl": r["perplexity"], "weights MiB": r["weight_bytes_loaded"] / 2 ** 20,
+                      "uJ/token": r["energy_uj_per_token"]} for r in results["results"]],
+                    title=f"low-bit linears, fp32 activations (ppl over {args.ppl_tokens} tokens)")
+        write_json(args.output, results)
+        return
     # Speed in rounds over all methods (round 0 warms up): on a shared machine, load that comes
     # and goes then falls on every method alike instead of on whichever ran at the time.
     make = PromptMaker(next(iter(engines.values())).tokenizer, offset=1000 * (1 + args.seed))

@@ -172,7 +172,8 @@ def cmd_eval_ppl(args) -> int:
     cfg = engine_config(args)
     text = load_eval_text(args.text)
     cfg.apply_threads()
-    lm = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json)
+    lm = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json,
+                    quantizer=cfg.quantizer, calibration_tokens=cfg.calibration_tokens)
     cfg = dataclasses.replace(cfg, linear=lm.linear, dtype=dtype_name(lm.model.dtype))  # `auto` resolved
     if not args.json:
         for note in lm.auto_notes:

@@ -35,7 +35,9 @@ def parse_bytes(text: str | int) -> int:
 class EngineConfig:
     model: str | None = field(default=None, metadata={"help": "GGUF file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"})
     dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bf16 where this CPU has native bf16 arithmetic and the chosen linear method measured faster in it; fp32 elsewhere), fp32 or bf16"})
-    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4, tmac-w1..w4 (T-MAC lookup tables over 1-4 bit planes, round-to-nearest), bcq-w2..w4 (ShiftAddLLM binary coding on the same tables), ternary (BitNet b1.58 absmean trits on the 2-bit lookup kernel)"})
+    linear: str = field(default="auto", metadata={"help": "LinearMethod for the projections: auto (from the file's storage: GGUF Q4_0/Q4_1 -> int4 kept as stored, Q8_0 and other quantized types -> int8, float weights -> dense), dense, int8, int4, tmac-w1..w4 (T-MAC lookup tables over 1-4 bit planes, round-to-nearest), bcq-w2..w4 (ShiftAddLLM binary coding on the same tables), ternary (BitNet b1.58 absmean trits on the 2-bit lookup kernel), w4a4 (COMET: int4 weights, 4-bit activations with outlier groups on 8), lmul, lmul4 (every product an L-Mul on 7 or 4 mantissa bits, head included)"})
+    quantizer: str = field(default="rtn", metadata={"help": "how tmac-w1..w4 and bcq-w2..w4 quantize the weights: rtn (round-to-nearest, or BCQ's own fit, per group of 64), gptq (GPTQ, calibrated layer by layer on --calibration-tokens of the evaluation text's tail, which perplexity then never scores; takes minutes at load, progress on stderr), gptq-mse (the same, each tmac group's range searched for the least squared error, GPTQ's mse option)"})
+    calibration_tokens: int = field(default=8192, metadata={"help": "gptq: calibration tokens (whole windows of 512) from the end of the evaluation text"})
     attention: str = field(default="batched", metadata={"help": "AttentionBackend: batched (fast), torch (reference), lmul2..lmul5"})
     fused_decode: str = field(default="auto", metadata={"help": "decode steps (and, with int4, prefill chunks) as one C call: auto (when the model, dtype, linear method and attention allow), on (fail if they don't), off (the PyTorch path)"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all cores)"})
@@ -80,6 +82,16 @@ class EngineConfig:
             raise ValueError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
         if self.linear != "auto" and self.linear not in LINEAR_METHODS:
             raise ValueError(f"linear {self.linear!r} is not one of: auto, {', '.join(LINEAR_METHODS.names())}")
+        if self.quantizer not in ("rtn", "gptq", "gptq-mse"):
+            raise ValueError(f"quantizer {self.quantizer!r} is not one of: rtn, gptq, gptq-mse")
+        if self.quantizer != "rtn":
+            if self.linear == "auto":
+                raise ValueError(f"--quantizer {self.quantizer} needs an explicit --linear: tmac-w1..w4 or bcq-w2..w4")
+            from ember.kernels.linear import get_linear_method
+            from ember.quant.gptq import grid_for
+            grid_for(get_linear_method(self.linear))
+        if self.calibration_tokens < 512:
+            raise ValueError(f"calibration_tokens must be at least 512 (one window), got {self.calibration_tokens}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention {self.attention!r} is not one of: {', '.join(ATTENTION_BACKENDS.names())}")
         from ember.kv.codecs import KV_CODECS

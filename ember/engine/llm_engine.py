@@ -55,7 +55,8 @@ class LLMEngine:
         self.startup_s: dict[str, float] = {}  # where start-up went, by part (`ember serve` says)
         if loaded is None:
             with self._timed("model"):
-                loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress)
+                loaded = load_model(config.model, config.dtype, config.linear, config.attention, progress=progress,
+                                    quantizer=config.quantizer, calibration_tokens=config.calibration_tokens)
         elif config.dtype != "auto" and loaded.model.dtype != config.torch_dtype:
             raise ValueError(f"the loaded model is {loaded.model.dtype}, the config asks for {config.dtype}")
         # `auto` options become what the loader chose; the notes say why (`ember serve` prints them)

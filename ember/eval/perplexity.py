@@ -54,6 +54,34 @@ def load_eval_text(path: str | None) -> str:
         raise ValueError(f"--text: cannot read {path}: {exc.strerror}") from None
 
 
+def calibration_windows(tokenizer, text: str, tokens: int, context: int = 512) -> tuple[torch.Tensor, int]:
+    """Calibration tokens for a calibrated quantizer (quant/gptq.py): the last `tokens` of the
+    text (rounded down to whole windows of `context`, at least one) as windows [B, context],
+    and the index of their first token. `evaluate_perplexity` never scores from that index on
+    in a model calibrated on the same text (`scored_tokens`), so the two stay apart."""
+    ids = tokenizer.encode(text, add_bos=False)
+    n = max(tokens // context, 1) * context
+    if n > len(ids) // 2:
+        raise ValueError(f"{n} calibration tokens would take more than half of the text's {len(ids)}")
+    start = len(ids) - n
+    return torch.tensor(ids[start:], dtype=torch.long).view(-1, context), start
+
+
+def calibration_record(text: str, start: int) -> dict:
+    """What a calibrated model carries (`model.calibration`) so the scorer can keep clear of it."""
+    return {"text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "first_token": start}
+
+
+def scored_tokens(num_ids: int, max_tokens: int | None, text: str, model=None) -> int:
+    """How many leading tokens of the text the windows may take: all, max_tokens, and never a
+    token of the calibration span of a model calibrated on this text."""
+    usable = num_ids if max_tokens is None else min(num_ids, max_tokens)
+    cal = getattr(model, "calibration", None)
+    if cal and cal["text_sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest():
+        usable = min(usable, cal["first_token"])
+    return usable
+
+
 @dataclass
 class PerplexityResult:
     perplexity: float
@@ -122,7 +150,7 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
         raise ValueError(f"max_tokens={max_tokens} is less than one window of context={context}")
 
     ids = tokenizer.encode(text, add_bos=False)
-    usable = len(ids) if max_tokens is None else min(len(ids), max_tokens)
+    usable = scored_tokens(len(ids), max_tokens, text, model)
     num_windows = usable // context
     if num_windows == 0:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of context={context}")

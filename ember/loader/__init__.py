@@ -64,10 +64,19 @@ def dtype_name(dtype: torch.dtype | str) -> str:
 
 
 def load_model(model: str | None = None, dtype: torch.dtype | str = torch.float32, linear: str = "dense",
-               attention: str = "torch", progress: bool = False) -> LoadedModel:
+               attention: str = "torch", progress: bool = False, quantizer: str = "rtn",
+               calibration_tokens: int = 8192) -> LoadedModel:
     """`dtype`: a torch dtype or a name ("fp32", "bf16"); `linear`: a LinearMethod's name.
     Either may be "auto", resolved from the file's storage and this CPU (loader/auto.py); the
-    LoadedModel says what was chosen and why."""
+    LoadedModel says what was chosen and why. `quantizer`: "rtn" (each method's own
+    quantization at packing) or "gptq" (quant/gptq.py: calibrated on `calibration_tokens` of
+    the evaluation text's tail, layer by layer; progress on stderr) or "gptq-mse" (the same,
+    each uniform group's range searched for the least squared error)."""
+    if quantizer not in ("rtn", "gptq", "gptq-mse"):
+        raise ValueError(f"quantizer {quantizer!r} is not one of: rtn, gptq, gptq-mse")
+    if quantizer != "rtn":
+        from ember.quant.gptq import grid_for
+        grid_for(get_linear_method(linear))  # a method GPTQ can't serve fails before loading
     path = resolve_model_path(model)
     if os.path.isdir(path):
         from ember.loader import hf_dir
@@ -89,13 +98,21 @@ def load_model(model: str | None = None, dtype: torch.dtype | str = torch.float3
         weights_iter = tqdm(weights_iter, total=total, desc=f"loading {os.path.basename(path)}", unit="tensor", leave=False)
     weights = dict(weights_iter)
     del weights_iter  # the GGUF reader's metadata is ~170 MB for the default model
-    net = MODELS.create(config.architecture, config, get_linear_method(linear), get_attention_backend(attention),
+    body = get_linear_method(linear if quantizer == "rtn" else "dense")  # GPTQ needs the float weights
+    net = MODELS.create(config.architecture, config, body, get_attention_backend(attention),
                         dtype=dtype, lm_head_method=get_linear_method("dense"))
     try:
         net.load_weights(weights)
     except ValueError as exc:  # missing tensors, shapes the config does not expect: the file's fault
         raise ModelLoadError(str(exc)) from exc
     net.eval()
+    if quantizer != "rtn":
+        from ember.eval.perplexity import calibration_record, calibration_windows, default_eval_text
+        from ember.quant.gptq import calibrate
+        text = default_eval_text()
+        windows, start = calibration_windows(tokenizer, text, calibration_tokens)
+        calibrate(net, get_linear_method(linear), windows, search=quantizer == "gptq-mse")
+        net.calibration = calibration_record(text, start)
     return LoadedModel(net, tokenizer, config, path, fmt, linear, resolved.notes)
 
 

@@ -67,3 +67,44 @@ def test_int8_greedy_follows_the_float_model(int8_lm, ember_lm, short_prompts):
                  for q, e in zip(quant, exact))
     assert first >= 7, f"only {first} of 8 first tokens agree with fp32"
     assert agreed >= 0.6 * 8 * MAX_TOKENS, f"{agreed} leading tokens agree of {8 * MAX_TOKENS}"
+
+
+@pytest.fixture(scope="module")
+def lmul_lm(default_gguf_path):
+    return load_model(default_gguf_path, dtype=torch.float32, linear="lmul")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not native.available(), reason="the L-Mul C kernel needs a C compiler and AVX2")
+def test_lmul_model_runs_fused_and_batched_like_one_at_a_time(lmul_lm, short_prompts):
+    """`lmul` (every product an L-Mul, head included) through the engine: the fused step takes
+    its weights; batched greedy equals one-at-a-time greedy and the PyTorch path."""
+    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:8]} for p in short_prompts[:4]]
+    assert lmul_lm.model.lm_head.method.name == "lmul"
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
+    run = lambda **cfg: [o.outputs[0] for o in LLM(loaded=lmul_lm, kv_cache_tokens=1024, threads=1, linear="lmul",  # noqa: E731
+                                                  **cfg).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(loaded=lmul_lm, kv_cache_tokens=1024, threads=1, linear="lmul", fused_decode="on")
+    assert llm.engine.runner.decoder is not None and llm.engine.runner.decoder.takes_prefill
+    fused = run(max_num_seqs=4, fused_decode="on")
+    plain = run(max_num_seqs=1, fused_decode="off", attention="torch", enable_prefix_caching=False)
+    assert count_near_ties(plain, fused, nats=NEAR_TIE_NATS) <= 1
+
+
+@pytest.mark.slow
+def test_gptq_model_through_the_engine(default_gguf_path, ember_lm, short_prompts):
+    """`--quantizer gptq` end to end: a tmac-w4 model calibrated on 512 tokens runs in the
+    engine (its kernel, its calibration record) and still follows the float model's first greedy
+    tokens often."""
+    llm = LLM(model=default_gguf_path, dtype="fp32", linear="tmac-w4", quantizer="gptq", calibration_tokens=512,
+              kv_cache_tokens=2048, threads=1)
+    assert llm.engine.loaded.model.calibration["first_token"] > 16_384
+    layer = llm.engine.model.layers[0]
+    assert layer.qkv_proj.method.name == "tmac-w4" and "lut_codes" in layer.qkv_proj.params
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    quant = [o.outputs[0].token_ids[0] for o in llm.generate(short_prompts, params, use_tqdm=False)]
+    exact = [o.outputs[0].token_ids[0] for o in LLM(loaded=ember_lm, kv_cache_tokens=2048, threads=1).generate(
+        short_prompts, params, use_tqdm=False)]
+    # 4 of 8 measured: 4 bits per group of 64, and 512 calibration tokens overfit (the default is
+    # 8192); a broken quantizer agrees on none
+    assert sum(q == e for q, e in zip(quant, exact)) >= 3

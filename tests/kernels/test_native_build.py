@@ -81,7 +81,7 @@ def test_each_variant_loads_its_own_library(monkeypatch):
 def test_weight_kinds_are_numbered_by_the_library():
     kinds = native.weight_kinds()
     assert set(kinds) == {"f32", "bf16", "int8", "int8_panels", "int4", "tmac2", "tmac4", "planes1", "planes2", "planes3",
-                          "planes4", "w4a4"}
+                          "planes4", "w4a4", "lmul7", "lmul4"}
     w = torch.zeros(8, 64, dtype=torch.int8)
     assert native.weight("int8", w, 8, 64, scale=torch.ones(8)).kind == kinds.index("int8")
     with pytest.raises(ValueError, match=r"no weight kind 'int5' in the C kernels \(they have f32"):

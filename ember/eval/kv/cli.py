@@ -66,7 +66,8 @@ def cmd_eval_kv(args) -> int:
     cfg = engine_config(args)
     text = load_eval_text(args.text)
     cfg.apply_threads()
-    loaded = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json)
+    loaded = load_model(cfg.model, cfg.dtype, cfg.linear, cfg.attention, progress=not args.json,
+                        quantizer=cfg.quantizer, calibration_tokens=cfg.calibration_tokens)
     cfg = dataclasses.replace(cfg, linear=loaded.linear, dtype=dtype_name(loaded.model.dtype))  # `auto` resolved
     longest = max([args.context + args.continuation] + lengths)
     config = {k: getattr(cfg, k) for k in ("dtype", "linear", "attention", "fused_decode", "threads", "block_size",

@@ -110,6 +110,7 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 
 #include "linear_int4.h"
 #include "linear_int8_panels.h"
+#include "linear_lmul.h"
 #include "linear_panels.h"
 #include "linear_planes.h"
 #include "linear_tmac.h"

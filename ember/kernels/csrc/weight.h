@@ -12,6 +12,7 @@
  *                eighth of groups on 8 (COMET's outlier blocks; linear_int4.h)
  *   planes1..4   w: 1 to 4 bit planes in blocks of 32 rows, sm: an fp16 scale per plane and a
  *                minimum per group of 64 (BCQ, odd-width round-to-nearest; linear_planes.h)
+ *   lmul7, lmul4 w: bf16 [N,K] on 7 or 4 mantissa bits; every product an L-Mul (linear_lmul.h)
  *
  * Python reads the names (ember_linear_abi) and numbers kinds by their position in this list,
  * so adding a kind here is the only place its number is written down.
@@ -39,7 +40,9 @@
     X(PLANES2,     planes2,     0, 0, load8_blocked, linear_planes_omp) \
     X(PLANES3,     planes3,     0, 0, load8_blocked, linear_planes_omp) \
     X(PLANES4,     planes4,     0, 0, load8_blocked, linear_planes_omp) \
-    X(W4A4,        w4a4,        0, 0, load8_blocked, linear_int4_omp)
+    X(W4A4,        w4a4,        0, 0, load8_blocked, linear_int4_omp) \
+    X(LMUL7,       lmul7,       0, 0, load8_blocked, linear_lmul_omp) \
+    X(LMUL4,       lmul4,       0, 0, load8_blocked, linear_lmul_omp)
 
 #define EMBER_WEIGHT_ENUM(id, name, esz, scaled, load, family) EMBER_##id,
 enum { EMBER_WEIGHT_KINDS(EMBER_WEIGHT_ENUM) EMBER_WEIGHT_NUM_KINDS };

@@ -20,6 +20,13 @@ Two packings, chosen at load:
   AVX-512, a shorter last block in row pairs; row pairs on `default`), so nothing here reads
   its bytes by a fixed layout: `unpack_int4` learns where each code went from the packer itself.
 The C kernel serves prefill as well: it beats the fp32 GEMM on a dequantized copy.
+
+MixPE's product (../shared/papers/NOTES.md: y = sum_g s_g (sum_{k in g} q_k x_k - z_g sum_{k in g}
+x_k), an integer dot per group and one scale per group after it) is this kernel's: per group
+of 32, the int4 codes times the int8 activation codes summed as integers, then once per group
+scale * d_x times that sum plus minimum * d_x * sum(x codes) (z_g = -minimum / scale). So there
+is no separate `mixpe` method; what MixPE adds beyond it is hardware (a mixed-precision
+processing element), which a CPU has no counterpart for.
 """
 
 from __future__ import annotations

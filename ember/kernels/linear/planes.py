@@ -76,7 +76,12 @@ class ScaledPlanesLinear(WeightOnlyLinear):
     def pack(self, weight, bias, dtype):
         if weight.shape[0] % ROWS:
             raise ValueError(f"{self.name} needs the output size ({weight.shape[0]}) to be a multiple of {ROWS}")
-        return self.add_bias(pack_scaled_planes(*self.quantize(weight)), bias, dtype)
+        return self.pack_parts(self.quantize(weight), bias, dtype)
+
+    def pack_parts(self, parts, bias, dtype):
+        """`quantize`'s (planes, plane scales, minimum), from it or from a calibrated quantizer
+        (quant/gptq.py), -> the kernel's storage."""
+        return self.add_bias(pack_scaled_planes(*parts), bias, dtype)
 
     def dequantize(self, params, dtype):
         return dequantize_scaled_planes(params, dtype)

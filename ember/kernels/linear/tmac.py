@@ -86,7 +86,12 @@ class LutLinear(WeightOnlyLinear):
         n = weight.shape[0]
         if n % ROWS:
             raise ValueError(f"{self.name} needs the output size ({n}) to be a multiple of {ROWS}")
-        return self.add_bias(pack_planes(*self.quantize(weight), self.bits), bias, dtype)
+        return self.pack_parts(self.quantize(weight), bias, dtype)
+
+    def pack_parts(self, parts, bias, dtype):
+        """`quantize`'s (codes, scale, minimum), from it or from a calibrated quantizer
+        (quant/gptq.py), -> the kernel's storage."""
+        return self.add_bias(pack_planes(*parts, self.bits), bias, dtype)
 
     def dequantize(self, params, dtype):
         return dequantize_planes(params, dtype)

@@ -1,0 +1,1 @@
+"""Calibrated weight quantizers (GPTQ) for the low-bit linear methods."""
