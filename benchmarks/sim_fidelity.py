@@ -91,7 +91,8 @@ def main() -> int:
                                                      "simulate only")
     p.add_argument("--kind", choices=("auto", "linear", "split-linear", "tree"), default="auto", help="ember sim calibrate --kind")
     p.add_argument("--resimulate", action="store_true",
-                   help="reuse the profiles and measured runs in --workdir: calibrate and simulate only")
+                   help="reuse the profiles and measured runs in --workdir: calibrate (unless --model-json) and "
+                        "simulate only")
     p.add_argument("--workdir", default=None, help="keep profiles, models and reports here (default: a temp dir)")
     p.add_argument("--out", default=None, help="the table as JSON")
     args = p.parse_args()
@@ -104,10 +105,11 @@ def main() -> int:
     env = environment(threads)  # the load average before the runs: other work on the machine skews timings
 
     model_json = args.model_json or w("model.json")
-    if args.resimulate:  # the profiles and measured runs of an earlier run in --workdir: fit and simulate again
-        if args.model_json or not args.workdir:
-            raise SystemExit("--resimulate needs --workdir of an earlier run and no --model-json")
-        calibrate(args, w, model_json)
+    if args.resimulate:  # the measured runs of an earlier run in --workdir: fit again (or take --model-json), simulate
+        if not args.workdir:
+            raise SystemExit("--resimulate needs --workdir of an earlier run")
+        if not args.model_json:
+            calibrate(args, w, model_json)
     elif args.model_json:  # calibrated before (same --engine): every rate is out of sample
         for rate in rates:
             measure(args, rate, w(f"measured-{rate:g}.json"), None, tmp)

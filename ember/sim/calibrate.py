@@ -130,10 +130,20 @@ def build_model_json(profiles: list[str], engine: dict | None, seed: int = 0, ki
                           holdout_total_time_ratio=entry["holdout_total_time_ratio"])
         if kind == "auto":
             fitted["selected_by"] = "replay of the profiled runs"
+        fitted["request_latency_s"] = request_latency(fitted["compared"][fitted["kind"]]["replay"], replay[2])
     return {"ember_sim_model": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "profiles": list(profiles), "engine": engine, "inter_step_s": gap, **fitted,
             "ranges": {f: [int(X[:, i].min()), int(X[:, i].max())] for i, f in enumerate(FEATURES)},
             "phases": fit_phases(profiles)}
+
+
+def request_latency(replayed: list[dict], runs) -> float:
+    """Seconds a request spends outside the engine (HTTP, template, tokenizing, the first token's
+    delivery), from the served runs replayed: their measured mean TTFT less the simulated one,
+    averaged (offline runs have no server; 0 when none was served or the engine alone explains it)."""
+    gaps = [measured["ttft_ms"]["mean"] * (1.0 - row["ttft_ms"]) / 1000.0
+            for row, (_, rate, measured) in zip(replayed, runs) if math.isfinite(rate) and "ttft_ms" in row]
+    return max(0.0, sum(gaps) / len(gaps)) if gaps else 0.0
 
 
 def load_model_json(path: str) -> dict:
@@ -145,6 +155,9 @@ def load_model_json(path: str) -> dict:
     gap = data.get("inter_step_s", 0.0)
     if not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap < 0:
         raise ValueError(f"{path}: inter_step_s must be a non-negative number of seconds")
+    late = data.get("request_latency_s", 0.0)
+    if not isinstance(late, (int, float)) or not math.isfinite(late) or late < 0:
+        raise ValueError(f"{path}: request_latency_s must be a non-negative number of seconds")
     return data
 
 

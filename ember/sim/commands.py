@@ -58,7 +58,8 @@ def cmd_calibrate(args) -> int:
             f"{k} {v['replay_error_pct']:.1f}%" for k, v in data["compared"].items()), file=sys.stderr)
     print(f"kept the {data['kind']} model: held-out MAPE {data['holdout_mape_pct']:.2f}% "
           f"({', '.join(f'{k} {v:.2f}%' for k, v in other.items())}; {data['rows']} steps, "
-          f"{data['holdout']}); inter-step time {data['inter_step_s'] * 1e3:.3f} ms", file=sys.stderr)
+          f"{data['holdout']}); inter-step time {data['inter_step_s'] * 1e3:.3f} ms; time outside the engine "
+          f"per request {data.get('request_latency_s', 0.0) * 1e3:.1f} ms", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     if args.plot:
         plot_predictions(data, args.profiles, args.plot)

@@ -109,7 +109,8 @@ def simulate_report(config: EngineConfig, capacity: Capacity, model_json: dict, 
         sessions = sessions_at(rate)
         sim = Simulator(config, capacity, step_seconds(model_json, cluster.overlap, cluster.pim_speedup), sessions,
                         cluster.replicas, cluster.router, disagg=cluster.disagg, power=power,
-                        layer_groups=cluster.layer_groups)
+                        layer_groups=cluster.layer_groups,
+                        request_latency_s=float(model_json.get("request_latency_s", 0.0)))
         bar = _progress(sim.num_requests, f"sim rate={'inf' if math.isinf(rate) else f'{rate:g}'}", progress)
         try:
             results, duration, stats = sim.run(on_done=lambda r: bar.update(1))

@@ -102,11 +102,17 @@ def check_simulable(config) -> None:
 class Simulator:
     def __init__(self, config, capacity: Capacity, step_seconds, sessions: list[SimSession], replicas: int = 1,
                  router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None,
-                 power=None, layer_groups: int = 1):
+                 power=None, layer_groups: int = 1, request_latency_s: float = 0.0):
         """`config`: the EngineConfig every replica runs; `step_seconds(prefill, decode, context,
         seqs)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
         `disagg` adds a prefill pool, else the replicas that do both; `power`: a PowerModel for
-        every replica (energy, power caps); `layer_groups` > 1: layered prefill (replica.py)."""
+        every replica (energy, power caps); `layer_groups` > 1: layered prefill (replica.py);
+        `request_latency_s`: what a request spends outside the engine (HTTP, chat template,
+        tokenizing, the first token's delivery): each reaches the scheduler that much after it
+        was sent, and its latencies count from when it was sent."""
+        if not request_latency_s >= 0:
+            raise ValueError(f"request_latency_s must be a non-negative number of seconds, got {request_latency_s}")
+        self.request_latency_s = request_latency_s
         if replicas < 1:
             raise ValueError(f"--replicas must be at least 1, got {replicas}")
         if disagg is not None and (disagg.prefill_replicas < 1 or not disagg.link_bytes_per_s > 0):
@@ -149,9 +155,10 @@ class Simulator:
         t0 = time.perf_counter()
         stats = SimStats()
         events, sessions, nxt, n, wake = self._events, self.sessions, 0, len(self.sessions), self._wake
+        late = self.request_latency_s
         while nxt < n or events:
-            if nxt < n and (not events or sessions[nxt].arrival_s <= events[0][0]):
-                self.now = sessions[nxt].arrival_s
+            if nxt < n and (not events or sessions[nxt].arrival_s + late <= events[0][0]):
+                self.now = sessions[nxt].arrival_s + late
                 self._arrive(nxt, 0, None, on_done)
                 nxt += 1
             else:
@@ -164,7 +171,8 @@ class Simulator:
                     self._handoff(*payload, on_done)
             stats.events += 1
             if wake:
-                following = min(sessions[nxt].arrival_s if nxt < n else math.inf, events[0][0] if events else math.inf)
+                following = min(sessions[nxt].arrival_s + late if nxt < n else math.inf,
+                                events[0][0] if events else math.inf)
                 if following > self.now:  # everything of this instant is in: idle replicas start
                     for replica in sorted(wake, key=lambda r: r.index):
                         self._start_step(replica, on_done)
@@ -185,7 +193,8 @@ class Simulator:
 
     def _arrive(self, k: int, t: int, history: list[int] | None, on_done) -> None:
         session, turn = self.sessions[k], self.sessions[k].turns[t]
-        result = RequestResult(False, self.now, scheduled=self.now, user=session.user, session=k, turn=t,
+        sent = self.now - self.request_latency_s
+        result = RequestResult(False, sent, scheduled=sent, user=session.user, session=k, turn=t,
                                chunk_times=array("d"))  # 8 bytes a token, not a float object's 32
         self.results[k].append(result)
         ids = prompt_ids(turn, history, next(self._seq))
@@ -256,7 +265,8 @@ class Simulator:
             on_done(result)
         turns = self.sessions[pending.session].turns
         if pending.turn + 1 < len(turns):  # the conversation goes on after the user's (or the tool's) pause
-            heapq.heappush(self._events, (self.now + turns[pending.turn + 1].think_s, next(self._seq), ARRIVE,
+            heapq.heappush(self._events, (self.now + turns[pending.turn + 1].think_s + self.request_latency_s,
+                                          next(self._seq), ARRIVE,
                                           (pending.session, pending.turn + 1, request.all_token_ids)))
 
     def _handoff(self, pending: Pending, ids: list[int], on_done) -> None:
