@@ -96,6 +96,33 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="ember-engine", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def started(cls, make_engine, max_waiting: int = 0, make_observer=None) -> "AsyncEngine":
+        """`make_engine()` run on the thread that will then step it, started; its exception is
+        raised here. Loading and stepping on one thread keep one OpenMP team: a second thread
+        with its own team (loading on the main thread, stepping on this one) doubles the
+        process's OpenMP threads, libgomp then stops spinning between parallel regions, and a
+        decode step of hundreds of short regions ran ~3x slower on 2 cores (benchmarks/README.md)."""
+        box, ready = {}, threading.Event()
+
+        def run() -> None:
+            try:
+                engine = make_engine()
+                box["self"] = self = cls(engine, max_waiting, make_observer(engine) if make_observer else None)
+                self._thread = threading.current_thread()
+            except BaseException as exc:  # noqa: BLE001  (handed to the caller, raised there)
+                box["error"] = exc
+                return
+            finally:
+                ready.set()
+            self._run()
+
+        threading.Thread(target=run, name="ember-engine", daemon=True).start()
+        ready.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["self"]
+
     def stop_accepting(self) -> None:
         self._accepting = False
 

@@ -87,15 +87,18 @@ def build_server_app(engine_cfg: EngineConfig, cfg: ServerConfig, loaded=None, p
     from ember.serve.metrics import ServerMetrics
     from ember.serve.openai_api import build_app
 
-    engine = LLMEngine(engine_cfg, progress=progress, loaded=loaded)
-    if cfg.profile:
-        engine.profiler.enable(cfg.profile)  # the engine thread closes it when it stops
-    metrics = ServerMetrics(engine)
-    async_engine = AsyncEngine(engine, cfg.max_waiting, observer=metrics)
+    def make_engine() -> LLMEngine:
+        engine = LLMEngine(engine_cfg, progress=progress, loaded=loaded)
+        if cfg.profile:
+            engine.profiler.enable(cfg.profile)  # the engine thread closes it when it stops
+        return engine
+
+    # loaded and stepped on one thread (AsyncEngine.started says why)
+    async_engine = AsyncEngine.started(make_engine, cfg.max_waiting, make_observer=ServerMetrics)
+    engine, metrics = async_engine.engine, async_engine.observer
     options = ServeOptions(model_names(engine.loaded.path, cfg.served_model_name), cfg.api_key,
                            parse_bytes(cfg.max_request_bytes), cfg.max_waiting, cfg.tool_syntax)
     asgi, app = build_app(async_engine, metrics, options)
-    async_engine.start()
     return asgi, app, async_engine
 
 
