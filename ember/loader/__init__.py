@@ -97,7 +97,7 @@ def load_model(model: str | None = None, dtype: torch.dtype | str = torch.float3
         from tqdm import tqdm
         weights_iter = tqdm(weights_iter, total=total, desc=f"loading {os.path.basename(path)}", unit="tensor", leave=False)
     weights = dict(weights_iter)
-    del weights_iter  # the GGUF reader's metadata is ~170 MB for the default model
+    del weights_iter  # drops the iterator's hold on the file's tensors before packing
     body = get_linear_method(linear if quantizer == "rtn" else "dense")  # GPTQ needs the float weights
     net = MODELS.create(config.architecture, config, body, get_attention_backend(attention),
                         dtype=dtype, lm_head_method=get_linear_method("dense"))

@@ -17,7 +17,8 @@ from ember.loader.errors import ModelLoadError
 from ember.models.config import ModelConfig
 
 # Types `gguf.quants.dequantize` handles that we test and promise; others may work too.
-SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K"}
+SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K",
+                   "TQ1_0", "TQ2_0"}
 
 # Architectures whose GGUF conversion permuted Q and K rows for llama.cpp's interleaved RoPE.
 PERMUTED_QK_ARCHS = {"llama", "mistral"}

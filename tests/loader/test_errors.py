@@ -74,7 +74,7 @@ def test_unknown_architecture(tmp_path):
     assert path in str(info.value) and "llama" in str(info.value)  # names the file and what is supported
 
 
-@pytest.mark.parametrize("qtype", [QT.IQ4_NL, QT.TQ1_0, QT.IQ2_XXS], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [QT.IQ4_NL, QT.IQ4_XS, QT.IQ2_XXS], ids=lambda t: t.name)
 def test_unsupported_quantization_type(tmp_path, qtype):
     assert qtype.name not in SUPPORTED_TYPES
     path = write_gguf(tmp_path / "iq.gguf", {"w": (random_bytes_for((4, 256), qtype), qtype)}, arch="test")

@@ -131,10 +131,14 @@ ERROR_BOUND = {
     QT.Q4_K: 2 / 15 / 2 + 1 / 63 + 2 / 63,  # + 6-bit scale and min rounding
     QT.Q5_K: 2 / 31 / 2 + 1 / 63 + 2 / 63,
     QT.Q6_K: 1 / 63 + 1 / 127 + 2 ** -10,
+    QT.TQ1_0: 1 / 2 + 2 ** -10,  # trits of d = amax: half a step, plus d's fp16 rounding
+    QT.TQ2_0: 1 / 2 + 2 ** -10,
 }
-BLOCK = {QT.Q8_0: 32, QT.Q4_0: 32, QT.Q4_1: 32, QT.Q5_0: 32, QT.Q5_1: 32, QT.Q4_K: 256, QT.Q5_K: 256, QT.Q6_K: 256}
+BLOCK = {QT.Q8_0: 32, QT.Q4_0: 32, QT.Q4_1: 32, QT.Q5_0: 32, QT.Q5_1: 32, QT.Q4_K: 256, QT.Q5_K: 256, QT.Q6_K: 256,
+         QT.TQ1_0: 256, QT.TQ2_0: 256}
 
-TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q4_K, QT.Q5_K, QT.Q6_K,
+         QT.TQ1_0, QT.TQ2_0]
 
 
 def test_types_under_test_are_the_promised_ones():

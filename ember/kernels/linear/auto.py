@@ -6,6 +6,8 @@ model's projections are stored.
   rounding step; 4x fewer bytes than fp32 and the int8 C kernels).
 - any other quantized GGUF type (K-quants, Q5_*): int8, dequantized then requantized per row
   (more bits than int4, so less loss; dense fp32 would be 4x the memory).
+- GGUF TQ1_0/TQ2_0 (ternary): ternary, whose trits and scales are theirs (a weight that is
+  already ternary per group keeps its magnitude as the group's scale: linear/ternary.py).
 - float tensors (GGUF F32/F16/BF16, a Hugging Face directory): dense.
 A file that mixes storage types gets the most precise method any of its projections needs,
 so no projection is stored with fewer bits than the file gave it.
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
 INT4_TYPES = frozenset({"Q4_0", "Q4_1"})
-_PRECISION = ("int4", "int8", "dense")  # least to most precise
+TERNARY_TYPES = frozenset({"TQ1_0", "TQ2_0"})
+_PRECISION = ("ternary", "int4", "int8", "dense")  # least to most precise
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class AutoChoice:
 def _method_for(storage: str) -> str:
     if storage in FLOAT_TYPES:
         return "dense"
+    if storage in TERNARY_TYPES:
+        return "ternary"
     return "int4" if storage in INT4_TYPES else "int8"
 
 
@@ -44,7 +49,7 @@ def choose_linear(source_format: str, projection_types: Iterable[str]) -> AutoCh
         return AutoChoice("dense", "no projection storage types read: dense")
     method = max((_method_for(t) for t in types), key=_PRECISION.index)
     stored = "/".join(types)
-    if method == "int4":
+    if method in ("int4", "ternary"):
         why = f"GGUF {stored} projections kept as stored"
     elif method == "dense":
         why = f"GGUF {stored} projections: float weights stay dense"

@@ -28,12 +28,17 @@ from ember.kernels.linear.tmac_ref import GROUP, SCALE_DTYPE
 def ternarize(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Absmean per group: codes int32 [N, K] in {0, 1, 2} (trit + 1), fp16 scale gamma and
     minimum -gamma [N, K/group], w ~= code * gamma - gamma. The trits are chosen against the
-    fp16 gamma the kernel will use."""
+    fp16 gamma the kernel will use; a group that is already ternary is kept exactly."""
     n, k = weight.shape
     if k % group:
         raise ValueError(f"ternary needs the input size ({k}) to be a multiple of {group}")
     w = weight.float().view(n, k // group, group)
     gamma = w.abs().mean(-1).clamp(min=1e-5).to(SCALE_DTYPE)
+    # A group already ternary (one magnitude, as GGUF TQ1_0/TQ2_0 store: trits times an fp16 d)
+    # keeps that magnitude as its scale, so the file's weights come back bit for bit.
+    top = w.abs().amax(-1)
+    ternary = ((w.abs() == top[..., None]) | (w == 0)).all(-1) & (top > 0) & (top.to(SCALE_DTYPE).float() == top)
+    gamma = torch.where(ternary, top.to(SCALE_DTYPE), gamma)
     trit = torch.round(w / gamma.float()[..., None]).clamp(-1, 1)
     return (trit + 1).to(torch.int32).view(n, k), gamma, -gamma
 
