@@ -67,10 +67,16 @@ def close_chromium(driver) -> None:
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "the page"):
-    """Polls `predicate` until it returns something truthy, and returns that."""
+    """Polls `predicate` until it returns something truthy, and returns that. An element the
+    page has not rendered yet (the dashboard fills in after its first poll) counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
