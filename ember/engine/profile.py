@@ -29,9 +29,14 @@ previous mark to its phase, so the phases tile the step in whatever order the st
   decode_rows      rows feeding one generated token (one new token past the prompt)
   context_len_sum  sum over rows of the KV entries each attends to (held + this step's; fewer
                    than its positions once entries were dropped from the cache)
+  prefill_attention query-key pairs of the rows that are not decode rows: a chunk of n tokens
+                   after h held entries attends n*h + n(n+1)/2 (causal), so a long prompt's
+                   attention, which grows with its square, has a term of its own (DistServe's
+                   prefill formula has one)
   kv_blocks_used   KV blocks held after scheduling
   preempted        sequences preempted while scheduling this step
   waiting          sequences left waiting after scheduling
+(prefill_attention is last, after the columns older profiles have.)
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 PHASES = ("schedule", "prepare", "forward", "logits", "sample", "update", "detokenize")
 FUSED_PHASES = ("fused_linear", "fused_attention", "fused_other")  # NativeDecoder.PHASES, in its order
 COMPOSITION = ("num_seqs", "prefill_tokens", "decode_rows", "context_len_sum", "kv_blocks_used", "preempted",
-               "waiting")
+               "waiting", "prefill_attention")
 COLUMNS = (("step", "wall_start", "step_s") + tuple(p + "_s" for p in PHASES[:3]) +
            tuple(p + "_s" for p in FUSED_PHASES) + tuple(p + "_s" for p in PHASES[3:]) + COMPOSITION)
 FLUSH_EVERY_S = 1.0  # a crashed run loses at most about this much of its profile
@@ -63,6 +68,7 @@ class StepRecord:
     kv_blocks_used: int
     preempted: int
     waiting: int
+    prefill_attention: int
 
     def csv_line(self) -> str:
         p = self.phases
@@ -70,21 +76,25 @@ class StepRecord:
         return (f"{self.step},{self.wall_start:.6f},{self.seconds:.7f},{p['schedule']:.7f},{p['prepare']:.7f},"
                 f"{p['forward']:.7f},{fused},{p['logits']:.7f},{p['sample']:.7f},{p['update']:.7f},"
                 f"{p['detokenize']:.7f},{self.num_seqs},{self.prefill_tokens},{self.decode_rows},"
-                f"{self.context_len_sum},{self.kv_blocks_used},{self.preempted},{self.waiting}\n")
+                f"{self.context_len_sum},{self.kv_blocks_used},{self.preempted},{self.waiting},"
+                f"{self.prefill_attention}\n")
 
 
-def batch_composition(batch) -> tuple[int, int, int, int]:
-    """(num_seqs, prefill_tokens, decode_rows, context_len_sum) of a scheduled batch, read before
-    the step changes its requests: the step-time features (a simulator computes them here too)."""
-    prefill = decode = context = 0
+def batch_composition(batch) -> tuple[int, int, int, int, int]:
+    """(num_seqs, prefill_tokens, decode_rows, context_len_sum, prefill_attention) of a scheduled
+    batch, read before the step changes its requests: the step-time features (a simulator computes
+    them here too)."""
+    prefill = decode = context = pairs = 0
     for request, n in batch.scheduled:
         start = request.num_computed_tokens  # a position: decode rows are past the prompt
-        context += start - request.num_dropped_tokens + n  # cache entries: fewer after drops
+        held = start - request.num_dropped_tokens  # cache entries: fewer after drops
+        context += held + n
         if n == 1 and start >= len(request.prompt_token_ids):
             decode += 1
         else:
             prefill += n
-    return len(batch.scheduled), prefill, decode, context
+            pairs += n * held + n * (n + 1) // 2
+    return len(batch.scheduled), prefill, decode, context, pairs
 
 
 class NullClock:
@@ -121,8 +131,9 @@ class StepClock:
     def scheduled(self, batch, scheduler) -> None:
         """Mark `schedule`, and note the batch's composition before the step changes its requests."""
         self.mark("schedule")
-        self.composition = batch_composition(batch) + (scheduler.kv.pool.num_used_blocks, len(batch.preempted),
-                                                       len(scheduler.waiting))
+        seqs, prefill, decode, context, pairs = batch_composition(batch)
+        self.composition = (seqs, prefill, decode, context, scheduler.kv.pool.num_used_blocks, len(batch.preempted),
+                            len(scheduler.waiting), pairs)
         self.last = time.perf_counter()  # the profiler's own work stays out of the phases
 
 

@@ -21,12 +21,14 @@ import numpy as np
 
 from ember.json_file import read_json
 from ember.sim.fitting import fit_nonnegative_linear, fit_split_linear, fit_tree, mape
-from ember.sim.step_model import FEATURES, model_from_json
+from ember.sim.step_model import FEATURES, LATER_FEATURES, model_from_json
 
 SCHEMA = 1
 FOLDS = 5  # blocked cross-validation: each fold holds out a fifth of the steps, contiguous
 BUSY_GAP_S = 0.05  # a longer pause between steps is the engine waiting for work, not overhead
 MIN_ROWS = 10
+SIMPLER_BY_PCT = 1e-3  # held-out MAPE points a more complex kind must gain (exact fits tie in float noise)
+REQUIRED = tuple(f for f in FEATURES if f not in LATER_FEATURES)
 FITS = {"linear": fit_nonnegative_linear, "split-linear": fit_split_linear, "tree": fit_tree}
 
 
@@ -47,11 +49,17 @@ def read_table(path: str, need: tuple[str, ...]) -> tuple[dict[str, int], list[l
     return {c: i for i, c in enumerate(header)}, rows
 
 
+def feature_row(col: dict[str, int], row: list[str]) -> list[int]:
+    """FEATURES of one profile row; a column that profiles gained later (LATER_FEATURES) reads as
+    0 where an older profile lacks it, so its coefficient fits to nothing."""
+    return [int(row[col[c]]) if c in col else 0 for c in FEATURES]
+
+
 def read_profile(path: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(features, step seconds, median busy inter-step gap) of a step-profile CSV."""
-    col, rows = read_table(path, ("wall_start", "step_s") + FEATURES)
+    col, rows = read_table(path, ("wall_start", "step_s") + REQUIRED)
     try:
-        X = np.array([[int(r[col[c]]) for c in FEATURES] for r in rows], dtype=np.int64).reshape(-1, len(FEATURES))
+        X = np.array([feature_row(col, r) for r in rows], dtype=np.int64).reshape(-1, len(FEATURES))
         y = np.array([float(r[col["step_s"]]) for r in rows])
         start = np.array([float(r[col["wall_start"]]) for r in rows])
     except (ValueError, IndexError) as exc:
@@ -86,8 +94,8 @@ def calibrate(X: np.ndarray, y: np.ndarray, seed: int = 0, kind: str = "auto") -
             totals[name].append(sum(model.predict(*map(int, row)) for row in X[test]) / float(y[test].sum()))
     mean = {k: float(np.mean(v)) for k, v in errors.items()}
     selected_by = "held-out step error" if kind == "auto" else "--kind"
-    if kind == "auto":
-        kind = min(mean, key=mean.get)
+    if kind == "auto":  # FITS runs simplest first: a later kind must beat it by more than rounding
+        kind = min(mean, key=lambda k: mean[k] + SIMPLER_BY_PCT * list(fits).index(k))
     model = fits[kind](X, y)
     compared = {k: {"holdout_mape_pct": mean[k], "holdout_mape_pct_folds": errors[k],
                     "holdout_total_time_ratio": float(np.mean(totals[k]))} for k in fits}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ember.sim.calibrate import MIN_ROWS, read_table
+from ember.sim.calibrate import MIN_ROWS, REQUIRED, feature_row, read_table
 from ember.sim.fitting import fit_nonnegative_linear, mape
 from ember.sim.step_model import FEATURES, LinearStepModel
 
@@ -22,7 +22,7 @@ PHASES = ("fused_linear_s", "fused_attention_s")
 
 def read_phase_rows(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, phase seconds per PHASES, step seconds) of the rows where the fused step ran."""
-    col, rows = read_table(path, ("step_s",) + FEATURES)
+    col, rows = read_table(path, ("step_s",) + REQUIRED)
     X, T, y = [], [], []
     for r in rows if all(p in col for p in PHASES) else ():  # an older or hand-made profile: no split
         try:
@@ -30,7 +30,7 @@ def read_phase_rows(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         except (ValueError, IndexError):
             continue  # empty: the fused step did not run in this step
         if min(phases) > 0:
-            X.append([int(r[col[c]]) for c in FEATURES])
+            X.append(feature_row(col, r))
             T.append(phases)
             y.append(float(r[col["step_s"]]))
     return (np.array(X, dtype=np.int64).reshape(-1, len(FEATURES)), np.array(T).reshape(-1, len(PHASES)),

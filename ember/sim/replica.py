@@ -30,9 +30,10 @@ MIN_STEP_S = 1e-6  # a model that predicts 0 (or less) must still move the clock
 
 class Replica:
     def __init__(self, index: int, config, num_blocks: int, block_size: int, clock: Callable[[], float],
-                 step_seconds: Callable[[int, int, int, int], float], record_batches: bool = False, power=None,
+                 step_seconds: Callable[..., float], record_batches: bool = False, power=None,
                  layer_groups: int = 1):
-        """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs)`: a step's duration;
+        """`step_seconds(prefill_tokens, decode_rows, context_len_sum, num_seqs, prefill_attention)`: a
+        step's duration;
         `power`: a PowerModel (power.py) that stretches capped steps and counts their energy."""
         self.index = index
         self.scheduler = build_scheduler(config, num_blocks, block_size, clock=clock)
@@ -45,7 +46,7 @@ class Replica:
         self.power, self.energy_j = power, 0.0  # energy of the steps; idle time is counted at the end
         self.inbox: deque[Request] = deque()  # decode pool: requests whose KV is here, waiting for blocks
         self.batches: list[list[tuple[str, int]]] | None = [] if record_batches else None  # (id, tokens) per step
-        self.compositions: list[tuple[int, int, int, int]] | None = [] if record_batches else None
+        self.compositions: list[tuple[int, ...]] | None = [] if record_batches else None
         self.layer_groups = layer_groups
         self._layered: _LayeredGroup | None = None  # a layered prefill under way
 
@@ -57,18 +58,18 @@ class Replica:
         """Schedule the next batch; how long it takes, or None when nothing can run."""
         if self._layered is not None:
             out, seconds = self._layered.next_step(self.scheduler)
-            seqs, prefill, decode, context = batch_composition(out)
+            seqs, prefill, decode, context, attention = batch_composition(out)
         else:
             out = self.scheduler.schedule()
             if out.empty:
                 return None
-            seqs, prefill, decode, context = batch_composition(out)
+            seqs, prefill, decode, context, attention = batch_composition(out)
             if prefill and self.layer_groups > 1:
                 self._layered = _LayeredGroup(out, self.layer_groups, self.step_seconds)
                 out, seconds = self._layered.next_step(self.scheduler)
-                seqs, prefill, decode, context = batch_composition(out)
+                seqs, prefill, decode, context, attention = batch_composition(out)
             else:
-                seconds = self.step_seconds(prefill, decode, context, seqs)
+                seconds = self.step_seconds(prefill, decode, context, seqs, attention)
         self.batch, self._samplers = out, out.sample_requests  # read before update advances the counts
         seconds = max(seconds, MIN_STEP_S)
         if self.power is not None:
@@ -80,7 +81,7 @@ class Replica:
             self.prefill_s += seconds
         if self.batches is not None:
             self.batches.append([(r.request_id, n) for r, n in out.scheduled])
-            self.compositions.append((seqs, prefill, decode, context))
+            self.compositions.append((seqs, prefill, decode, context, attention))
         return seconds
 
     def end_step(self) -> tuple[list[Request], list[Request]]:
@@ -143,8 +144,8 @@ class _LayeredGroup:
         self.decodes = [r for r, n in out.scheduled if _is_decode(r, n)]
         self.forks = out.forks
         self.left, self.groups, self.step_seconds = groups, groups, step_seconds
-        _, p, _, ctx = batch_composition(SchedulerOutput(self.prompts))
-        self.prompt_share = (step_seconds(p, 0, ctx, len(self.prompts)) - step_seconds(0, 0, 0, 0)) / groups
+        _, p, _, ctx, pairs = batch_composition(SchedulerOutput(self.prompts))
+        self.prompt_share = (step_seconds(p, 0, ctx, len(self.prompts), pairs) - step_seconds(0, 0, 0, 0, 0)) / groups
         self._first = True
 
     @property
@@ -158,8 +159,8 @@ class _LayeredGroup:
         self._first = False
         self.left -= 1
         entries = [(r, 1) for r in self.decodes]
-        seqs, _, decode, context = batch_composition(SchedulerOutput(entries))
-        seconds = (self.step_seconds(0, decode, context, seqs) if entries else 0.0) + self.prompt_share
+        seqs, _, decode, context, _ = batch_composition(SchedulerOutput(entries))
+        seconds = (self.step_seconds(0, decode, context, seqs, 0) if entries else 0.0) + self.prompt_share
         if self.left == 0:
             return SchedulerOutput(entries + self.prompts, forks=self.forks), seconds
         return SchedulerOutput(entries), seconds

@@ -41,7 +41,7 @@ def step_seconds(model_json: dict, overlap: float = 0.0, pim_speedup: float = 1.
     `pim_speedup`, less what they would save of the fused step's phases (phases.py)."""
     predict, gap = model_json["model"].predict, float(model_json.get("inter_step_s", 0.0))
     if not overlap and pim_speedup == 1.0:
-        return lambda prefill, decode, context, seqs: predict(prefill, decode, context, seqs) + gap
+        return lambda *features: predict(*features) + gap
     from ember.sim.phases import overlap_saving
 
     saving = overlap_saving(model_json, overlap, pim_speedup)

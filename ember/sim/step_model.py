@@ -1,20 +1,25 @@
 """Step-time models: seconds one engine step takes, from what the step computed.
 
 Three kinds, read from and written to model JSON (see calibrate.py):
-- `linear`: a + b*prefill_tokens + c*decode_rows + d*context_len_sum + e*num_seqs with every
-  coefficient >= 0 (DistServe's fitted formula, with the profile's columns as its terms);
+- `linear`: a + b*prefill_tokens + c*decode_rows + d*context_len_sum + e*num_seqs
+  + f*prefill_attention with every coefficient >= 0 (DistServe's fitted formula, with the
+  profile's columns as its terms: its prefill formula's squared-length term is
+  prefill_attention, the query-key pairs of the prompt chunks);
 - `split-linear`: one such formula for decode-only steps and one for steps with prompt tokens
   (DistServe, too, fits prefill and decode apart);
 - `tree`: a regression tree over the same features (Vidur learns per-operator times with random
   forests; one tree is its smallest form), leaves hold the geometric mean step time.
-`predict(prefill, decode, context, seqs)` is called once per simulated step, so it is plain Python.
+`predict(prefill, decode, context, seqs, attention=0)` is called once per simulated step, so it is
+plain Python. A model fitted before prefill_attention was a column (a JSON without its
+coefficient, an older tree) reads it as 0.
 """
 
 from __future__ import annotations
 
 import math
 
-FEATURES = ("prefill_tokens", "decode_rows", "context_len_sum", "num_seqs")
+FEATURES = ("prefill_tokens", "decode_rows", "context_len_sum", "num_seqs", "prefill_attention")
+LATER_FEATURES = ("prefill_attention",)  # profiles and models made before it was a column lack it
 KINDS = ("linear", "split-linear", "tree")
 
 
@@ -27,9 +32,9 @@ class LinearStepModel:
                              f"got {len(coefficients)}")
         self.intercept, self.coefficients = float(intercept), [float(c) for c in coefficients]
 
-    def predict(self, prefill: int, decode: int, context: int, seqs: int) -> float:
-        b, c, d, e = self.coefficients
-        return self.intercept + b * prefill + c * decode + d * context + e * seqs
+    def predict(self, prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
+        b, c, d, e, f = self.coefficients
+        return self.intercept + b * prefill + c * decode + d * context + e * seqs + f * attention
 
     def to_json(self) -> dict:
         return {"intercept": self.intercept, "coefficients": dict(zip(FEATURES, self.coefficients))}
@@ -37,7 +42,7 @@ class LinearStepModel:
     @classmethod
     def from_json(cls, d: dict) -> LinearStepModel:
         coef = d["coefficients"]
-        return cls(d["intercept"], [coef[f] for f in FEATURES])
+        return cls(d["intercept"], [coef.get(f, 0.0) if f in LATER_FEATURES else coef[f] for f in FEATURES])
 
 
 class SplitLinearStepModel:
@@ -49,8 +54,8 @@ class SplitLinearStepModel:
     def __init__(self, decode_only: LinearStepModel, with_prefill: LinearStepModel):
         self.decode_only, self.with_prefill = decode_only, with_prefill
 
-    def predict(self, prefill: int, decode: int, context: int, seqs: int) -> float:
-        return (self.with_prefill if prefill else self.decode_only).predict(prefill, decode, context, seqs)
+    def predict(self, prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
+        return (self.with_prefill if prefill else self.decode_only).predict(prefill, decode, context, seqs, attention)
 
     def to_json(self) -> dict:
         return {"decode_only": self.decode_only.to_json(), "with_prefill": self.with_prefill.to_json()}
@@ -72,8 +77,8 @@ class TreeStepModel:
             raise ValueError("a tree step model needs equal, non-empty node lists")
         self.feature, self.threshold, self.left, self.right, self.value = feature, threshold, left, right, value
 
-    def predict(self, prefill: int, decode: int, context: int, seqs: int) -> float:
-        x = (prefill, decode, context, seqs)
+    def predict(self, prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
+        x = (prefill, decode, context, seqs, attention)
         i, feature = 0, self.feature
         while feature[i] >= 0:
             i = self.left[i] if x[feature[i]] <= self.threshold[i] else self.right[i]

@@ -67,6 +67,10 @@ def test_one_row_per_step_with_the_scheduled_composition(make_llm, topics_text, 
     assert sum(int(r["decode_rows"]) for r in rows) == len(lengths) * (PARAMS.max_tokens - 1)
     assert all(int(r["prefill_tokens"]) <= 40 for r in rows)
     assert int(rows[0]["context_len_sum"]) == int(rows[0]["prefill_tokens"])  # nothing cached before
+    # a prompt's chunks tile its causal attention: L(L+1)/2 query-key pairs whatever the chunking
+    assert max(int(r["prefill_tokens"]) for r in rows) < max(lengths)  # the 70-token prompt was chunked
+    assert sum(int(r["prefill_attention"]) for r in rows) == sum(n * (n + 1) // 2 for n in lengths)
+    assert all(int(r["prefill_attention"]) == 0 for r in rows if int(r["prefill_tokens"]) == 0)
     for row, want in zip(rows, expected):
         assert int(row["num_seqs"]) == want["num_seqs"]
         assert int(row["num_seqs"]) >= int(row["decode_rows"])

@@ -13,7 +13,7 @@ from ember.sim.calibrate import build_model_json, calibrate, load_model_json, re
 from ember.sim.fitting import fit_nonnegative_linear, fit_tree, mape
 from ember.sim.step_model import FEATURES, model_from_json
 
-TRUE = (0.004, [1.5e-4, 4e-4, 2e-6, 0.0])  # intercept, then prefill, decode, context, seqs
+TRUE = (0.004, [1.5e-4, 4e-4, 2e-6, 0.0, 3e-8])  # intercept, then prefill, decode, context, seqs, pairs
 
 
 def synthetic_steps(n: int = 600, seed: int = 0, noise: float = 0.0, fn=None):
@@ -23,7 +23,9 @@ def synthetic_steps(n: int = 600, seed: int = 0, noise: float = 0.0, fn=None):
     prefill = rng.integers(1, 512, n) * (rng.random(n) < 0.4)
     context = decode * rng.integers(20, 900, n) + prefill
     seqs = np.maximum(decode + (prefill > 0), 1)
-    X = np.stack([prefill, decode, context, seqs], axis=1)
+    held = rng.integers(0, 1024, n) * (rng.random(n) < 0.5)  # a later chunk of a long prompt
+    pairs = prefill * held + prefill * (prefill + 1) // 2
+    X = np.stack([prefill, decode, context + held * (prefill > 0), seqs, pairs], axis=1)
     if fn is None:
         a, coef = TRUE
         y = a + X @ np.array(coef)
@@ -73,7 +75,7 @@ def test_noisy_rows_still_land_near_the_truth_and_linear_wins_on_linear_data():
 
 def test_the_tree_wins_where_time_jumps_in_steps():
     # a kernel that switches at 64 rows: a jump no sum of the features draws
-    X, y = synthetic_steps(n=1500, fn=lambda p, d, c, s: 0.005 + (0.03 if d >= 24 else 0.0) + (0.02 if p > 256 else 0.0))
+    X, y = synthetic_steps(n=1500, fn=lambda p, d, c, s, a: 0.005 + (0.03 if d >= 24 else 0.0) + (0.02 if p > 256 else 0.0))
     fitted = calibrate(X, y)
     assert fitted["kind"] == "tree"
     assert fitted["holdout_mape_pct"] < 1.0 < fitted["compared"]["linear"]["holdout_mape_pct"]
@@ -146,3 +148,22 @@ def test_decode_only_and_prefill_steps_get_their_own_formulas():
     model = model_from_json(fitted)
     assert model.predict(0, 10, 500, 10) == pytest.approx(0.05)
     assert model.predict(100, 10, 500, 11) == pytest.approx(0.10)
+
+
+def test_profiles_and_models_from_before_prefill_attention_still_load(tmp_path):
+    """A profile without the prefill_attention column fits with that term at 0, and a model JSON
+    written before it (no such coefficient) predicts as it did."""
+    X, y = synthetic_steps(n=300)
+    y = y - TRUE[1][4] * X[:, 4]  # times that never depended on it
+    with open(tmp_path / "old.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("step", "wall_start", "step_s") + FEATURES[:4])
+        for i, (row, s) in enumerate(zip(X, y)):
+            w.writerow((i, f"{1000.0 + i:.6f}", f"{s:.7f}", *map(int, row[:4])))
+    Xr, yr, _ = read_profile(str(tmp_path / "old.csv"))
+    assert (Xr[:, 4] == 0).all() and (Xr[:, :4] == X[:, :4]).all()
+    data = build_model_json([str(tmp_path / "old.csv")], None, kind="linear")
+    assert data["coefficients"]["prefill_attention"] == 0.0
+    old = {"kind": "linear", "intercept": 0.01, "coefficients": {"prefill_tokens": 1e-3, "decode_rows": 2e-3,
+                                                                  "context_len_sum": 0.0, "num_seqs": 0.0}}
+    assert model_from_json(old).predict(100, 2, 300, 3, 5050) == pytest.approx(0.01 + 0.1 + 0.004)

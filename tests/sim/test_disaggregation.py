@@ -16,7 +16,7 @@ BYTES_PER_TOKEN = 46080.0  # the default model in fp32: 30 layers x 2 x 3 KV hea
 LINK = Disaggregation(prefill_replicas=1, link_bytes_per_s=1e9, link_latency_s=0.001)
 
 
-def step_time(prefill: int, decode: int, context: int, seqs: int) -> float:
+def step_time(prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
     return 0.01 + 4e-4 * prefill + 1e-3 * decode + 1e-6 * context  # prefill-heavy, as on a CPU
 
 
@@ -30,7 +30,7 @@ def test_the_prompt_runs_on_the_prefill_pool_and_the_kv_crosses_the_link():
     sim, (r,), duration, _ = simulate([SimSession(0.0, [SimTurn(200, 6)])])
     prefill, decode = sim.prefill_pool[0], sim.replicas[0]
     assert prefill.batches == [[("0.0/p", 200)]]
-    assert all(prefill == 0 for _, prefill, _, _ in decode.compositions)  # decode rows only
+    assert all(prefill == 0 for _, prefill, _, _, _ in decode.compositions)  # decode rows only
     assert decode.batches == [[("0.0", 1)]] * 5
     transfer = 0.001 + 200 * BYTES_PER_TOKEN / 1e9
     assert r.ttft == pytest.approx(step_time(200, 0, 200, 1))
@@ -82,7 +82,7 @@ def test_semi_pd_splits_each_machine_and_moves_no_kv():
         assert r.ttft == pytest.approx(step_time(prompt, 0, prompt, 1) / 0.25)
         # no link: the first decode step starts as the prefill ends, on the same machine
         assert r.chunk_times[1] - r.chunk_times[0] == pytest.approx(step_time(0, 1, prompt + 1, 1) / 0.75)
-        assert all(p == 0 for _, p, _, _ in dec.compositions) and r.success
+        assert all(p == 0 for _, p, _, _, _ in dec.compositions) and r.success
     # with many prompts, the decode worker of a machine only gets that machine's prompts
     spec = WorkloadSpec(name="random", num_prompts=60, input_len=100, output_len=20, range_ratio=0.5, seed=3)
     sim, results, _, _ = simulate(bench_sessions(spec, 8.0), replicas=2, disagg=semi)

@@ -40,7 +40,8 @@ def test_the_engine_and_the_simulator_schedule_the_same_batches(ember_lm, tmp_pa
         while engine.has_unfinished():
             engine.step()
     with open(tmp_path / "steps.csv") as f:
-        profiled = [tuple(int(row[c]) for c in ("num_seqs", "prefill_tokens", "decode_rows", "context_len_sum"))
+        profiled = [tuple(int(row[c]) for c in ("num_seqs", "prefill_tokens", "decode_rows", "context_len_sum",
+                                                  "prefill_attention"))
                     for row in csv.DictReader(f)]
 
     sessions = [SimSession(0.0, [SimTurn(prompt, output)]) for prompt, output in LENGTHS]

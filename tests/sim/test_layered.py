@@ -12,7 +12,7 @@ from ember.sim.simulator import Capacity, Simulator
 from ember.sim.workload import SimSession, SimTurn, bench_sessions
 
 
-def step_time(prefill: int, decode: int, context: int, seqs: int) -> float:
+def step_time(prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
     return 0.01 + 4e-4 * prefill + 1e-3 * decode + 1e-6 * context
 
 

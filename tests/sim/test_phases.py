@@ -23,9 +23,9 @@ def write_fused_profile(path, n: int = 200):
         w = csv.writer(f)
         w.writerow(("step", "wall_start", "step_s", "fused_linear_s", "fused_attention_s") + FEATURES)
         for i, (row, s) in enumerate(zip(X, y)):
-            prefill, decode, context, seqs = map(int, row)
+            prefill, decode, context, seqs, pairs = map(int, row)
             fused = ("", "") if i % 5 == 0 else (f"{0.02 + 1e-3 * decode:.9f}", f"{2e-6 * context + 1e-5:.9f}")
-            w.writerow((i, 1000.0 + i, f"{s:.9f}", *fused, prefill, decode, context, seqs))
+            w.writerow((i, 1000.0 + i, f"{s:.9f}", *fused, prefill, decode, context, seqs, pairs))
     return X
 
 

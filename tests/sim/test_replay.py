@@ -23,7 +23,7 @@ CAPACITY = Capacity(256, 16, 4096)
 SPEC = WorkloadSpec(name="chat-like", num_prompts=40, max_input_len=300, max_output_len=40, seed=4)
 
 
-def truth(prefill: int, decode: int, context: int, seqs: int) -> float:
+def truth(prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
     """Two code paths with different costs, and a batch-size curve no straight line follows."""
     if prefill:
         return 0.05 + 4e-4 * prefill

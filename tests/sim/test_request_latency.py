@@ -14,7 +14,7 @@ from ember.sim.simulator import Capacity, Simulator
 from ember.sim.workload import SimSession, SimTurn
 
 
-def step_time(prefill: int, decode: int, context: int, seqs: int) -> float:
+def step_time(prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
     return 0.01 + 1e-4 * prefill + 2e-3 * decode
 
 

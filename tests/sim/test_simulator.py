@@ -15,7 +15,7 @@ from ember.sim.simulator import Capacity, Simulator
 from ember.sim.workload import SimSession, SimTurn, bench_sessions, read_trace
 
 
-def step_time(prefill: int, decode: int, context: int, seqs: int) -> float:
+def step_time(prefill: int, decode: int, context: int, seqs: int, attention: int = 0) -> float:
     return 0.004 + 1e-4 * prefill + 3e-4 * decode + 1e-6 * context
 
 
@@ -61,7 +61,7 @@ def test_the_same_batches_as_the_scheduler_driven_step_by_step_as_the_engine_dri
         out = s.schedule()
         batches.append([(r.request_id, n) for r, n in out.scheduled])
         samplers = out.sample_requests
-        seqs, prefill, decode, context = batch_composition(out)
+        seqs, prefill, decode, context, _ = batch_composition(out)
         now += step_time(prefill, decode, context, seqs)
         for r in samplers:
             first_token.setdefault(r.request_id, now)
