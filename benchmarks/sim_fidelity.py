@@ -2,9 +2,11 @@
 profiles, then compare `ember sim run` with `ember bench serve` against a real `ember serve` on
 the same workload at several request rates.
 
-1. `ember bench throughput --profile` (saturated, offline: big batches) and `ember serve --profile`
-   under `ember bench serve` at --calib-rate (served, lighter load: small batches) give the rows;
-   `ember sim calibrate` fits both profiles together.
+1. `ember bench throughput --profile` (saturated, offline: big batches), a second offline run over
+   prompts of 40-760 tokens with short outputs (--sweep-workload: prompt lengths and chunk offsets
+   no particular workload picked, as Vidur profiles operators over a grid of sizes) and `ember
+   serve --profile` under `ember bench serve` at --calib-rate (served, lighter load: small
+   batches) give the rows; `ember sim calibrate` fits the profiles together.
 2. Every rate of --rates is measured on a fresh `ember serve` and simulated with that model; rates
    other than --calib-rate are out of sample.
 3. The table: mean and p90 TTFT and TPOT and output throughput, measured, simulated, and the
@@ -63,7 +65,8 @@ def measure(args, rate: float, out: str, profile: str | None, tmp: str) -> None:
 
 def calibrate(args, w, model_json: str) -> None:
     """Both profiles; the kind kept is the one whose replay of the profiled runs comes closest."""
-    run(EMBER + ["sim", "calibrate", w("offline.csv"), w("served.csv"), "--report", w("offline.json"),
+    sweep = [w("sweep.csv")] if args.sweep_workload else []
+    run(EMBER + ["sim", "calibrate", w("offline.csv"), *sweep, w("served.csv"), "--report", w("offline.json"),
                  "--replay", w("offline.json"), "--replay", w(f"measured-{args.calib_rate:g}.json"),
                  *shlex.split(args.engine), "--kind", args.kind, "-o", model_json, "--plot", w("model.png")])
 
@@ -82,6 +85,9 @@ def main() -> int:
                    help="engine flags of every run (the profile's configuration)")
     p.add_argument("--workload", default="--workload chat-like --num-prompts 40 --max-input-len 512 --max-output-len 64")
     p.add_argument("--offline-workload", default="--workload chat-like --num-prompts 64 --max-input-len 512 --max-output-len 64")
+    p.add_argument("--sweep-workload", default="--workload random --num-prompts 48 --input-len 400 --output-len 8 "
+                                                "--range-ratio 0.9",
+                   help="a second offline profiled run covering prompt lengths ('' for none)")
     p.add_argument("--sched-args", default="", help="scheduling flags given to the served engine and to the simulated "
                                                     "one alike, e.g. --policy vtc (the step model does not change)")
     p.add_argument("--rates", default="0.6,1.5", help="request rates to measure and simulate")
@@ -117,6 +123,10 @@ def main() -> int:
         run(EMBER + ["bench", "throughput", *shlex.split(args.engine), *shlex.split(args.offline_workload),
                      "--seed", str(args.seed), "--profile", w("offline.csv"), "--output", w("offline.json"),
                      "--no-progress"])
+        if args.sweep_workload:
+            run(EMBER + ["bench", "throughput", *shlex.split(args.engine), *shlex.split(args.sweep_workload),
+                         "--seed", str(args.seed), "--profile", w("sweep.csv"), "--output", w("sweep.json"),
+                         "--no-progress"])
         for rate in [args.calib_rate] + [r for r in rates if r != args.calib_rate]:
             measure(args, rate, w(f"measured-{rate:g}.json"), w("served.csv") if rate == args.calib_rate else None, tmp)
         calibrate(args, w, model_json)
@@ -141,7 +151,8 @@ def main() -> int:
             if args.out and os.path.exists(args.out) else {"measured_in_an_earlier_run": True}
     write_json(args.out, {"environment": env, "engine": args.engine, "sched_args": args.sched_args,
                           "workload": args.workload, "model_json": model_json,
-                          "offline_workload": args.offline_workload, "calib_rate": args.calib_rate,
+                          "offline_workload": args.offline_workload, "sweep_workload": args.sweep_workload,
+                          "calib_rate": args.calib_rate,
                           "model": {k: model[k] for k in ("kind", "holdout_mape_pct", "compared", "inter_step_s", "rows")},
                           "workdir": tmp, "table": table})
     return 0
