@@ -16,6 +16,13 @@ Q4_0, Q5_0, K-quant and Q8_0 tensors, dequantized, fp32; not TQ2_0): one scorer 
 
     python benchmarks/lowbit_vs_llamacpp.py --output results/lowbit_vs_llamacpp.json
 
+With --width W (a multiple of 256, e.g. 768) both engines run a sibling of the default model
+instead: its 30 layers, vocabulary and tokenizer, heads of 64, hidden size W, 4 KV heads and an
+FFN of 8W/3 rounded to 256, with random weights (seeded, N(0, 0.02), norms 1). Every row is then
+a multiple of 256, so llama.cpp's Q2_K, Q3_K_M and TQ2_0 apply to every projection: the
+equal-bits speed comparison this model's 576-wide rows rule out. Perplexity means nothing on
+random weights and is not measured there (the default model's table has it).
+
 On a CPU with AMX, llama.cpp's native build (peers/llamacpp_env.sh) segfaulted in its AMX
 matmul on Q4_0 in this VM; either run without its extra weight layouts (the default here,
 slow) or build it without AMX and pass --extra-bufts (what benchmarks/README.md reports):
@@ -44,7 +51,7 @@ from common import PromptMaker, environment, log, model_path, print_table  # noq
 from cpu_vs_llamacpp import llamacpp_python, run_worker  # noqa: E402
 
 # llama.cpp's llama_ftype numbers (include/llama.h at the vendored commit)
-FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "TQ2_0": 37}
+FTYPES = {"Q4_0": 2, "Q2_K": 10, "Q3_K_M": 12, "TQ2_0": 37}
 PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 QUANTIZE = r"""
@@ -95,6 +102,45 @@ def write_f16_gguf(src: str, dst: str, ternarize: bool = False) -> None:
     writer.close()
 
 
+def write_wide_gguf(src: str, dst: str, width: int, seed: int = 0) -> None:
+    """The default model's metadata (tokenizer included) with hidden size `width`, width / 64
+    heads, 4 KV heads and an FFN of 8W/3 rounded up to 256, random F16 weights (module docstring)."""
+    import gguf
+    import numpy as np
+
+    if width % 256 or width < 256:
+        raise SystemExit(f"--width must be a positive multiple of 256 (llama.cpp's K-quant rows), got {width}")
+    ffn = -(-8 * width // 3 // 256) * 256
+    heads, kv_heads, dim = width // 64, 4, 64
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    sizes = {f"{arch}.embedding_length": width, f"{arch}.feed_forward_length": ffn,
+             f"{arch}.attention.head_count": heads, f"{arch}.attention.head_count_kv": kv_heads,
+             "general.file_type": 1}  # MOSTLY_F16
+    writer = gguf.GGUFWriter(dst, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, sizes.get(key, field.contents()), vtype, sub_type=sub)
+    rng = np.random.default_rng(seed)
+    shapes = {"attn_q": (width, width), "attn_k": (kv_heads * dim, width), "attn_v": (kv_heads * dim, width),
+              "attn_output": (width, width), "ffn_gate": (ffn, width), "ffn_up": (ffn, width), "ffn_down": (width, ffn)}
+    vocab = int(reader.fields[f"{arch}.vocab_size"].contents())
+    writer.add_tensor("token_embd.weight", (0.02 * rng.standard_normal((vocab, width), np.float32)).astype(np.float16))
+    writer.add_tensor("output_norm.weight", np.ones(width, np.float32))
+    for layer in range(int(reader.fields[f"{arch}.block_count"].contents())):
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", np.ones(width, np.float32))
+        for name, shape in shapes.items():
+            writer.add_tensor(f"blk.{layer}.{name}.weight", (0.02 * rng.standard_normal(shape, np.float32)).astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def tensor_types(path: str) -> dict[str, int]:
     """How many 2-D tensors of each type a GGUF holds: llama.cpp falls back from its 256-wide
     block types where a row (576 here) is not a multiple of 256."""
@@ -135,6 +181,8 @@ def main() -> None:
     ap.add_argument("--llamacpp-python", default=None)
     ap.add_argument("--extra-bufts", action="store_true",
                     help="let llama.cpp use its repacked/AMX weight layouts (its AMX matmul crashed here)")
+    ap.add_argument("--width", type=int, default=0,
+                    help="run a random-weight sibling of the default model this wide instead (module docstring)")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     env = environment(args.threads)
@@ -143,14 +191,20 @@ def main() -> None:
     work = args.workdir or tempfile.mkdtemp(prefix="lowbit_gguf_")
     os.makedirs(work, exist_ok=True)
     files = {}
+    tag = f"-w{args.width}" if args.width else ""
+    if args.width:
+        files["F16"] = os.path.join(work, f"F16{tag}.gguf")
+        if not os.path.exists(files["F16"]):
+            log(f"writing {files['F16']}")
+            write_wide_gguf(src, files["F16"], args.width)
     for name, tern in (("F16", False), ("F16-ternary", True)):
-        path = os.path.join(work, f"{name}.gguf")
+        path = os.path.join(work, f"{name}{tag}.gguf")
         if not os.path.exists(path):
             log(f"writing {path}")
-            write_f16_gguf(src, path, ternarize=tern)
+            write_f16_gguf(files.get("F16", src), path, ternarize=tern)
         files[name] = path
     for qtype in [t.strip() for t in args.llamacpp_types.split(",") if t.strip()]:
-        path = os.path.join(work, f"{qtype}.gguf")
+        path = os.path.join(work, f"{qtype}{tag}.gguf")
         if not os.path.exists(path):
             log(f"quantizing {qtype}")
             quantize(python, files["F16-ternary" if qtype == "TQ2_0" else "F16"], path, qtype, args.threads)
@@ -159,7 +213,7 @@ def main() -> None:
     make = PromptMaker(offset=5000)
     n = args.repeats + 1
     conc = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    job = {"model": src, "threads": args.threads, "new_tokens": 128,
+    job = {"model": files["F16"] if args.width else src, "threads": args.threads, "new_tokens": 128,
            "prefill": [make(512) for _ in range(n)], "decode": [make(32) for _ in range(n)],
            "batched": {str(c): [make(32) for _ in range(c)] for c in conc}}
     results = {}
@@ -167,13 +221,14 @@ def main() -> None:
     for cfg in [c.strip() for c in args.configs.split(",") if c.strip()]:
         log(f"ember {cfg}")
         results[f"ember {cfg.split('/')[1]}"] = run_worker(ember_cmd, dict(job, config=cfg))
-        results[f"ember {cfg.split('/')[1]}"]["perplexity"] = ember_ppl(cfg.split("/")[1], args.ppl_tokens)
+        if not args.width:  # random weights: no perplexity worth reading
+            results[f"ember {cfg.split('/')[1]}"]["perplexity"] = ember_ppl(cfg.split("/")[1], args.ppl_tokens)
         save(args.output, env, args, results)
     lcmd = [python, os.path.join(HERE, "peers", "llamacpp_worker.py")]
     for qtype in [t.strip() for t in args.llamacpp_types.split(",") if t.strip()]:
         log(f"llama.cpp {qtype}")
         res = {"file_bytes": os.path.getsize(files[qtype]), "tensor_types": tensor_types(files[qtype]),
-               "perplexity": ember_ppl("dense", args.ppl_tokens, files[qtype])}
+               "perplexity": None if args.width else ember_ppl("dense", args.ppl_tokens, files[qtype])}
         try:  # llama.cpp's AMX matmul crashes on Q4_0 in this VM: run without its extra weight layouts
             res.update(run_worker(lcmd, dict(job, model=files[qtype], extra_bufts=args.extra_bufts)))
         except RuntimeError as exc:
@@ -188,7 +243,7 @@ def main() -> None:
         for c in conc:
             row[f"decode@{c} tok/s"] = r.get(f"batched_{c}", {}).get("decode_tok_s", float("nan"))
         rows.append(row)
-    pairs = [("ember tmac-w2", "llama.cpp Q2_K"), ("ember tmac-w3", "llama.cpp Q3_K_M"), ("ember ternary", "llama.cpp TQ2_0")]
+    pairs = [("ember int4", "llama.cpp Q4_0"), ("ember tmac-w2", "llama.cpp Q2_K"), ("ember tmac-w3", "llama.cpp Q3_K_M"), ("ember ternary", "llama.cpp TQ2_0")]
     for a, b in pairs:
         if a in results and b in results and "decode_tok_s" in results[b]:
             ra, rb = results[a], results[b]
