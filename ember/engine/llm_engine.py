@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,8 @@ class LLMEngine:
         """`loaded` reuses a model already in memory (tests, benchmarks); it must match the config."""
         self.config = config = config or EngineConfig()
         config.apply_threads()
+        self._thread = threading.get_ident()  # the thread that loads; see _stepped_elsewhere
+        self._warned_thread = False
         policy = POLICIES.create(config.policy, config)  # a bad name fails before seconds of loading
         self.startup_s: dict[str, float] = {}  # where start-up went, by part (`ember serve` says)
         if loaded is None:
@@ -214,9 +218,25 @@ class LLMEngine:
         return bool(self.requests)
 
     # --- the step -----------------------------------------------------------------------------
+    def _stepped_elsewhere(self) -> None:
+        """A step on a thread other than the last one. OpenMP keeps a thread team per calling
+        thread: a second team on the same cores makes libgomp stop spinning between parallel
+        regions, and a decode step (hundreds of short regions) ran ~3x slower on 2 cores
+        (benchmarks/engine_thread.py). Said once per engine, where it costs: more than one thread."""
+        self._thread = threading.get_ident()
+        if not self._warned_thread and self.config.apply_threads() > 1:  # (also sets them on this thread)
+            self._warned_thread = True
+            warnings.warn("this engine steps on a thread other than the one that loaded it (or stepped it "
+                          "before): each thread that runs the C kernels keeps its own OpenMP team, and two "
+                          "teams on the same cores can make every step several times slower. Create and use "
+                          "the LLM (or engine) on one thread, e.g. a dedicated worker thread.",
+                          RuntimeWarning, stacklevel=3)
+
     def step(self) -> list[Request]:
         """Run one batch; return the sequences that produced a token or finished."""
         t0 = time.perf_counter()
+        if threading.get_ident() != self._thread:
+            self._stepped_elsewhere()
         clock = self.profiler.clock()
         batch = self.scheduler.schedule()
         clock.scheduled(batch, self.scheduler)
