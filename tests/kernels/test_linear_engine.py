@@ -92,6 +92,26 @@ def test_lmul_model_runs_fused_and_batched_like_one_at_a_time(lmul_lm, short_pro
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not native.available(), reason="the planes C kernel needs a C compiler and AVX2")
+def test_bcq_pow2_model_through_the_engine(default_gguf_path, short_prompts):
+    """`bcq-w4-pow2` end to end on the real model: power-of-two plane scales on the planes4
+    kernel, the fused step takes its prefill, and batched greedy equals one-at-a-time greedy."""
+    lm = load_model(default_gguf_path, dtype=torch.float32, linear="bcq-w4-pow2")
+    scales = lm.model.layers[0].qkv_proj.params["lut_plane_scales"][:, :, :4].float()  # the minimums follow
+    assert torch.equal(scales, torch.exp2(torch.log2(scales).round()))
+    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:8]} for p in short_prompts[:4]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
+    run = lambda **cfg: [o.outputs[0] for o in LLM(loaded=lm, kv_cache_tokens=1024, threads=1, linear="bcq-w4-pow2",  # noqa: E731
+                                                  **cfg).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(loaded=lm, kv_cache_tokens=1024, threads=1, linear="bcq-w4-pow2", fused_decode="on")
+    assert llm.engine.runner.decoder is not None and llm.engine.runner.decoder.takes_prefill
+    fused = run(max_num_seqs=4, fused_decode="on")
+    plain = run(max_num_seqs=1, fused_decode="off", attention="torch", enable_prefix_caching=False)
+    assert all(len(o.token_ids) == 4 for o in fused)
+    assert count_near_ties(plain, fused, nats=NEAR_TIE_NATS) <= 1
+
+
+@pytest.mark.slow
 def test_gptq_model_through_the_engine(default_gguf_path, ember_lm, short_prompts):
     """`--quantizer gptq` end to end: a tmac-w4 model calibrated on 512 tokens runs in the
     engine (its kernel, its calibration record) and still follows the float model's first greedy
