@@ -97,33 +97,13 @@ static inline __attribute__((always_inline)) void linear_panels_omp(const ember_
     const long K = W->k, N = W->n, panels = (N + 15) / 16;
     float* panel = (float*)malloc(sizeof(float) * 16 * K);
 #if defined(__AVX512F__)
-    /* chunks of rows whose activations (~512 KB) stay in L2 while the panels (L1 at K = 576)
-     * are filled and used, as int8_panels' AVX-512 loop */
-    long chunk512 = (131072 / K) / PANEL_ROWS_512 * PANEL_ROWS_512;
-    if (chunk512 < 4 * PANEL_ROWS_512) chunk512 = 4 * PANEL_ROWS_512;
-    for (long m0 = 0; m0 < M; m0 += chunk512) {
-        const long mc = M - m0 < chunk512 ? M - m0 : chunk512, tiles = panel16_tiles(mc);
-        #pragma omp for schedule(static) nowait
-        for (long p = 0; p < panels; p++) {
-            const long n0 = 16 * p, valid = N - n0 < 16 ? N - n0 : 16;
-            fill_panel(W, n0, panel, kind);
-            float s[16], b[16];
-            panel_scale_bias(W, n0, valid, kind, s, b);
-            const __m512 s16 = _mm512_loadu_ps(s), b16 = _mm512_loadu_ps(b);
-            for (long t = 0, r0 = m0; t < tiles; t++) {
-                long mt = (m0 + mc - r0) / (tiles - t);
-                __m512 r[PANEL_ROWS_512];
-                panel16_rows(panel, 4, K, x + r0 * K, mt, r);
-                for (long i = 0; i < mt; i++) panel16_put(y + (r0 + i) * ldy + n0, r[i], s16, b16, valid, accumulate);
-                r0 += mt;
-            }
-        }
-    }
-    #pragma omp barrier
-    free(panel);
-    return;
-#endif
+    /* ~512 KB of activations in L2 while the panels (in L1 at K = 576) are filled and used, as
+     * int8_panels' AVX-512 loop */
+    long chunk = (131072 / K) / PANEL_ROWS_512 * PANEL_ROWS_512;
+    if (chunk < 4 * PANEL_ROWS_512) chunk = 4 * PANEL_ROWS_512;
+#else
     long chunk = 49152 / K < TILE_ROWS ? TILE_ROWS : 49152 / K / TILE_ROWS * TILE_ROWS;
+#endif
     for (long m0 = 0; m0 < M; m0 += chunk) {
         long mc = M - m0 < chunk ? M - m0 : chunk;
         /* nowait: each chunk writes its own rows of y; the barrier below closes them all */
@@ -133,6 +113,16 @@ static inline __attribute__((always_inline)) void linear_panels_omp(const ember_
             fill_panel(W, n0, panel, kind);
             float s[16], b[16];
             panel_scale_bias(W, n0, valid, kind, s, b);
+#if defined(__AVX512F__)
+            const __m512 s16 = _mm512_loadu_ps(s), b16 = _mm512_loadu_ps(b);
+            for (long t = 0, tiles = panel16_tiles(mc), r0 = m0; t < tiles; t++) {
+                long mt = (m0 + mc - r0) / (tiles - t);
+                __m512 r[PANEL_ROWS_512];
+                panel16_rows(panel, 4, K, x + r0 * K, mt, r);
+                for (long i = 0; i < mt; i++) panel16_put(y + (r0 + i) * ldy + n0, r[i], s16, b16, valid, accumulate);
+                r0 += mt;
+            }
+#else
             for (long t = 0; t < mc; t += TILE_ROWS) {
                 long mt = mc - t < TILE_ROWS ? mc - t : TILE_ROWS;
                 __m256 r[TILE_ROWS][2];
@@ -146,6 +136,7 @@ static inline __attribute__((always_inline)) void linear_panels_omp(const ember_
                     for (long j = 0; j < valid; j++) out[j] = accumulate ? out[j] + v[j] : v[j];
                 }
             }
+#endif
         }
     }
     #pragma omp barrier
