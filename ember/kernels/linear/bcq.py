@@ -9,9 +9,10 @@ as the nearest of the 2^bits values sum_i +-alpha_i given the alphas. A sign b =
 bit u in {0, 1} turns this into planes.py's form: plane scale 2 alpha_i, minimum -sum alpha_i,
 so the product is table lookups and adds, and the kernel never sees a sign.
 `bcq-w2-pow2` .. `bcq-w4-pow2`: the paper's "shift" part, every alpha a power of two (one term,
-where the paper allows sums of three), so a scale product is an exponent add; the refinement
-keeps the constraint (`pow2_alphas` after every least-squares fit, then the signs refit), not
-rounding once at the end. Same storage and kernel: a power of two is exact in fp16.
+where the paper allows sums of three), so a scale product is an exponent add; after the
+unconstrained rounds, `ROUNDS` more keep the constraint (`pow2_alphas` after every least-squares
+fit, then the signs refit), not rounding once at the end. Same storage and kernel: a power of
+two is exact in fp16.
 ShiftAddLLM's own lookup groups 8 activations (256-entry tables); here the tables are T-MAC's
 16 entries per 4 activations, the shuffle instruction's size.
 """
