@@ -13,6 +13,7 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#include <stdint.h>
 
 #define PANEL_ROWS_512 16
 
