@@ -1,7 +1,8 @@
 """The C linear kernels under each CPU variant (EMBER_CPU_VARIANT), same process, same threads:
 one decoder layer's projections of the default model's shapes (QKV [960, 576], O [576, 576],
 gate/up [3072, 576], down [576, 1536]) and the output head [49152, 576], at batch 1, 32 and a
-512-row prefill chunk, per method (`int4`, `int8`; `w4a4` where registered).
+512-row prefill chunk, per method (`int4`, `int8`; `w4a4` where registered; `dense:bf16`: dense
+packed in bf16, the row-major bf16 kernels, and `dense` alone their f32 form).
 
 Each variant's libraries are built and cached apart and `native.load` reads the variable at
 every call, so one process switches variants between calls. Timing: per (method, rows), the
@@ -17,7 +18,9 @@ before each timed call (the PyTorch path's kernels, the int8 head, load per call
 one --prefill-len prompt (1 output token; int4's and, under AVX-512, int8's prefill runs in the
 fused step), decode at --concurrency sequences (32-token prompts: concurrency x (n - 1) tokens
 over the time of n tokens minus that of 1) and single-stream decode (the same at 1 sequence);
-each also per CPU second of the process (the "cpu x" ratios).
+each also per CPU second of the process (the "cpu x" ratios). `dense:bf16` loads the model in
+bf16; on a CPU with native bf16 GEMMs (AVX512-BF16, AMX) set EMBER_BF16_GEMM=native, or torch's
+GEMM takes the products and the variants differ only in attention and norms.
 Rounds visit every (method, variant) in turn; medians of --repeats rounds after a warm-up.
 
     python benchmarks/isa_variants.py --repeats 15 --output benchmarks/results/isa_variants.json
@@ -36,12 +39,22 @@ LAYER = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (57
 HEAD = {"head": (49152, 576)}
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def method_dtype(spec: str) -> tuple[str, torch.dtype]:
+    """`name[:dtype]` -> the linear method's name and the dtype it packs in (default fp32)."""
+    name, _, dtype = spec.partition(":")
+    return name, DTYPES[dtype or "fp32"]
+
+
 def packed(method_name: str, shapes: dict[str, tuple[int, int]]) -> tuple:
     from ember.kernels.linear import get_linear_method
 
-    method = get_linear_method(method_name)
+    name, dtype = method_dtype(method_name)
+    method = get_linear_method(name)
     torch.manual_seed(0)
-    params = [method.pack(torch.randn(n, k) * 0.05, None, torch.float32) for n, k in shapes.values()]
+    params = [method.pack(torch.randn(n, k) * 0.05, None, dtype) for n, k in shapes.values()]
     weights = [method.native_weight(p, with_bias=False) for p in params]
     assert all(w is not None for w in weights), f"{method_name}: no C kernel here"
     return method, params, weights
@@ -58,8 +71,9 @@ def engine_rounds(args, variants: list[str], threads: int) -> list[dict]:
     for method in args.methods.split(","):
         for v in variants:
             os.environ["EMBER_CPU_VARIANT"] = v
-            lm = load_model(path, dtype=torch.float32, linear=method)
-            engines[method, v] = LLM(loaded=lm, threads=threads, linear=method, enable_prefix_caching=False,
+            name, dtype = method_dtype(method)
+            lm = load_model(path, dtype=dtype, linear=name)
+            engines[method, v] = LLM(loaded=lm, threads=threads, linear=name, enable_prefix_caching=False,
                                      kv_cache_tokens=max(8192, args.concurrency * (32 + args.new_tokens) * 2))
     make = PromptMaker(next(iter(engines.values())).tokenizer, offset=1000 * (1 + args.seed))
     greedy = lambda n: SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)  # noqa: E731
@@ -136,7 +150,7 @@ def main() -> None:
     results = []
     for method_name in args.methods.split(","):
         for part, shapes in (("layer", LAYER), ("head", HEAD)):
-            if method_name != "int8" and part == "head":
+            if method_dtype(method_name)[0] not in ("int8", "dense") and part == "head":
                 continue  # a quantized body keeps the int8 head
             method, params, weights = packed(method_name, shapes)
             ops_per_row = 2 * sum(n * k for n, k in shapes.values())

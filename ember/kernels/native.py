@@ -35,7 +35,8 @@ _AVX512 = (("avx512f", "avx512bw", "avx512vl", "avx512dq"), ("-mavx512f", "-mavx
 _VNNI = (("avx512_vnni",), ("-mavx512vnni",))
 # name -> (the /proc/cpuinfo flags it needs, its compiler flags), widest last. The sources are
 # written with AVX2 intrinsics, and hot loops have AVX-512 forms behind `#if defined(__AVX512BW__)`
-# (the lookup kernels' 64-byte shuffles, int4's 16-row tile, int8's 16-wide panels) and
+# (the lookup kernels' 64-byte shuffles, int4's 16-row tile, int8's and the row-major f32/bf16
+# kinds' 16-wide panels, linear_panel16.h) and
 # `__AVX512VNNI__` (int4's vpdpbusd); elsewhere the compiler may widen and re-encode what it
 # vectorizes itself (EVEX, 32 registers, masked tails). avx512vnni is avx512 plus VNNI (Cascade
 # Lake and later; a Skylake-X runs avx512 without it).

@@ -95,14 +95,14 @@ class UniformGrid:
 class BinaryCodingGrid:
     """ShiftAddLLM's binary coding per group (bcq.binary_coding), values sum_i +-alpha_i."""
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, pow2: bool = False):
         from ember.kernels.linear.bcq import _signs
-        self.bits = bits
+        self.bits, self.pow2 = bits, pow2
         self.units = (_signs(bits) + 1) / 2  # [2^b, b] bits {0, 1} of every value
 
     def fit(self, w: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         from ember.kernels.linear.bcq import binary_coding
-        _, a = binary_coding(w, self.bits, group=w.shape[1])  # a [N, 1, b]
+        _, a = binary_coding(w, self.bits, group=w.shape[1], pow2=self.pow2)  # a [N, 1, b]
         s16, m16 = (2 * a[:, 0]).to(SCALE_DTYPE), (-a[:, 0].sum(-1)).to(SCALE_DTYPE)
         values = s16.float() @ self.units.t() + m16.float()[:, None]  # [N, 2^b], as bcq_planes uses them
         order = values.argsort(-1)
@@ -164,7 +164,7 @@ def grid_for(method, search: bool = False):
     from ember.kernels.linear.planes import RtnPlanesLinear
     from ember.kernels.linear.tmac import LutLinear
     if isinstance(method, BcqLinear):
-        return BinaryCodingGrid(method.bits)
+        return BinaryCodingGrid(method.bits, method.pow2)
     if isinstance(method, RtnPlanesLinear):
         return UniformGrid(method.bits, planes=True, search=search)
     if isinstance(method, LutLinear) and type(method).quantize is LutLinear.quantize:

@@ -69,6 +69,22 @@ def test_int8_greedy_follows_the_float_model(int8_lm, ember_lm, short_prompts):
     assert agreed >= 0.6 * 8 * MAX_TOKENS, f"{agreed} leading tokens agree of {8 * MAX_TOKENS}"
 
 
+def _assert_fused_batched_like_one_at_a_time(lm, linear: str, short_prompts, **one_at_a_time) -> None:
+    """The fused step takes the method's weights (prefill too), and 4 prompts batched on it
+    greedy-decode as one at a time (`one_at_a_time`: that run's engine options) does, a near-tie
+    aside."""
+    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:8]} for p in short_prompts[:4]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
+    run = lambda **cfg: [o.outputs[0] for o in LLM(loaded=lm, kv_cache_tokens=1024, threads=1, linear=linear,  # noqa: E731
+                                                  **cfg).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(loaded=lm, kv_cache_tokens=1024, threads=1, linear=linear, fused_decode="on")
+    assert llm.engine.runner.decoder is not None and llm.engine.runner.decoder.takes_prefill
+    fused = run(max_num_seqs=4, fused_decode="on")
+    plain = run(max_num_seqs=1, enable_prefix_caching=False, **one_at_a_time)
+    assert all(len(o.token_ids) == 4 for o in fused)
+    assert count_near_ties(plain, fused, nats=NEAR_TIE_NATS) <= 1
+
+
 @pytest.fixture(scope="module")
 def lmul_lm(default_gguf_path):
     return load_model(default_gguf_path, dtype=torch.float32, linear="lmul")
@@ -79,16 +95,21 @@ def lmul_lm(default_gguf_path):
 def test_lmul_model_runs_fused_and_batched_like_one_at_a_time(lmul_lm, short_prompts):
     """`lmul` (every product an L-Mul, head included) through the engine: the fused step takes
     its weights; batched greedy equals one-at-a-time greedy and the PyTorch path."""
-    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:8]} for p in short_prompts[:4]]
     assert lmul_lm.model.lm_head.method.name == "lmul"
-    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
-    run = lambda **cfg: [o.outputs[0] for o in LLM(loaded=lmul_lm, kv_cache_tokens=1024, threads=1, linear="lmul",  # noqa: E731
-                                                  **cfg).generate(prompts, params, use_tqdm=False)]
-    llm = LLM(loaded=lmul_lm, kv_cache_tokens=1024, threads=1, linear="lmul", fused_decode="on")
-    assert llm.engine.runner.decoder is not None and llm.engine.runner.decoder.takes_prefill
-    fused = run(max_num_seqs=4, fused_decode="on")
-    plain = run(max_num_seqs=1, fused_decode="off", attention="torch", enable_prefix_caching=False)
-    assert count_near_ties(plain, fused, nats=NEAR_TIE_NATS) <= 1
+    _assert_fused_batched_like_one_at_a_time(lmul_lm, "lmul", short_prompts, fused_decode="off", attention="torch")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not native.available(), reason="the planes C kernel needs a C compiler and AVX2")
+def test_bcq_pow2_model_through_the_engine(default_gguf_path, short_prompts):
+    """`bcq-w2-pow2` end to end on the real model: power-of-two plane scales on the planes2
+    kernel, the fused step takes its prefill, and batched greedy equals one-at-a-time greedy on
+    the fused step. (Not against the PyTorch path: there the activation tables round from
+    inputs an ulp apart, and over 30 layers the flips move logprobs by ~0.04 nats here.)"""
+    lm = load_model(default_gguf_path, dtype=torch.float32, linear="bcq-w2-pow2")
+    scales = lm.model.layers[0].qkv_proj.params["lut_plane_scales"][:, :, :2].float()  # the minimums follow
+    assert torch.equal(scales, torch.exp2(torch.log2(scales).round()))
+    _assert_fused_batched_like_one_at_a_time(lm, "bcq-w2-pow2", short_prompts, fused_decode="on")
 
 
 @pytest.mark.slow

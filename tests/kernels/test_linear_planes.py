@@ -1,5 +1,5 @@
 """Bit planes with a scale each (csrc/linear_planes.h): `tmac-w1`, `tmac-w3` (round-to-nearest)
-and `bcq-w2/3/4` (ShiftAddLLM's binary coding), every CPU variant against the plain-torch
+and `bcq-w2/3/4` (ShiftAddLLM's binary coding; `-pow2`: its power-of-two alphas), every CPU variant against the plain-torch
 reference, the packing, and the BCQ quantizer."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import torch
 
 from ember.kernels import native
 from ember.kernels.linear import get_linear_method
-from ember.kernels.linear.bcq import bcq_planes, binary_coding
+from ember.kernels.linear.bcq import _nearest_signs, _signs, bcq_planes, binary_coding, pow2_alphas
 from ember.kernels.linear.planes import pack_scaled_planes, reference_apply, rtn_planes, unpack_scaled_planes
 from ember.kernels.linear.tmac_ref import dequantize, quantize_rtn
 from tests.kernels.lut_check import assert_kernel_matches_reference
 
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
-METHODS = ["tmac-w1", "tmac-w3", "bcq-w2", "bcq-w3", "bcq-w4"]
+METHODS = ["tmac-w1", "tmac-w3", "bcq-w2", "bcq-w3", "bcq-w4", "bcq-w2-pow2", "bcq-w3-pow2"]
 
 
 def test_packing_round_trips_and_puts_rows_e_and_16_plus_e_in_a_byte_pair():
@@ -54,6 +54,29 @@ def test_binary_coding_refinement_beats_its_greedy_start():
     deq = get_linear_method("bcq-w3").dequantize(pack_scaled_planes(planes, scales, minimum), torch.float32)
     assert float((deq - w).norm() / w.norm()) < errors[1] * 1.01  # the fp16 values cost next to nothing
     assert float((deq - w).norm() / w.norm()) < float((dequantize(*quantize_rtn(w, 3)) - w).norm() / w.norm())
+
+
+def _relative_error(b: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> float:
+    return float(((b * a[..., None, :]).sum(-1).view(w.shape) - w).norm() / w.norm())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_pow2_alphas_are_powers_of_two_and_refit_under_the_constraint(bits):
+    """Every stored plane scale (2 alpha) of the -pow2 methods is exactly a power of two, and
+    refitting with the constraint beats rounding the unconstrained fit once at the end."""
+    torch.manual_seed(bits)
+    w = torch.randn(64, 256) * 0.02
+    b, a = binary_coding(w, bits, pow2=True)
+    assert torch.equal(a, torch.exp2(torch.log2(a).round())) and bool((a > 0).all())
+    _, a_free = binary_coding(w, bits)
+    once = pow2_alphas(a_free)
+    signs = _signs(bits)
+    b_once = _nearest_signs(w.view(64, -1, 64), once @ signs.t(), signs)
+    assert _relative_error(b, a, w) < _relative_error(b_once, once, w)
+    method = get_linear_method(f"bcq-w{bits}-pow2")
+    _, scales, _ = unpack_scaled_planes(method.pack(w, None, torch.float32))
+    s = scales.float()
+    assert torch.equal(s, torch.exp2(torch.log2(s).round()))
 
 
 @needs_native

@@ -221,12 +221,14 @@ def test_bf16_fused_step_matches_its_fp32_twin(ember_lm_bf16, topics_text, new):
 
 
 @needs_native
-@pytest.mark.parametrize("rows", [1, 3, 7, 16, 23, 200])
+@pytest.mark.parametrize("rows", [1, 3, 7, 9, 16, 17, 23, 33, 200, 300])
 @pytest.mark.parametrize("kind", ["f32", "bf16", "int8"])
 def test_row_major_kernels_match_the_widened_matrix(kind, rows, cpu_variant):
     """csrc/linear.h's row-major storages on every path (1 row; up to 4 rows; 5-15 rows on
-    L1-buffered weight quads; from 16 rows, transposed panels under a 6 x 16 tile, over
-    activation chunks) against F.linear on the widened weight; N ragged (not a multiple of 16)."""
+    L1-buffered weight quads (AVX-512: 5-7); from 16 rows (AVX-512: 8), transposed panels under
+    a 6 x 16 tile (AVX2) or tiles of up to 16 rows split evenly (AVX-512: 17 = 8 + 9, 33 = 11 x 3), over activation
+    chunks (AVX-512: 224 rows at K = 576, 80 at 1536, so 200 and 300 end in ragged chunks))
+    against F.linear on the widened weight; N ragged (not a multiple of 16)."""
     torch.manual_seed(rows)
     for n, k in ((515, 576), (97, 1536)):
         w = torch.randn(n, k)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ember.kernels.linear import get_linear_method
-from ember.quant.gptq import BinaryCodingGrid, UniformGrid, gptq_quantize, grid_for, nearest
+from ember.quant.gptq import UniformGrid, gptq_quantize, grid_for, nearest
 
 METHODS = ["tmac-w2", "tmac-w3", "bcq-w3"]
 
@@ -75,13 +75,19 @@ def test_uniform_grid_values_are_round_to_nearest_values():
     assert (q != q_rtn).float().mean() < 1e-3  # ties at a midpoint may go either way
 
 
-def test_binary_coding_grid_matches_bcq_on_identity_hessian():
+@pytest.mark.parametrize("pow2", [False, True])
+def test_binary_coding_grid_matches_bcq_on_identity_hessian(pow2):
+    """With H = I GPTQ has no error to feed forward: its grid is bcq's own fit (-pow2: under
+    the power-of-two constraint, every scale one)."""
     from ember.kernels.linear.bcq import bcq_planes
     w = torch.randn(32, 128)
-    planes, scales, minimum = gptq_quantize(w, torch.eye(128), BinaryCodingGrid(3), damp=0.0)
-    planes_b, scales_b, minimum_b = bcq_planes(w, 3)
+    grid = grid_for(get_linear_method("bcq-w3-pow2" if pow2 else "bcq-w3"))
+    planes, scales, minimum = gptq_quantize(w, torch.eye(128), grid, damp=0.0)
+    planes_b, scales_b, minimum_b = bcq_planes(w, 3, pow2=pow2)
     assert torch.equal(scales, scales_b) and torch.equal(minimum, minimum_b)
     assert (planes != planes_b).float().mean() < 1e-3
+    if pow2:
+        assert torch.equal(scales.float(), torch.exp2(torch.log2(scales.float()).round()))
 
 
 @pytest.mark.parametrize("name", ["int4", "int8", "dense", "ternary", "w4a4"])

@@ -10,7 +10,8 @@
  * 1-4, memory-bound) the weight row is read once per tile of rows straight into the FMAs.
  * From 5 rows four weight rows are decoded into an fp32 buffer in L1 and reused by every pair
  * of activation rows; from PANEL_MIN_ROWS (batched decode and prefill, arithmetic-bound) 16
- * rows are transposed into a panel for a 6 x 16 register tile (linear_panels.h). int4 and
+ * rows are transposed into a panel for a 6 x 16 register tile (linear_panels.h; under AVX-512
+ * a tile of up to 16 rows of 16 lanes, linear_panel16.h). int4 and
  * int8_panels have their own blocked layouts and kernels (linear_int4.h, linear_int8_panels.h),
  * as have the lookup-table kinds tmac2/tmac4 and planes1..4 (linear_tmac.h, linear_planes.h).
  * `linear_omp` splits output rows with an orphaned `omp for`: called inside a parallel region
@@ -115,8 +116,13 @@ static void dot_quad_buffered(const float* const w[4], long K, const float* x, l
 #include "linear_planes.h"
 #include "linear_tmac.h"
 
-/* From this many rows the 6 x 16 tile of linear_panels.h beats the row pairs below. */
+/* From this many rows the 6 x 16 tile of linear_panels.h beats the row pairs below; its
+ * AVX-512 16-row tile from 8 (bf16 layer, 1 thread: even at 8 rows, 1.2x at 12). */
+#if defined(__AVX512F__)
+#define PANEL_MIN_ROWS 8
+#else
 #define PANEL_MIN_ROWS 16
+#endif
 
 /* The row-major family (f32, int8, bf16): y[m * ldy + n] = (or +=, with accumulate)
  * x[m] . W[n] + bias[n]. K: a multiple of 32. */

@@ -7,11 +7,14 @@
  * activations stay in L1, and nothing is summed horizontally. The row-major INT8 kernel of
  * linear.h instead re-reads every activation row from L2 for each 4 weight rows, which bounded
  * the output head at batch 32 (~65 GOP/s). At batch 1 this streams the weights as fast.
+ * Under AVX-512 (avx512, avx512vnni variants) linear_panel16.h's 16-wide tile: one widened
+ * vector of 16 codes serves up to 16 activation rows.
  * Reference: the int8 method's `native_reference_apply` (dequantize, F.linear in fp32).
  */
 #ifndef EMBER_LINEAR_INT8_PANELS_H
 #define EMBER_LINEAR_INT8_PANELS_H
 
+#include "linear_panel16.h"
 #include "simd.h"
 #include "weight.h"
 
@@ -72,56 +75,6 @@ static inline void int8_panel_tile_small(const int8_t* panel, long K, const floa
         for (int h = 0; h < 2; h++) r[i][h] = _mm256_add_ps(even[i][h], odd[i][h]);
 }
 
-#if defined(__AVX512F__)
-/* The AVX-512 form (avx512 and avx512vnni variants): a panel's 16 codes at input k widen to one
- * 16-float vector, and up to PANEL_ROWS_512 activation rows (one register each, 32 registers
- * under AVX-512) share it, so a widen (vpmovsxbd + vcvtdq2ps) serves up to 16 FMAs of 16 lanes,
- * twice the AVX2 tile's width and 2.7x its reuse. The same fp32 products as the AVX2 loops and
- * the reference; from 4 rows they are summed in the same order (k ascending), below 4 rows in
- * 4 chains (k mod 4), since one row's single chain of FMAs would set the pace. */
-#define PANEL_ROWS_512 16
-
-static inline __attribute__((always_inline)) __m512 widen16_512(const int8_t* codes) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)codes)));
-}
-
-/* Rows 0..MT-1 of x (row stride K) times one panel: r[i] unscaled. MT: a constant per instance. */
-static inline __attribute__((always_inline)) void int8_panel_tile_512(const int8_t* panel, long K, const float* x,
-                                                                      const int MT, __m512 r[PANEL_ROWS_512]) {
-    if (MT < 4) {
-        __m512 acc[3][4];
-        for (int i = 0; i < MT; i++)
-            for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
-        for (long k = 0; k < K; k += 4, panel += 64) {
-            _mm_prefetch((const char*)panel + 2048, _MM_HINT_T0);
-            for (int c = 0; c < 4; c++) {
-                __m512 w = widen16_512(panel + 16 * c);
-                for (int i = 0; i < MT; i++) acc[i][c] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[i * K + k + c]), acc[i][c]);
-            }
-        }
-        for (int i = 0; i < MT; i++) r[i] = _mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3]));
-        return;
-    }
-    __m512 acc[PANEL_ROWS_512];
-    for (int i = 0; i < MT; i++) acc[i] = _mm512_setzero_ps();
-    for (long k = 0; k < K; k++, panel += 16) {
-        if (!(k & 3)) _mm_prefetch((const char*)panel + 2048, _MM_HINT_T0);
-        __m512 w = widen16_512(panel);
-        for (int i = 0; i < MT; i++) acc[i] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[i * K + k]), acc[i]);
-    }
-    for (int i = 0; i < MT; i++) r[i] = acc[i];
-}
-
-static void int8_panel_rows_512(const int8_t* panel, long K, const float* x, long mt, __m512 r[PANEL_ROWS_512]) {
-    switch (mt) {
-#define INT8_CASE(n) case n: int8_panel_tile_512(panel, K, x, n, r); break;
-        INT8_CASE(1) INT8_CASE(2) INT8_CASE(3) INT8_CASE(4) INT8_CASE(5) INT8_CASE(6) INT8_CASE(7) INT8_CASE(8)
-        INT8_CASE(9) INT8_CASE(10) INT8_CASE(11) INT8_CASE(12) INT8_CASE(13) INT8_CASE(14) INT8_CASE(15) INT8_CASE(16)
-#undef INT8_CASE
-    }
-}
-#endif
-
 /* y[m * ldy + n] = (or +=) x[m] . W[n] + bias[n], threads splitting panels.
  * kind: always int8_panels (the common signature of linear.h's per-kind table). */
 static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M, float* y, long ldy, int accumulate,
@@ -135,8 +88,7 @@ static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M
     if (chunk < 4 * PANEL_ROWS_512) chunk = 4 * PANEL_ROWS_512;
     for (long c0 = 0; c0 < M; c0 += chunk) {
         const long cm = M - c0 < chunk ? M - c0 : chunk;
-        /* rows split evenly into tiles of at most PANEL_ROWS_512 (32 rows: 16 + 16, not 16 + 16 + 0) */
-        const long tiles = (cm + PANEL_ROWS_512 - 1) / PANEL_ROWS_512;
+        const long tiles = panel16_tiles(cm);
         #pragma omp for schedule(static) nowait
         for (long p = 0; p < panels; p++) {
             const int8_t* panel = (const int8_t*)W->w + p * K * 16;
@@ -145,12 +97,8 @@ static void linear_int8_panels_omp(const ember_weight* W, const float* x, long M
             for (long t = 0, m0 = c0; t < tiles; t++) {
                 long mt = (c0 + cm - m0) / (tiles - t);
                 __m512 r[PANEL_ROWS_512];
-                int8_panel_rows_512(panel, K, x + m0 * K, mt, r);
-                for (long i = 0; i < mt; i++) {
-                    float* out = y + (m0 + i) * ldy + 16 * p;
-                    __m512 v = _mm512_fmadd_ps(r[i], s, b);
-                    _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), v) : v);
-                }
+                panel16_rows(panel, 1, K, x + m0 * K, mt, r);
+                for (long i = 0; i < mt; i++) panel16_put(y + (m0 + i) * ldy + 16 * p, r[i], s, b, 16, accumulate);
                 m0 += mt;
             }
         }

@@ -7,6 +7,10 @@
  * PyTorch path and this one share one copy. The row-pair kernel of linear.h instead re-reads
  * the activations for every 4 weight rows and sums 8 lanes per output: ~60-80 GFLOP/s on 2
  * Zen 3 cores where this tile is bounded by the FMAs.
+ * Under AVX-512 (avx512, avx512vnni variants) the same panels run linear_panel16.h's 16-wide
+ * tile instead: one panel load serves up to 16 activation rows (16 FMAs of 16 lanes, 16
+ * accumulators of the 32 registers), where the AVX2 tile's 2 loads serve 6 rows of 8 lanes.
+ * Its sums run k ascending in one chain per output from 4 rows on, as the AVX2 tile's do.
  * Reference: the methods' torch paths (F.linear on the widened or dequantized weight).
  */
 #ifndef EMBER_LINEAR_PANELS_H
@@ -14,6 +18,7 @@
 
 #include <stdlib.h>
 
+#include "linear_panel16.h"
 #include "simd.h"
 #include "weight.h"
 
@@ -75,13 +80,30 @@ static inline __attribute__((always_inline)) void panel_tile(const float* panel,
     for (int i = 0; i < TILE_ROWS; i++) r[i][0] = acc[i][0], r[i][1] = acc[i][1];
 }
 
+/* The panel's 16 row scales (1 but for INT8) and biases, the ragged end's repeating the last row. */
+static inline __attribute__((always_inline)) void panel_scale_bias(const ember_weight* W, long n0, long valid, int kind,
+                                                                   float s[16], float b[16]) {
+    for (long j = 0; j < 16; j++) {
+        long n = n0 + (j < valid ? j : valid - 1);
+        s[j] = weight_row_scale(W, n, kind);
+        b[j] = W->bias ? W->bias[n] : 0.0f;
+    }
+}
+
 /* y[m * ldy + n] = (or +=) x[m] . W[n] (* scale[n] for INT8) + bias[n], for M rows, threads
  * splitting panels; activation rows go by in chunks whose ~192 KB stay in L2. */
 static inline __attribute__((always_inline)) void linear_panels_omp(const ember_weight* W, const float* x, long M, float* y,
                                                                      long ldy, int accumulate, int kind) {
     const long K = W->k, N = W->n, panels = (N + 15) / 16;
-    long chunk = 49152 / K < TILE_ROWS ? TILE_ROWS : 49152 / K / TILE_ROWS * TILE_ROWS;
     float* panel = (float*)malloc(sizeof(float) * 16 * K);
+#if defined(__AVX512F__)
+    /* ~512 KB of activations in L2 while the panels (in L1 at K = 576) are filled and used, as
+     * int8_panels' AVX-512 loop */
+    long chunk = (131072 / K) / PANEL_ROWS_512 * PANEL_ROWS_512;
+    if (chunk < 4 * PANEL_ROWS_512) chunk = 4 * PANEL_ROWS_512;
+#else
+    long chunk = 49152 / K < TILE_ROWS ? TILE_ROWS : 49152 / K / TILE_ROWS * TILE_ROWS;
+#endif
     for (long m0 = 0; m0 < M; m0 += chunk) {
         long mc = M - m0 < chunk ? M - m0 : chunk;
         /* nowait: each chunk writes its own rows of y; the barrier below closes them all */
@@ -90,11 +112,17 @@ static inline __attribute__((always_inline)) void linear_panels_omp(const ember_
             const long n0 = 16 * p, valid = N - n0 < 16 ? N - n0 : 16;
             fill_panel(W, n0, panel, kind);
             float s[16], b[16];
-            for (long j = 0; j < 16; j++) {
-                long n = n0 + (j < valid ? j : valid - 1);
-                s[j] = weight_row_scale(W, n, kind);
-                b[j] = W->bias ? W->bias[n] : 0.0f;
+            panel_scale_bias(W, n0, valid, kind, s, b);
+#if defined(__AVX512F__)
+            const __m512 s16 = _mm512_loadu_ps(s), b16 = _mm512_loadu_ps(b);
+            for (long t = 0, tiles = panel16_tiles(mc), r0 = m0; t < tiles; t++) {
+                long mt = (m0 + mc - r0) / (tiles - t);
+                __m512 r[PANEL_ROWS_512];
+                panel16_rows(panel, 4, K, x + r0 * K, mt, r);
+                for (long i = 0; i < mt; i++) panel16_put(y + (r0 + i) * ldy + n0, r[i], s16, b16, valid, accumulate);
+                r0 += mt;
             }
+#else
             for (long t = 0; t < mc; t += TILE_ROWS) {
                 long mt = mc - t < TILE_ROWS ? mc - t : TILE_ROWS;
                 __m256 r[TILE_ROWS][2];
@@ -108,6 +136,7 @@ static inline __attribute__((always_inline)) void linear_panels_omp(const ember_
                     for (long j = 0; j < valid; j++) out[j] = accumulate ? out[j] + v[j] : v[j];
                 }
             }
+#endif
         }
     }
     #pragma omp barrier
