@@ -3,7 +3,7 @@
 # real `ember serve` and simulated by `ember sim run`. Run it on an idle machine (~20 min):
 #   bash benchmarks/sim_fidelity_suite.sh [WORKDIR]
 # A: int4 (the default), calibrated once (offline chat-like, the prompt sweep, served chat-like at
-#    0.6 req/s), chat-like at four rates up to near capacity;
+#    0.6 req/s), chat-like at five rates up to near capacity;
 # B, C: the same step model, other workloads and a policy (out of sample);
 # D: another linear method (dense fp32 weights), calibrated the same way on its own runs.
 set -euo pipefail
@@ -12,7 +12,7 @@ W=${1:-/tmp/simfid_suite}
 R=benchmarks/results/sim
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$W"
-$PY benchmarks/sim_fidelity.py --kind linear --rates 0.6,1.0,1.5,4.0 --workdir "$W/A" --out $R/fidelity_suite_chat.json
+$PY benchmarks/sim_fidelity.py --kind linear --rates 0.6,1.0,1.5,4.0,7.0 --workdir "$W/A" --out $R/fidelity_suite_chat.json
 cp "$W/A/model.json" $R/model_int4_linear_sweep.json
 $PY benchmarks/sim_fidelity.py --model-json "$W/A/model.json" --workdir "$W/B" --rates 1.0,2.0 \
     --workload "--workload random --num-prompts 40 --input-len 200 --output-len 48 --range-ratio 0.5" \
