@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--seqs", type=int, default=32)
     p.add_argument("--context-len", type=int, default=2048)
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--ppl-context", type=int, default=512, help="tokens per perplexity window (each starts with an empty cache)")
     p.add_argument("--block-size", type=int, default=16,
                    help="tokens per block for the bytes and the perplexity (KIVI's key group; the step timing keeps 16)")
     args = p.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
                "bytes_per_token_4k_seq": (-(-4096 // spec.block_size) * spec.bytes_per_block
                                           + spec.num_layers * spec.codec.bytes_per_scratch_slot()) / 4096}
         if args.ppl_tokens:
-            r = evaluate_perplexity(lm.model, lm.tokenizer, text, max_tokens=args.ppl_tokens, decode=True,
+            r = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.ppl_context, max_tokens=args.ppl_tokens, decode=True,
                                     kv_cache_dtype=codec, block_size=args.block_size, progress=False)
             row["ppl_decode"], row["ppl_seconds"] = r.perplexity, r.seconds
         if args.context_len:

@@ -60,7 +60,8 @@ Per scratch slot (k_res: one pool per layer; k_res_pass: one pool for all layers
   k_res, k_res_pass model dtype [bs, Hkv, D] the keys as written (the residual)
 So on the default model (30 layers, 3 KV heads of 64, bs 16) kivi4 takes 10,082 B/token in
 blocks (2.29x fewer than bf16's 23,040; kivi4-fp16 7,922, 2.91x; kivi2 7,202, 3.20x; kivi2-fp16
-5,042, 4.57x), plus the scratch: 12,288 B per open slot and layer for an fp32 model (6,144 for
+5,042, 4.57x; kivi4-fp16 at bs 256 6,570, 3.51x; kivi4-fp16-v64 at bs 64 6,480, 3.56x), plus
+the scratch, which grows with bs: 12,288 B per open slot and layer for an fp32 model (6,144 for
 bf16), with the defaults (64 sequences, 512-token budget) 66 open slots a layer and 33 pass
 slots, 23.6 MiB (fp32; 11.8 MiB bf16) of a 1 GiB cache.
 
