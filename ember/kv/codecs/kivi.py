@@ -8,14 +8,15 @@ codec's name the value group):
   residual, kept in full precision (the model's dtype); a partial block reads back its keys
   exactly. The paper's residual window R becomes "the tokens of the unfilled last block"
   (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32). Larger
-  blocks cost fewer bytes (4/G a key for fp16 statistics) and keep more keys exact.
+  blocks cost fewer bytes (4/G a key for fp16 statistics) but a larger residual slot, and
+  coarser keys: at 256 tokens kivi4-fp16's 4k passkey retrieval halved (benchmarks/README.md).
 - Values are quantized per token as they are written, in groups of 32 channels (the paper's;
   a whole head where head_dim < 32): a value row needs no other row, so no value residual is
   stored. Partial blocks' values are therefore quantized too. (One group per 64-channel head
   instead cost twice the perplexity on this model: +1.44% against +0.69% over fp32 KV on
   1,024 tokens; benchmarks/README.md, "KIVI".) `kivi4-fp16-v64` takes groups of 64 channels
-  anyway: with `--block-size 64` or more it is the layout that reaches 3.5x fewer bytes than
-  bf16 (benchmarks/README.md, "KIVI", "Larger key groups").
+  anyway: with `--block-size 64` its blocks take 3.56x fewer bytes than bf16, at +1.81%
+  perplexity (benchmarks/README.md, "KIVI", "Larger key groups").
 - scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
   [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
   Scales and minimums are fp32; `kivi4-fp16`/`kivi2-fp16` keep them in fp16, rounded (to
