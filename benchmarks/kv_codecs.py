@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--seqs", type=int, default=32)
     p.add_argument("--context-len", type=int, default=2048)
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--ppl-context", type=int, default=512, help="tokens per perplexity window (each starts with an empty cache)")
+    p.add_argument("--block-size", type=int, default=16,
+                   help="tokens per block for the bytes and the perplexity (KIVI's key group; the step timing keeps 16)")
     args = p.parse_args()
     set_threads(args.threads)
     codecs = args.codecs.split(",")
@@ -70,14 +73,18 @@ def main() -> None:
     text = default_eval_text()
     rows = {}
     for codec in codecs:
-        spec = kv_cache_spec(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_dtype=codec), lm.config)
+        spec = kv_cache_spec(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_dtype=codec,
+                                         block_size=args.block_size), lm.config)
         # what 1 GiB of blocks holds (a codec's scratch pool, sized by max_num_seqs, not counted)
         row = {"bytes_per_token": spec.bytes_per_token, "tokens_in_1GiB": 2**30 // spec.bytes_per_block * spec.block_size,
-               "scratch_bytes_at_defaults": spec.scratch_bytes}
+               "scratch_bytes_at_defaults": spec.scratch_bytes, "bytes_per_token_held": spec.bytes_per_token_held,
+               # one 4,096-token sequence: its blocks and its open block's scratch slot in every layer
+               "bytes_per_token_4k_seq": (-(-4096 // spec.block_size) * spec.bytes_per_block
+                                          + spec.num_layers * spec.codec.bytes_per_scratch_slot()) / 4096}
         if args.ppl_tokens:
-            r = evaluate_perplexity(lm.model, lm.tokenizer, text, max_tokens=args.ppl_tokens, decode=True,
-                                    kv_cache_dtype=codec, progress=False)
-            row["ppl_decode"] = r.perplexity
+            r = evaluate_perplexity(lm.model, lm.tokenizer, text, context=args.ppl_context, max_tokens=args.ppl_tokens, decode=True,
+                                    kv_cache_dtype=codec, block_size=args.block_size, progress=False)
+            row["ppl_decode"], row["ppl_seconds"] = r.perplexity, r.seconds
         if args.context_len:
             sec = decode_step_seconds(lm, codec, args.seqs, args.context_len, args.steps)
             row["decode_step_s"], row["decode_tok_s"] = sec, args.seqs / sec

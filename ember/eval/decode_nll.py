@@ -22,14 +22,15 @@ BLOCK_SIZE = 16
 
 @torch.inference_mode()
 def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = True, attention=None,
-                      kv_cache_dtype: str = "auto") -> torch.Tensor:
+                      kv_cache_dtype: str = "auto", block_size: int = BLOCK_SIZE) -> torch.Tensor:
     """NLL [B, C-1-first] of each window's predictions from positions first..C-2, one decode
     step per position. windows: [B, C] token ids; attention: the backend (default: the model's);
-    kv_cache_dtype: the KV codec the cache stores with."""
+    kv_cache_dtype: the KV codec the cache stores with; block_size: its tokens per block (KIVI's
+    key group)."""
     num, context = windows.shape
-    cfg = model.cfg
-    per_seq = -(-context // BLOCK_SIZE)
-    codec = get_kv_codec(kv_cache_dtype, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    cfg, bs = model.cfg, block_size
+    per_seq = -(-context // bs)
+    codec = get_kv_codec(kv_cache_dtype, bs, cfg.num_kv_heads, cfg.head_dim, model.dtype)
     cache = PagedKVCache(codec, cfg.num_layers, num * per_seq)
     cache.bind_model(model)
     tables = torch.arange(num * per_seq, dtype=torch.long).view(num, per_seq)
@@ -43,7 +44,7 @@ def decode_window_nll(model, windows: torch.Tensor, first: int, fused: bool = Tr
     out = torch.empty(num, context - 1 - first)
     for t in range(context - 1):
         ids, positions = windows[:, t].contiguous(), torch.full((num,), t, dtype=torch.long)
-        slots = tables[:, t // BLOCK_SIZE] * BLOCK_SIZE + t % BLOCK_SIZE
+        slots = tables[:, t // bs] * bs + t % bs
         meta = AttentionMetadata([1] * num, [t + 1] * num, slots, tables)
         hidden = decoder(ids, positions, meta) if decoder else model(ids, positions, meta, cache, attention)
         if t >= first:  # the head runs at decode batch size too, as in generation

@@ -127,12 +127,13 @@ def window_nll(model, windows: torch.Tensor, first: int = 0,
 def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tokens: int | None = None,
                         score: str = "all", windows_per_batch: int = 4, progress: bool = True,
                         decode: bool = False, fused_decode: bool = True, attention=None,
-                        kv_cache_dtype: str = "auto") -> PerplexityResult:
+                        kv_cache_dtype: str = "auto", block_size: int = 16) -> PerplexityResult:
     """Perplexity of `model` over `text` by the windowed recipe in this module's docstring.
     decode: feed each window one token per step through the KV cache (eval/decode_nll.py)
     instead of one forward per window; fused_decode: let those steps take the fused C step;
     attention: the backend of those steps (default: the model's); kv_cache_dtype: the KV codec
-    of those steps' cache (a prefill-mode window runs without a cache, so it only applies to decode)."""
+    of those steps' cache (a prefill-mode window runs without a cache, so it only applies to decode);
+    block_size: that cache's tokens per block."""
     started = time.perf_counter()
     if context < 2:
         raise ValueError(f"context must be at least 2 tokens (one prediction), got {context}")
@@ -162,7 +163,7 @@ def evaluate_perplexity(model, tokenizer, text: str, context: int = 512, max_tok
               unit="window", disable=not progress) as bar:
         for start in range(0, num_windows, windows_per_batch):
             batch = windows[start:start + windows_per_batch]
-            nll = decode_window_nll(model, batch, first, fused_decode, attention, kv_cache_dtype) if decode else window_nll(model, batch, first)
+            nll = decode_window_nll(model, batch, first, fused_decode, attention, kv_cache_dtype, block_size) if decode else window_nll(model, batch, first)
             nll_sum += float(nll.double().sum())
             scored += nll.numel()
             bar.update(nll.shape[0])

@@ -107,13 +107,14 @@ def test_full_recipe_matches_the_anchor(ember_lm, score, anchor):
     assert result.perplexity == pytest.approx(anchor, rel=0.01)
 
 
+@pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize("attention", ["batched", "torch"])  # fused decode step / model forward over the cache
-def test_teacher_forced_decode_equals_the_windowed_forward(ember_lm, topics_text, attention):
+def test_teacher_forced_decode_equals_the_windowed_forward(ember_lm, topics_text, attention, block_size):
     from ember.kernels.attention import get_attention_backend
 
     kw = dict(context=48, max_tokens=96, windows_per_batch=2, progress=False)
     ref = evaluate_perplexity(ember_lm.model, ember_lm.tokenizer, topics_text, **kw)
     dec = evaluate_perplexity(ember_lm.model, ember_lm.tokenizer, topics_text, decode=True,
-                              attention=get_attention_backend(attention), **kw)
+                              attention=get_attention_backend(attention), block_size=block_size, **kw)
     assert dec.tokens_scored == ref.tokens_scored == 2 * 47
     assert abs(dec.perplexity / ref.perplexity - 1) < 1e-4  # fp32 dense: only summation order differs

@@ -18,9 +18,10 @@ from ember.kv.codecs.kivi import decode_keys, decode_values, encode_keys, encode
 
 BS, HKV, D = 4, 2, 64
 G = 32  # value group (channels)
-KIVI = ["kivi4", "kivi2", "kivi4-fp16", "kivi2-fp16"]
-BITS = {"kivi4": 4, "kivi2": 2, "kivi4-fp16": 4, "kivi2-fp16": 2}
-STATS = {name: torch.float16 if name.endswith("-fp16") else torch.float32 for name in KIVI}  # scales, minimums
+KIVI = ["kivi4", "kivi2", "kivi4-fp16", "kivi2-fp16", "kivi4-fp16-v64"]
+BITS = {"kivi4": 4, "kivi2": 2, "kivi4-fp16": 4, "kivi2-fp16": 2, "kivi4-fp16-v64": 4}
+STATS = {name: torch.float16 if "-fp16" in name else torch.float32 for name in KIVI}  # scales, minimums
+VG = {name: 64 if name.endswith("-v64") else G for name in KIVI}  # value group
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
 
@@ -48,7 +49,7 @@ def test_sizes():
         codes = BS * HKV * D * bits // 8
         # the residual is no part of a block: it lives in the scratch pool, a slot per open block
         stat = STATS[name].itemsize
-        want = 2 * codes + 2 * HKV * D * stat + 2 * BS * HKV * (D // G) * stat + 1
+        want = 2 * codes + 2 * HKV * D * stat + 2 * BS * HKV * (D // VG[name]) * stat + 1
         assert codec.bytes_per_block() == want
         assert codec.bytes_per_scratch_slot() == BS * HKV * D * 4
         bf16 = get_kv_codec(name, BS, HKV, D, torch.bfloat16)
@@ -71,7 +72,8 @@ def test_read_equals_the_reference(name):
     full = 3 * BS
     st = STATS[name]
     want_k = torch.cat([decode_keys(*encode_keys(k[b * BS:(b + 1) * BS], bits, st), bits) for b in range(3)] + [k[full:]])
-    want_v = decode_values(*encode_values(v, bits, st), bits)
+    want_v = decode_values(*encode_values(v, bits, st, VG[name]), bits)
+    assert cache.layers[0]["v_scale"].shape[-1] == D // VG[name]
     assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
     assert torch.equal(got_k[full:], k[full:])  # the residual: exact
     assert not torch.equal(got_k[:full], k[:full])  # it really is quantized

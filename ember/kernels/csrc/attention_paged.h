@@ -9,8 +9,8 @@
  *   KIVI4, KIVI2  k, v: [blocks, block_size, kv_heads, head_dim * bits / 8] packed unsigned codes
  *                 (channel c at bit bits * c of its row, low bits first); keys per channel over
  *                 the block: k_scale, k_min [blocks, kv_heads, head_dim]; values per token:
- *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / 32] (per token and group
- *                 of 32 channels); fp32, or fp16 where stats_f16; value = code * scale + min.
+ *                 v_scale, v_min [blocks, block_size, kv_heads, head_dim / v_group] (per token and
+ *                 group of v_group channels); fp32, or fp16 where stats_f16; value = code * scale + min.
  *                 k_res [pool slots, block_size, kv_heads, head_dim] (fp32, or bf16 where
  *                 res_bf16): the keys as written, of open blocks only, block b's at pool slot
  *                 scratch_slot[b] (int32, -1: none; ember/kv/scratch.py hands them out), or at
@@ -52,6 +52,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     int64_t fp8_man_bits, fp8_bias;
     int64_t res_bf16;         /* KIVI: k_res holds bf16 (else fp32) */
     int64_t stats_f16;        /* KIVI: k_scale, k_min, v_scale, v_min hold fp16 (else fp32) */
+    int64_t v_group;          /* KIVI: channels per value scale and minimum (a multiple of 32) */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -261,11 +262,11 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     void* res = (void*)res_base;
     if (res_at < 0) return;  /* no residual slot: the caller did not open the block (PagedKVCache.open); store nothing */
     uint8_t codes[1024];  /* head_dim or block_size codes (both checked <= 1024 at load) */
-    const long groups = Dh / 32;
+    const long G = L->v_group, groups = Dh / G;
     for (long t = 0; t < n; t++) {
         for (long h = 0; h < Hkv; h++) {
             for (long g = 0; g < groups; g++)
-                kivi_quantize(v_rows + t * ld + h * Dh + g * 32, 1, 32, bits, codes + g * 32, C->v_scale, C->v_min,
+                kivi_quantize(v_rows + t * ld + h * Dh + g * G, 1, G, bits, codes + g * G, C->v_scale, C->v_min,
                               (slots[t] * Hkv + h) * groups + g, (int)L->stats_f16);
             uint8_t* row = (uint8_t*)C->v + (slots[t] * Hkv + h) * rowb;
             for (long b = 0; b < rowb; b++) {
@@ -444,9 +445,9 @@ static inline __m256 kivi_codes8(const uint8_t* row, long c, int bits) {
  * dequantized in registers (code * scale + min per channel, one FMA) before the q.k FMAs; an
  * unfilled block's keys come from k_res, and so do those of a block that a prefill chunk
  * filled after this query's entry (entries from (L / bs) * bs on): each query sees the cache
- * as decoding would have left it (KiviCodec.views). Values, per group of 32 channels:
- * p * scale * code summed per channel, and the minimums' share (sum of p * min) added once per
- * head and group at the end. */
+ * as decoding would have left it (KiviCodec.views). Values, per 32 channels (a value group
+ * or part of one): p * scale * code summed per channel, and the minimums' share (sum of p * min)
+ * added once per head and 32 channels at the end. */
 static inline __attribute__((always_inline)) void attend_heads_kivi(
         const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
         long L, float scale, float* scores, long ld, float* out, int bits, int res_bf16, int f16) {
@@ -483,14 +484,14 @@ static inline __attribute__((always_inline)) void attend_heads_kivi(
     }
     float inv[HEADS_PER_PASS];
     for (int h = 0; h < nh; h++) inv[h] = softmax_in_place(scores + h * ld, L);
-    const long groups = Dh / 32;  /* one value scale and minimum per 32 channels: one pass each */
-    for (long c = 0; c < Dh; c += 32) {
+    const long G = Lk->v_group, groups = Dh / G;  /* one value scale and minimum per G channels */
+    for (long c = 0; c < Dh; c += 32) {  /* one pass per 32 channels */
         __m256 acc[HEADS_PER_PASS][4];
         float msum[HEADS_PER_PASS] = {0.0f, 0.0f, 0.0f};
         for (int h = 0; h < HEADS_PER_PASS; h++)
             for (int i = 0; i < 4; i++) acc[h][i] = _mm256_setzero_ps();
         for (long t = 0; t < L; t++) {
-            const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / 32;
+            const int64_t slot = soff[t], g = (slot * Hkv + kvh) * groups + c / G;
             const uint8_t* row = vc + slot * Hkv * rowb;
             const float sv = kivi_stat(C->v_scale, g, f16), mv = kivi_stat(C->v_min, g, f16);
             for (int h = 0; h < nh; h++) msum[h] += scores[h * ld + t] * mv;

@@ -1,17 +1,22 @@
 """`kivi4`, `kivi2`: KIVI (Liu et al. 2024; jy-yuan/KIVI): keys quantized per channel over a
 group of tokens, values per token, both asymmetric (a scale and a minimum), 4 or 2 bits.
 
-Fixed choices (not config options; they follow from the paged layout):
+Choices (the group sizes follow from the paged layout: `--block-size` sets the key group, the
+codec's name the value group):
 - The key group is one block: a block's keys are quantized together, per KV head and channel,
   when the write that fills its last slot lands. Until then the block's keys are its
   residual, kept in full precision (the model's dtype); a partial block reads back its keys
   exactly. The paper's residual window R becomes "the tokens of the unfilled last block"
-  (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32).
+  (0..block_size-1 tokens), and G = block_size (16 by default; the paper uses 32). Larger
+  blocks cost fewer bytes (4/G a key for fp16 statistics) but a larger residual slot, and
+  coarser keys: at 256 tokens kivi4-fp16's 4k passkey retrieval halved (benchmarks/README.md).
 - Values are quantized per token as they are written, in groups of 32 channels (the paper's;
   a whole head where head_dim < 32): a value row needs no other row, so no value residual is
   stored. Partial blocks' values are therefore quantized too. (One group per 64-channel head
   instead cost twice the perplexity on this model: +1.44% against +0.69% over fp32 KV on
-  1,024 tokens; benchmarks/README.md, "KIVI".)
+  1,024 tokens; benchmarks/README.md, "KIVI".) `kivi4-fp16-v64` takes groups of 64 channels
+  anyway: with `--block-size 64` its blocks take 3.56x fewer bytes than bf16, at +1.81%
+  perplexity (benchmarks/README.md, "KIVI", "Larger key groups").
 - scale = (max - min) / (2^bits - 1), code = round((x - min) / scale) (ties to even, clamped to
   [0, 2^bits - 1]), x' = code * scale + min; a constant group has scale 0 and codes 0.
   Scales and minimums are fp32; `kivi4-fp16`/`kivi2-fp16` keep them in fp16, rounded (to
@@ -49,13 +54,15 @@ has a slot, its own.
 Per block (Hkv heads, D channels, bs tokens, b bits):
   k, v              uint8 [bs, Hkv, D*b/8]  packed codes (k: valid once the block is full)
   k_scale, k_min    fp32  [Hkv, D]          per channel over the block's tokens (-fp16: fp16)
-  v_scale, v_min    fp32  [bs, Hkv, D/G]    per token and group of G = 32 channels (-fp16: fp16)
+  v_scale, v_min    fp32  [bs, Hkv, D/Gv]   per token and group of Gv = 32 channels (-fp16: fp16;
+                                            -v64: 64)
   k_full            uint8 [1]               1 once the block's last slot was written (k holds codes)
 Per scratch slot (k_res: one pool per layer; k_res_pass: one pool for all layers):
   k_res, k_res_pass model dtype [bs, Hkv, D] the keys as written (the residual)
 So on the default model (30 layers, 3 KV heads of 64, bs 16) kivi4 takes 10,082 B/token in
 blocks (2.29x fewer than bf16's 23,040; kivi4-fp16 7,922, 2.91x; kivi2 7,202, 3.20x; kivi2-fp16
-5,042, 4.57x), plus the scratch: 12,288 B per open slot and layer for an fp32 model (6,144 for
+5,042, 4.57x; kivi4-fp16 at bs 256 6,570, 3.51x; kivi4-fp16-v64 at bs 64 6,480, 3.56x), plus
+the scratch, which grows with bs: 12,288 B per open slot and layer for an fp32 model (6,144 for
 bf16), with the defaults (64 sequences, 512-token budget) 66 open slots a layer and 33 pass
 slots, 23.6 MiB (fp32; 11.8 MiB bf16) of a 1 GiB cache.
 
@@ -117,16 +124,16 @@ def encode_keys(k: torch.Tensor, bits: int, stat_dtype: torch.dtype = torch.floa
     return pack(codes, bits), scale, mn
 
 
-def value_group(head_dim: int) -> int:
-    return min(VALUE_GROUP, head_dim)
+def value_group(head_dim: int, group: int = VALUE_GROUP) -> int:
+    return min(group, head_dim)
 
 
-def encode_values(v: torch.Tensor, bits: int, stat_dtype: torch.dtype = torch.float32
+def encode_values(v: torch.Tensor, bits: int, stat_dtype: torch.dtype = torch.float32, group: int = VALUE_GROUP
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Value rows [..., D] -> (packed codes [..., D*bits/8], scale [..., D/G], min [..., D/G]):
-    per token and group of G = value_group(D) channels."""
+    per token and group of G = value_group(D, group) channels."""
     d = v.shape[-1]
-    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d), -1), -1, bits, stat_dtype)
+    codes, scale, mn = quantize(v.reshape(*v.shape[:-1], d // value_group(d, group), -1), -1, bits, stat_dtype)
     return pack(codes.flatten(-2), bits), scale, mn
 
 
@@ -145,18 +152,20 @@ def decode_values(packed: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor, b
 class KiviCodec(KVCodec):
     bits: int
     stat_dtype = torch.float32  # of the scales and minimums
+    value_group_size = VALUE_GROUP  # channels per value scale and minimum (-v64: 64)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.vgroup = value_group(self.head_dim)
+        self.vgroup = value_group(self.head_dim, self.value_group_size)
         if (self.head_dim * self.bits) % 8 or self.head_dim % self.vgroup:
             raise ValueError(f"{self.name}: head_dim {self.head_dim} does not pack into whole bytes and value groups")
 
     @property
     def native_kind(self) -> str | None:
-        # csrc/attention_paged.h: fp32 or bf16 residual, head_dim a multiple of 32, <= 1024 codes a group
+        # csrc/attention_paged.h: fp32 or bf16 residual, head_dim and the value group multiples of
+        # 32, <= 1024 codes a group
         fits = self.model_dtype in (torch.float32, torch.bfloat16) and self.head_dim % 32 == 0 \
-            and self.head_dim <= 1024 and self.block_size <= 1024
+            and self.vgroup % 32 == 0 and self.head_dim <= 1024 and self.block_size <= 1024
         return f"kivi{self.bits}" if fits else None  # fp16 statistics: the layout's stats_f16
 
     @property
@@ -204,7 +213,7 @@ class KiviCodec(KVCodec):
 
     def write(self, tensors, slots, k, v):
         bs, h, d = self.block_size, self.num_kv_heads, self.head_dim
-        codes, scale, mn = encode_values(v, self.bits, self.stat_dtype)
+        codes, scale, mn = encode_values(v, self.bits, self.stat_dtype, self.vgroup)
         scale, mn = scale.to(self.stat_dtype), mn.to(self.stat_dtype)
         tensors["v"].view(-1, h, codes.shape[-1]).index_copy_(0, slots, codes)
         tensors["v_scale"].view(-1, h, d // self.vgroup).index_copy_(0, slots, scale)
@@ -277,3 +286,9 @@ class Kivi4Fp16Codec(KiviCodec):
 @KV_CODECS.register("kivi2-fp16")
 class Kivi2Fp16Codec(KiviCodec):
     name, bits, stat_dtype = "kivi2-fp16", 2, torch.float16
+
+
+@KV_CODECS.register("kivi4-fp16-v64")
+class Kivi4Fp16V64Codec(KiviCodec):
+    """kivi4-fp16 with one value scale and minimum per 64 channels (the default model's whole head)."""
+    name, bits, stat_dtype, value_group_size = "kivi4-fp16-v64", 4, torch.float16, 64
