@@ -26,7 +26,7 @@ from ember.loader import load_model
 
 def run(loaded, method: KVMethod, prompts, output_len: int, args) -> dict:
     llm = LLM(loaded=loaded, threads=args.threads, kv_cache_memory=args.kv_cache_memory,
-              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens, policy=args.policy,
               enable_prefix_caching=False, **method.engine_options())
     engine = llm.engine
     peak = 0
@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--kv-cache-memory", default="64MiB")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--policy", default="fcfs", help="scheduling policy; conservative admits a request only when "
+                                                    "its peak KV fits (no recompute preemptions)")
     p.add_argument("--linear", default="auto", help="LinearMethod of the model (auto: as the file stores it)")
     args = p.parse_args()
     set_threads(args.threads)

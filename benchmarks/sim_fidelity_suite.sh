@@ -23,5 +23,9 @@ $PY benchmarks/sim_fidelity.py --model-json "$W/A/model.json" --workdir "$W/C" -
 $PY benchmarks/sim_fidelity.py --kind linear --engine "--threads 1 --max-num-seqs 16 --kv-cache-tokens 16384 --linear dense --dtype fp32" \
     --calib-rate 0.4 --rates 0.4,0.8 --workdir "$W/D" --out $R/fidelity_suite_dense.json
 cp "$W/D/model.json" $R/model_dense_fp32_linear_sweep.json
+# D again with the kind calibration keeps by replaying the profiled runs (a tree here): no new measurement
+$PY benchmarks/sim_fidelity.py --resimulate --kind auto --engine "--threads 1 --max-num-seqs 16 --kv-cache-tokens 16384 --linear dense --dtype fp32" \
+    --calib-rate 0.4 --rates 0.4,0.8 --workdir "$W/D" --out $R/fidelity_suite_dense_auto.json
+cp "$W/D/model.json" $R/model_dense_fp32_auto_sweep.json
 $PY benchmarks/sim_fidelity_table.py $R/fidelity_suite_chat.json $R/fidelity_suite_random.json \
-    $R/fidelity_suite_vtc.json $R/fidelity_suite_dense.json
+    $R/fidelity_suite_vtc.json $R/fidelity_suite_dense.json $R/fidelity_suite_dense_auto.json

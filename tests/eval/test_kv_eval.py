@@ -101,6 +101,7 @@ def test_eval_kv_command(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [(["--methods", "zzz"], "'zzz' is neither"),
                                            (["--context", "0"], "--context must be at least 1"),
+                                           (["--continuation", "1"], "--continuation must be at least 2"),
                                            (["--passkey-depths", "2"], r"must lie in \[0, 1\]")])
 def test_eval_kv_bad_arguments(argv, message, capsys):
     assert main(["eval", "kv", *argv]) == 2

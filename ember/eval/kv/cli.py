@@ -60,6 +60,9 @@ def cmd_eval_kv(args) -> int:
     for name in ("context", "continuation", "windows", "passkey_per_cell"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.continuation < 2:  # the memory figure reads the blocks a sequence holds at its second token
+        raise ValueError(f"--continuation must be at least 2 (the bytes held are read once the press has run, "
+                         f"at the second scored token), got {args.continuation}")
     lengths, depths = _ints(args.passkey_lengths), _floats(args.passkey_depths)
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"--passkey-depths must lie in [0, 1], got {args.passkey_depths!r}")
