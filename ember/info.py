@@ -14,6 +14,9 @@ from ember.loader import describe_model, resolve_model_path
 from ember.loader.auto import resolve_auto
 
 
+SCRATCH_HINT_SHARE = 0.25  # above this share of the cache, `ember info` says how to shrink the pool
+
+
 def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
     path = resolve_model_path(cfg.model)
     mc, fmt, stored = describe_model(path)
@@ -60,6 +63,7 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "kv_cache_blocks": spec.num_blocks,
         "kv_cache_tokens": spec.num_tokens,
         "kv_cache_bytes": spec.total_bytes,
+        "max_num_seqs": cfg.max_num_seqs,
         "c_kernels": native.describe(),
     }
     if energy:
@@ -141,6 +145,10 @@ def format_info(info: dict) -> str:
                "open blocks" if info["kv_scratch_slots"] else "")
     lines.append(f"KV cache      {info['kv_cache_tokens']:,} tokens in {info['kv_cache_blocks']} blocks "
                  f"({_size(info['kv_cache_bytes'])}{scratch})")
+    if info["kv_scratch_bytes"] > SCRATCH_HINT_SHARE * info["kv_cache_bytes"]:
+        lines.append(f"hint          the scratch pool has a slot per running sequence (--max-num-seqs "
+                     f"{info['max_num_seqs']}) and takes {info['kv_scratch_bytes'] / info['kv_cache_bytes']:.0%} "
+                     "of this cache: a lower --max-num-seqs leaves more of it to blocks")
     lines.append(f"C kernels     {info['c_kernels']}")
     if "energy" in info:
         lines.append(info["energy"]["report"])

@@ -55,3 +55,14 @@ def test_lookup_table_methods_predict_their_memory_and_energy():
                          vocab=info["vocab_size"])
     int4_energy = estimate_decode_energy(shape, **int4.energy_model())
     assert info["energy"]["linear_lookups"] > 0 and info["energy"]["total_pj"] < int4_energy.total_pj
+
+
+def test_a_scratch_pool_that_takes_much_of_a_small_cache_gets_a_hint():
+    """KIVI's residual pool has a slot per running sequence: at 48 MiB and 64 sequences it takes
+    about half the cache, and `ember info` says which flag shrinks it; at the default 1 GiB, not."""
+    small = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=64))
+    assert small["kv_scratch_bytes"] > 0.25 * small["kv_cache_bytes"]
+    assert "a lower --max-num-seqs leaves more of it to blocks" in format_info(small)
+    fewer = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=16))
+    assert fewer["kv_cache_tokens"] > small["kv_cache_tokens"]
+    assert "hint" not in format_info(model_info(EngineConfig(kv_cache_dtype="kivi4")))
