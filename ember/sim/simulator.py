@@ -104,7 +104,7 @@ class Simulator:
                  router: str = "round-robin", record_batches: bool = False, disagg: Disaggregation | None = None,
                  power=None, layer_groups: int = 1, request_latency_s: float = 0.0):
         """`config`: the EngineConfig every replica runs; `step_seconds(prefill, decode, context,
-        seqs)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
+        seqs, prefill_attention)`: the step-time model (plus any per-step overhead); `replicas`: the decode pool when
         `disagg` adds a prefill pool, else the replicas that do both; `power`: a PowerModel for
         every replica (energy, power caps); `layer_groups` > 1: layered prefill (replica.py);
         `request_latency_s`: what a request spends outside the engine (HTTP, chat template,
