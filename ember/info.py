@@ -63,7 +63,8 @@ def model_info(cfg: EngineConfig, energy: bool = False) -> dict:
         "kv_cache_blocks": spec.num_blocks,
         "kv_cache_tokens": spec.num_tokens,
         "kv_cache_bytes": spec.total_bytes,
-        "max_num_seqs": cfg.max_num_seqs,
+        "max_num_seqs": spec.max_num_seqs,  # --max-num-seqs, or what the scratch pool caps it to
+        "kv_seqs_note": spec.seqs_note(cfg),
         "c_kernels": native.describe(),
     }
     if energy:
@@ -149,6 +150,8 @@ def format_info(info: dict) -> str:
         lines.append(f"hint          the scratch pool has a slot per running sequence (--max-num-seqs "
                      f"{info['max_num_seqs']}) and takes {info['kv_scratch_bytes'] / info['kv_cache_bytes']:.0%} "
                      "of this cache: a lower --max-num-seqs leaves more of it to blocks")
+    if info["kv_seqs_note"]:
+        lines.append(f"note          {info['kv_seqs_note']}")
     lines.append(f"C kernels     {info['c_kernels']}")
     if "energy" in info:
         lines.append(info["energy"]["report"])

@@ -71,6 +71,9 @@ class LLMEngine:
         self.loaded = loaded
         self.model, self.tokenizer, self.model_config = self.loaded.model, self.loaded.tokenizer, self.loaded.config
         spec = kv_cache_spec(config, self.model_config)
+        if spec.seqs_note(config):  # the scratch pool caps the sequences a step holds
+            self.auto_notes = (*self.auto_notes, spec.seqs_note(config))
+            self.config = config = dataclasses.replace(config, max_num_seqs=spec.max_num_seqs)
         self.kv_spec, self.num_blocks, bs = spec, spec.num_blocks, spec.block_size
         self.kv_cache_bytes, self.max_model_len = spec.total_bytes, spec.max_model_len
         if spec.codec.needs_positions and config.kv_press:

@@ -33,7 +33,7 @@ def replica_capacity(config: EngineConfig) -> Capacity:
     mc, fmt, stored = describe_model(resolve_model_path(config.model))
     resolved = resolve_auto(config.linear, config.dtype, fmt, stored)  # `auto` as the engine would load it
     spec = kv_cache_spec(dataclasses.replace(config, linear=resolved.linear, dtype=resolved.dtype), mc)
-    return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len, spec.bytes_per_token)
+    return Capacity(spec.num_blocks, spec.block_size, spec.max_model_len, spec.bytes_per_token, spec.max_num_seqs)
 
 
 def step_seconds(model_json: dict, overlap: float = 0.0, pim_speedup: float = 1.0):

@@ -11,6 +11,7 @@ pushed up front, so the heap holds only step ends, hand-offs and follow-up turns
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -36,6 +37,7 @@ class Capacity:
     block_size: int
     max_model_len: int
     kv_bytes_per_token: float = 0.0  # what a prompt's KV weighs on the link (disaggregated serving)
+    max_num_seqs: int = 0  # sequences a step holds, where the KV cache caps --max-num-seqs (0: not capped)
 
 
 @dataclass
@@ -124,6 +126,8 @@ class Simulator:
         if layer_groups < 1:
             raise ValueError(f"--layered-prefill must be at least 1 layer group, got {layer_groups}")
         self.now = 0.0
+        if capacity.max_num_seqs and capacity.max_num_seqs < config.max_num_seqs:  # as the engine caps it
+            config = dataclasses.replace(config, max_num_seqs=capacity.max_num_seqs)
         self.capacity, self.disagg = capacity, disagg
         clock = lambda: self.now  # noqa: E731  (what every scheduler and policy reads as "now")
         pool = lambda n, first, step: [Replica(first + i, config, capacity.num_blocks, capacity.block_size, clock,  # noqa: E731

@@ -137,6 +137,28 @@ def test_kivi4_residual_slots_come_back(make_llm, mixed_prompts):
     assert_no_leak(pressed)
 
 
+def test_a_small_kivi_cache_caps_the_sequences_to_its_scratch_pool(make_llm, mixed_prompts):
+    """At 12 MiB a residual slot for each of 64 sequences would take most of the cache: the pool
+    gets a quarter of it, the engine runs at most as many sequences as it has slots (and says
+    so at start-up), so the pool never grows past its share and nothing leaks."""
+    llm = make_llm(kv_cache_tokens=0, kv_cache_memory="12MiB", kv_cache_dtype="kivi4", max_num_seqs=64)
+    engine = llm.engine
+    cap = engine.kv_spec.max_num_seqs
+    assert 1 <= cap < 64 and engine.config.max_num_seqs == cap == engine.scheduler.max_num_seqs
+    assert engine.kv_spec.scratch_bytes <= 0.25 * 12 * 2 ** 20
+    assert any(note.startswith(f"max_num_seqs 64 -> {cap}:") for note in engine.auto_notes)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    for p in mixed_prompts[:cap + 4]:
+        engine.add_request({"prompt_token_ids": p["prompt_token_ids"][:40]}, params)
+    most = 0
+    while engine.has_unfinished():
+        engine.step()
+        most = max(most, len(engine.scheduler.running))
+    assert most == cap  # full, and no more
+    assert engine.kv_cache.scratch.num_grows == 0
+    assert_no_leak(llm)
+
+
 @pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 def test_the_fused_step_follows_a_growing_residual_pool(ember_lm):
     """A pool of one slot for three sequences decoding side by side grows on the first step; the

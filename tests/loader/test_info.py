@@ -57,12 +57,23 @@ def test_lookup_table_methods_predict_their_memory_and_energy():
     assert info["energy"]["linear_lookups"] > 0 and info["energy"]["total_pj"] < int4_energy.total_pj
 
 
-def test_a_scratch_pool_that_takes_much_of_a_small_cache_gets_a_hint():
-    """KIVI's residual pool has a slot per running sequence: at 48 MiB and 64 sequences it takes
-    about half the cache, and `ember info` says which flag shrinks it; at the default 1 GiB, not."""
+def test_a_scratch_pool_that_would_take_much_of_a_small_cache_caps_the_sequences_instead():
+    """KIVI's residual pool has a slot per running sequence: at 48 MiB, a slot for each of 64
+    sequences would take about half the cache. The pool takes at most a quarter, the sequences
+    a step holds are capped to its slots, and `ember info` says so and which flags move it; at
+    the default 1 GiB nothing is capped."""
     small = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=64))
-    assert small["kv_scratch_bytes"] > 0.25 * small["kv_cache_bytes"]
-    assert "a lower --max-num-seqs leaves more of it to blocks" in format_info(small)
-    fewer = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=16))
+    assert 0 < small["kv_scratch_bytes"] <= 0.25 * small["kv_cache_bytes"]
+    assert 1 <= small["max_num_seqs"] < 64 and small["kv_scratch_slots"] == small["max_num_seqs"] + 2
+    text = format_info(small)
+    assert f"max_num_seqs 64 -> {small['max_num_seqs']}" in text and "a larger --kv-cache-memory" in text
+    # an explicit lower --max-num-seqs below the cap is kept as given, and leaves more to blocks
+    fewer = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=8))
+    assert fewer["max_num_seqs"] == 8 and fewer["kv_seqs_note"] is None
     assert fewer["kv_cache_tokens"] > small["kv_cache_tokens"]
-    assert "hint" not in format_info(model_info(EngineConfig(kv_cache_dtype="kivi4")))
+    default = model_info(EngineConfig(kv_cache_dtype="kivi4"))
+    assert default["max_num_seqs"] == 64 and "note " not in format_info(default)
+    # a capacity in tokens is not a memory budget: the pool is sized for every sequence, with a hint
+    tokens = model_info(EngineConfig(kv_cache_dtype="kivi4", kv_cache_tokens=2048, max_num_seqs=64))
+    assert tokens["max_num_seqs"] == 64
+    assert "a lower --max-num-seqs leaves more of it to blocks" in format_info(tokens)

@@ -186,3 +186,21 @@ def test_the_same_run_in_processes_with_different_string_hashes():
     outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True,
                            env=dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=root)).stdout for seed in ("1", "2")]
     assert outs[0] == outs[1] and outs[0].count("(") == 40
+
+
+def test_a_replica_runs_no_more_sequences_than_its_kv_cache_caps_it_to():
+    """The engine caps --max-num-seqs where a codec's scratch pool would not fit (kv/spec.py);
+    a simulated replica of it holds the same number, from its Capacity."""
+    config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512)
+    capped = simulate(staggered(), config, Capacity(256, 16, 4096, max_num_seqs=3), record=True)[0]
+    free = simulate(staggered(), config, Capacity(256, 16, 4096), record=True)[0]
+    assert max(len(b) for b in capped.replicas[0].batches) == 3
+    assert max(len(b) for b in free.replicas[0].batches) > 3
+
+
+def test_replica_capacity_carries_the_engines_cap():
+    from ember.sim.runner import replica_capacity
+
+    small = replica_capacity(EngineConfig(kv_cache_dtype="kivi4", kv_cache_memory="48MiB", max_num_seqs=64))
+    assert 1 <= small.max_num_seqs < 64
+    assert replica_capacity(EngineConfig(max_num_seqs=64)).max_num_seqs == 64

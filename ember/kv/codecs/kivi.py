@@ -46,7 +46,8 @@ only in its own attention, right after its write), -1 none.
 Sizing (kv/spec.py): max_num_seqs + 2 slots a layer (a partial block per sequence, and two
 prefills that fill one block and open the next in the same step) and ceil(max_num_batched_tokens
 / block_size) + 1 shared pass slots, counted in the cache's bytes (`KVCacheSpec.scratch_bytes`,
-taken out of `--kv-cache-memory`). An exhausted pool never fails a step: it grows (doubling;
+taken out of `--kv-cache-memory`; the open pool gets at most a quarter of it, and where that
+holds fewer slots, the engine runs fewer sequences at once: `KVCacheSpec.max_num_seqs`). An exhausted pool never fails a step: it grows (doubling;
 `ScratchSlots.num_grows`) and the fused C step picks up the new tensors.
 Without a pool (a PagedKVCache built without `num_scratch`: tests, evaluation) every block
 has a slot, its own.
