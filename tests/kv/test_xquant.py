@@ -168,7 +168,7 @@ def test_xquant4_in_the_serving_path(make_llm, mixed_prompts):  # noqa: F811
     """Greedy outputs batched (chunked prefill of 32 tokens, a pool too small for all: swap
     preemption; prefix-cache hits; n = 3 forks) equal one request at a time but for a few
     sequences that part onto one of the reference's top alternatives, no block leaked; the same
-    with preemption by recompute. The fused C step refuses the codec and says why.
+    with preemption by recompute. Decode steps run on the fused C step where it is built.
 
     Why not near-ties only (as kivi4): the store is chunking-invariant (a 64-token prompt in one
     pass or two chunks stores the same codes, and prefill reads the chunk's own entries
@@ -180,7 +180,7 @@ def test_xquant4_in_the_serving_path(make_llm, mixed_prompts):  # noqa: F811
     bytes, 0.05 nats). So a few greedy paths part, as kivi2's do."""
     prompts = [{"prompt_token_ids": p["prompt_token_ids"][:64]} for p in mixed_prompts[:8]]
     alone = make_llm(max_num_seqs=1, enable_prefix_caching=False, kv_cache_dtype="xquant4")
-    assert alone.engine.runner.decoder is None and "xquant4" in alone.engine.fused_decode_off_reason
+    assert (alone.engine.runner.decoder is not None) == native.available()
     reference = [alone.generate(p, PARAMS)[0].outputs[0] for p in prompts]
     assert_no_leak(alone)
     for preemption in ("swap", "recompute"):
@@ -233,6 +233,24 @@ def test_xquant4_greedy_stays_close_to_fp32_kv(make_llm, mixed_prompts):  # noqa
     parted = count_near_ties(reference, outs, 1.0)  # each onto a top-5 alternative within 1 nat
     print("xquant4 vs fp32 KV: identical", agree, "of 8, first tokens", first, "of 8, parted", parted)
     assert first >= 6 and agree >= 2  # measured: 7 and 3; kivi4 8 and 7; xquant2 2 and 0
+
+
+@needs_native
+@pytest.mark.parametrize("codec", ["xquant4", pytest.param("xquant4-g16-fp16", marks=pytest.mark.slow)])
+def test_fused_decode_generates_what_the_pytorch_path_does(make_llm, mixed_prompts, codec):  # noqa: F811
+    """fused_decode=on (decode steps in C over the XQuant layout; prefill on the PyTorch path)
+    against fused_decode=off, batched: the same greedy tokens, but where float noise moves a
+    latent code at a near-tie (tests/models/test_native_decode.py: ~1 row in 9 moves a code)."""
+    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:40]} for p in mixed_prompts[:4]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
+    off, on = (make_llm(max_num_seqs=4, kv_cache_tokens=1024, kv_cache_dtype=codec, fused_decode=f)
+               for f in ("off", "on"))
+    assert off.engine.runner.decoder is None and on.engine.runner.decoder is not None
+    assert not on.engine.runner.decoder.takes_prefill
+    reference = [o.outputs[0] for o in off.generate(prompts, params)]
+    outs = [o.outputs[0] for o in on.generate(prompts, params)]
+    assert count_near_ties(reference, outs) <= 1
+    assert_no_leak(on)
 
 
 def test_a_press_is_refused(make_llm):  # noqa: F811
