@@ -19,7 +19,8 @@ from ember.kv.codecs.kivi import unpack
 from ember.kv.codecs.xquant import kv_weights, latent_maps
 from ember.models.llama import rms_norm
 from ember.models.rope import inverse_frequencies
-from tests.engine.conftest import assert_no_leak, count_near_ties, make_llm, mixed_prompts  # noqa: F401
+from tests.engine.conftest import (NEAR_TIE_NATS, assert_no_leak, count_near_ties, make_llm,  # noqa: F401
+                                   mixed_prompts)
 
 BS = 16
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
@@ -201,10 +202,18 @@ def test_xquant4_in_the_serving_path(make_llm, mixed_prompts):  # noqa: F811
     assert_no_leak(llm)
 
 
+def _gap(ref, out) -> float:
+    """The reference's logprob margin over `out`'s token where the two first part."""
+    i = next(j for j, (a, b) in enumerate(zip(ref.token_ids, out.token_ids)) if a != b)
+    return ref.logprobs[i][ref.token_ids[i]].logprob - ref.logprobs[i][out.token_ids[i]].logprob
+
+
 @pytest.mark.slow
 def test_shared_prefix_from_the_prefix_cache(make_llm, mixed_prompts):  # noqa: F811
     """Prompts sharing a 48-token prefix (three full blocks): the later ones read the prefix
-    from the cache, and generate what they generate alone."""
+    from the cache, and generate what they generate alone, but where float noise parts a path:
+    at most one beyond a near-tie (measured: one at 0.24 nats; a second at 0.001 nats, or not,
+    depending on the SVD's last bits, which change with its thread count)."""
     base = mixed_prompts[0]["prompt_token_ids"][:48]
     prompts = [{"prompt_token_ids": base + p["prompt_token_ids"][:10]} for p in mixed_prompts[1:5]]
     alone = make_llm(max_num_seqs=1, enable_prefix_caching=False, kv_cache_dtype="xquant4")
@@ -212,7 +221,9 @@ def test_shared_prefix_from_the_prefix_cache(make_llm, mixed_prompts):  # noqa: 
     llm = make_llm(max_num_seqs=4, kv_cache_dtype="xquant4")
     outs = [llm.generate(p, PARAMS)[0].outputs[0] for p in prompts]
     assert llm.engine.kv.stats.hits >= 3 * 3
-    assert count_near_ties(reference, outs, float("inf")) <= 1
+    assert count_near_ties(reference, outs, float("inf")) <= 2  # each onto a top alternative
+    beyond = [(a, b) for a, b in zip(reference, outs) if a.token_ids != b.token_ids and _gap(a, b) > NEAR_TIE_NATS]
+    assert len(beyond) <= 1
     assert_no_leak(llm)
 
 

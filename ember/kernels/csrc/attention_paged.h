@@ -648,12 +648,34 @@ static inline __attribute__((always_inline)) void xq_dequantize(const ember_kv_l
 }
 
 /* out[i][0..Dh-1] = lat[i] @ F[:, col .. col + Dh) for n <= XQ_TILE latents of W channels (F: [W, W]
- * row-major): XQ_TILE rows x 16 columns of accumulators, so each load of F serves the whole tile. */
+ * row-major), summed over the channels in order: a tile of XQ_TILE rows x 2 vectors of columns in
+ * accumulators, so each load of F serves the whole tile (F's columns for one head are read from
+ * L2 once per tile). This is most of XQuant's attention: W * Dh FMAs per entry and KV head. */
 #if defined(__AVX512F__)
-#define XQ_TILE 8  /* 16 accumulators + loads fit AVX-512's 32 registers */
+#define XQ_TILE 8  /* 16 zmm accumulators + 2 loads + a broadcast in AVX-512's 32 registers */
+static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
+    for (long d = 0; d < Dh; d += 32) {
+        __m512 acc[XQ_TILE][2];
+        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        for (long c = 0; c < W; c++) {
+            const float* f = F + c * W + col + d;
+            const __m512 f0 = _mm512_loadu_ps(f), f1 = _mm512_loadu_ps(f + 16);
+            for (int i = 0; i < XQ_TILE; i++) {
+                if (i < n) {
+                    const __m512 x = _mm512_set1_ps(lat[i * W + c]);
+                    acc[i][0] = _mm512_fmadd_ps(x, f0, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(x, f1, acc[i][1]);
+                }
+            }
+        }
+        for (int i = 0; i < XQ_TILE && i < n; i++) {
+            _mm512_storeu_ps(out + i * Dh + d, acc[i][0]);
+            _mm512_storeu_ps(out + i * Dh + d + 16, acc[i][1]);
+        }
+    }
+}
 #else
-#define XQ_TILE 4  /* 8 accumulators: AVX2 has 16 registers */
-#endif
+#define XQ_TILE 4  /* 8 ymm accumulators: AVX2 has 16 registers */
 static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
     for (long d = 0; d < Dh; d += 16) {
         __m256 acc[XQ_TILE][2];
@@ -675,6 +697,7 @@ static inline void xq_project(const float* lat, long n, long W, const float* F, 
         }
     }
 }
+#endif
 
 /* attend_heads for the XQuant kinds: nh query heads (any number: the whole GQA group, so each
  * entry's K is computed once for all of them) of KV head kvh, entry t at slot soff[t]. Keys:
@@ -708,7 +731,8 @@ static inline __attribute__((always_inline)) void attend_heads_xquant(
             }
             for (long h = 0; h < nh; h++) {
                 __m256 a = _mm256_setzero_ps();
-                for (long j = 0; j < Dh; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + j), _mm256_loadu_ps(x + j), a);
+                for (long j = 0; j < Dh; j += 8)
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + j), _mm256_loadu_ps(x + j), a);
                 scores[h * ld + t0 + i] = hsum_ps(a) * scale;
             }
         }
@@ -723,7 +747,8 @@ static inline __attribute__((always_inline)) void attend_heads_xquant(
         for (long h = 0; h < nh; h++) {
             const __m256 p = _mm256_set1_ps(scores[h * ld + t]);
             float* a = acc + h * W;
-            for (long j = 0; j < W; j += 8) _mm256_storeu_ps(a + j, _mm256_fmadd_ps(p, _mm256_loadu_ps(lat + j), _mm256_loadu_ps(a + j)));
+            for (long j = 0; j < W; j += 8)
+                _mm256_storeu_ps(a + j, _mm256_fmadd_ps(p, _mm256_loadu_ps(lat + j), _mm256_loadu_ps(a + j)));
         }
     }
     for (long h0 = 0; h0 < nh; h0 += XQ_TILE) {  /* the heads' V = weighted latent @ F_v, a tile at a time */

@@ -7,9 +7,9 @@
  * inside one OpenMP parallel region: each step's work is split over the team with `omp for`,
  * whose implicit barriers order the phases, so threads are forked once per token.
  * Projections use the kernels of linear.h on each layer's own storage (weight.h's kinds).
- * Attention reads the paged cache [blocks, block_size, kv_heads, head_dim] (fp32 or bf16)
- * through each sequence's block table; softmax in fp32 with exp256_ps. Activations and sums
- * are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
+ * Attention reads the paged cache (each codec's layout, attention_paged.h; XQuant's K and V are
+ * computed again from its latents there) through each sequence's block table; softmax in fp32
+ * with exp256_ps. Activations and sums are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
  * read as bf16 and widened in registers (exact), and only K/V are rounded, when written. Every token's K and V are written
  * before any attention runs, so a prefill chunk's token at position p simply attends to its
  * sequence's positions 0..p: causal attention within the chunk, with no mask.
