@@ -246,13 +246,14 @@ def test_xquant4_greedy_stays_close_to_fp32_kv(make_llm, mixed_prompts):  # noqa
     assert first >= 6 and agree >= 2  # measured: 7 and 3; kivi4 8 and 7; xquant2 2 and 0
 
 
+@pytest.mark.slow  # two engines bind the model's 30 maps each: ~12 s on a busy 2-core machine
 @needs_native
-@pytest.mark.parametrize("codec", ["xquant4", pytest.param("xquant4-g16-fp16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("codec", ["xquant4", "xquant4-g16-fp16"])
 def test_fused_decode_generates_what_the_pytorch_path_does(make_llm, mixed_prompts, codec):  # noqa: F811
     """fused_decode=on (decode steps in C over the XQuant layout; prefill on the PyTorch path)
     against fused_decode=off, batched: the same greedy tokens, but where float noise moves a
     latent code at a near-tie (tests/models/test_native_decode.py: ~1 row in 9 moves a code)."""
-    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:40]} for p in mixed_prompts[:4]]
+    prompts = [{"prompt_token_ids": p["prompt_token_ids"][:24]} for p in mixed_prompts[:3]]
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=5)
     off, on = (make_llm(max_num_seqs=4, kv_cache_tokens=1024, kv_cache_dtype=codec, fused_decode=f)
                for f in ("off", "on"))
