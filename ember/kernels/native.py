@@ -65,7 +65,7 @@ class KVLayout(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int64), ("block_size", ctypes.c_int64), ("num_kv_heads", ctypes.c_int64),
                 ("head_dim", ctypes.c_int64), ("fp8_table", ctypes.c_void_p), ("fp8_max", ctypes.c_double),
                 ("fp8_man_bits", ctypes.c_int64), ("fp8_bias", ctypes.c_int64), ("res_bf16", ctypes.c_int64),
-                ("stats_f16", ctypes.c_int64), ("v_group", ctypes.c_int64)]
+                ("stats_f16", ctypes.c_int64), ("v_group", ctypes.c_int64), ("xq_group", ctypes.c_int64)]
 
 
 class KVLayer(ctypes.Structure):
@@ -73,7 +73,9 @@ class KVLayer(ctypes.Structure):
     _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("k_scale", ctypes.c_void_p),
                 ("v_scale", ctypes.c_void_p), ("k_min", ctypes.c_void_p), ("v_min", ctypes.c_void_p),
                 ("k_res", ctypes.c_void_p), ("k_full", ctypes.c_void_p), ("scratch_slot", ctypes.c_void_p),
-                ("k_res_pass", ctypes.c_void_p)]
+                ("k_res_pass", ctypes.c_void_p), ("pos", ctypes.c_void_p), ("xq_to_latent", ctypes.c_void_p),
+                ("xq_from_latent", ctypes.c_void_p), ("xq_bias", ctypes.c_void_p), ("xq_cos", ctypes.c_void_p),
+                ("xq_sin", ctypes.c_void_p)]
 
 
 def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
@@ -85,16 +87,21 @@ def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
                       None if table is None else table.data_ptr(), getattr(codec, "fmax", 0.0),
                       fmt.man_bits if fmt else 0, fmt.bias if fmt else 0,
                       getattr(codec, "residual_dtype", None) == torch.bfloat16,
-                      getattr(codec, "stat_dtype", None) == torch.float16, getattr(codec, "vgroup", 0))
+                      getattr(codec, "stat_dtype", None) == torch.float16, getattr(codec, "vgroup", 0),
+                      codec.group if codec.native_kind.startswith("xquant") else 0)
     return layout, table
 
 
 def kv_layer(tensors: dict[str, torch.Tensor]) -> KVLayer:
-    """The bfp codecs' exponents (`k_exp`, `v_exp`, int8) travel in the scale pointers."""
+    """The bfp codecs' exponents (`k_exp`, `v_exp`, int8) travel in the scale pointers; XQuant's
+    latent codes, scales and minimums (`x`, `x_scale`, `x_min`) in k, k_scale and k_min."""
     tensors = {"k_scale": tensors.get("k_exp"), "v_scale": tensors.get("v_exp")} | tensors
+    if "x" in tensors:
+        tensors |= {"k": tensors["x"], "k_scale": tensors["x_scale"], "k_min": tensors["x_min"]}
     ptr = lambda name: tensors[name].data_ptr() if tensors.get(name) is not None else None  # noqa: E731
     return KVLayer(*(ptr(name) for name in ("k", "v", "k_scale", "v_scale", "k_min", "v_min", "k_res", "k_full",
-                                            "scratch_slot", "k_res_pass")))
+                                            "scratch_slot", "k_res_pass", "pos", "xq_to_latent", "xq_from_latent",
+                                            "xq_bias", "xq_cos", "xq_sin")))
 
 
 def check_abi(lib: ctypes.CDLL, symbol: str, structs: dict[str, type]) -> dict:

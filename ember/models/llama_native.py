@@ -60,6 +60,8 @@ class NativeDecoder:
                             f"it can't read the {codec.name!r} KV cache layout")
         self._refuse_unless(all(t.is_contiguous() for layer in kv_cache.layers for t in layer.values()),
                             "it needs a contiguous KV cache")
+        self._refuse_unless(not codec.needs_positions or all("xq_to_latent" in layer for layer in kv_cache.layers),
+                            f"the {codec.name!r} KV cache is not bound to the model (PagedKVCache.bind_model)")
         self._lib, self.cfg, self._model = lib, cfg, model
         # Small tables the C code reads as fp32 (norm weights, RoPE): widened copies for bf16.
         f32 = lambda t: t if t.dtype == torch.float32 else t.float()  # noqa: E731
@@ -77,8 +79,12 @@ class NativeDecoder:
                                native.kv_layer(kv_cache.layers[i]))
         self._layers = layers  # the structs point into model and cache tensors, which outlive self
         self._kv_cache, self._kv_version = kv_cache, kv_cache.scratch_version
-        self.takes_prefill = all(lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
-                                 for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
+        # XQuant computes every entry's K again for each query token that reads it: a prefill
+        # chunk's tokens would each redo their whole context (work quadratic in the chunk), where
+        # the PyTorch path decodes a layer's entries once per chunk.
+        self.takes_prefill = not codec.needs_positions and all(
+            lin.method.kernel_takes_large_batches(lin.params) for layer in model.layers
+            for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
         self._kv_layout, self._fp8_table = native.kv_layout(codec, abi["kv_kinds"])
         self._desc = _Model(cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                             cfg.intermediate_size, cfg.rms_norm_eps, cfg.head_dim ** -0.5,

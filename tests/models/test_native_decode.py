@@ -279,3 +279,98 @@ def test_fused_step_runs_the_lookup_table_kernels(tiny_gguf, linear):
     assert lm.model.native_decoder(fused_cache, get_attention_backend("batched")).takes_prefill
     for a, b in ((fused_cache.k[0], cache.k[0]), (fused_cache.v[0], cache.v[0]), (got, expected)):
         assert (a - b).norm() / b.norm() < 2e-2
+
+
+@pytest.fixture(scope="module")
+def xquant_reference(ember_lm, topics_text):
+    """XQuant codec name -> (cache after the contexts' prefill, step ids, positions, metadata,
+    the PyTorch path's hidden states and cache after the step), computed once per codec for
+    every CPU variant (the PyTorch path does not change with it); the maps bound once and
+    shared by every codec's cache (they are the model's)."""
+    model, cfg = ember_lm.model, ember_lm.config
+    ids = ember_lm.tokenizer.encode(topics_text[:4_000])
+    contexts, new = [ids[0:15], ids[100:116], ids[300:340], []], [1, 1, 1, 6]
+    rng = random.Random(7)
+    free = list(range(1, 32))
+    rng.shuffle(free)
+    tables = [[free.pop() for _ in range(-(-(len(c) + n) // BLOCK))] for c, n in zip(contexts, new)]
+    step = torch.tensor([rng.randrange(cfg.vocab_size) for n in new for _ in range(n)])
+    positions = torch.tensor([p for c, n in zip(contexts, new) for p in range(len(c), len(c) + n)])
+    meta = _meta([len(c) + n for c, n in zip(contexts, new)], new, tables)
+    maps, done = None, {}
+    reference = get_attention_backend("torch")
+
+    def get(codec):
+        nonlocal maps
+        if codec not in done:
+            cache = PagedKVCache.create(cfg.num_layers, 32, BLOCK, cfg.num_kv_heads, cfg.head_dim, kv_cache_dtype=codec)
+            if maps is None:
+                cache.bind_model(model)
+                maps = [{k: t for k, t in layer.items() if k.startswith("xq_")} for layer in cache.layers]
+            for layer, m in zip(cache.layers, maps):
+                layer |= m
+            with torch.inference_mode():
+                for i, ctx in enumerate(contexts):
+                    if ctx:
+                        model(torch.tensor(ctx), torch.arange(len(ctx)), _meta([len(ctx)], [len(ctx)], [tables[i]]),
+                              cache, reference)
+                before = [{k: t.clone() for k, t in layer.items()} for layer in cache.layers]
+                expected = model(step, positions, meta, cache, reference)
+            done[codec] = before, step, positions, meta, expected, cache
+        return done[codec]
+    return get
+
+
+@needs_native
+@pytest.mark.parametrize("codec", ["xquant4", "xquant2-fp16", pytest.param("xquant4-g64", marks=pytest.mark.slow),
+                                   pytest.param("xquant4-g16-fp16", marks=pytest.mark.slow)])
+def test_fused_step_over_an_xquant_cache(ember_lm, xquant_reference, codec, cpu_variant):
+    """The fused step with the XQuant kinds (each new row's latent computed and quantized in C, K
+    and V computed again from the latents inside its attention) against the model's own forward
+    with the `torch` backend over the same cache (the codec's write and read): decodes at block
+    boundaries and a 6-token chunk, on an fp32 model. The two paths' hidden states differ by
+    float noise (~1e-6), and a latent code (or an fp16 scale or minimum) sitting on a rounding
+    boundary can take the other side on each (measured, xquant4: in one row of 9, first at layer
+    6 of 30, one code of 384): that row's later K/V then differ by a step times a singular
+    value, and its output by ~1e-2 (4 bits; 2 bits: ~0.2). So: rows whose stored latents (and
+    those of their chunk's earlier rows) agree in every layer agree to 2e-4; where a row's codes
+    first part, by one step; at most two rows part with fp32 statistics (fp16 ones cross their
+    coarser grid more often), and every output within 5e-2 (2 bits: 0.5). The bytes of a write
+    are held exactly in tests/kv/test_xquant.py, and the attention to 1e-4 there."""
+    from ember.kv.codecs.kivi import unpack
+
+    cfg = ember_lm.config
+    before, step, positions, meta, expected, cache = xquant_reference(codec)
+    fused_cache = PagedKVCache.create(cfg.num_layers, 32, BLOCK, cfg.num_kv_heads, cfg.head_dim, kv_cache_dtype=codec)
+    for layer, b in zip(fused_cache.layers, before):
+        layer |= b
+    decoder = ember_lm.model.native_decoder(fused_cache, get_attention_backend("batched"))
+    assert not decoder.takes_prefill  # XQuant: decode steps only (see NativeDecoder)
+    with torch.inference_mode():
+        got = decoder(step, positions, meta)
+    slots = meta.slot_mapping
+    moved = torch.zeros(len(slots), dtype=torch.bool)  # rows where some layer stored another latent
+    for layer in range(cfg.num_layers):
+        a, b = fused_cache.layers[layer], cache.layers[layer]
+        assert torch.equal(a["pos"], b["pos"]) and torch.equal(a["pos"].view(-1)[slots], positions.to(torch.int32))
+        rows = lambda t, key: t[key].view(-1, t[key].shape[-1])[slots]  # noqa: E731
+        ua, ub = (unpack(rows(t, "x"), cache.codec.bits) for t in (a, b))
+        # fp32 statistics carry the float noise in their last bits; fp16 ones only if it crossed their grid
+        stats = (rows(a, "x_scale") != rows(b, "x_scale")).any(1) | (rows(a, "x_min") != rows(b, "x_min")).any(1)
+        stats &= cache.codec.stat_dtype == torch.float16
+        fresh = ((ua != ub).any(1) | stats) & ~moved
+        if fresh.any():  # where a row's latent first parts: codes one step apart
+            assert int((ua - ub)[fresh].abs().max()) <= 1, layer
+        moved |= fresh
+    # a chunk's later rows read its earlier rows' entries: a moved latent reaches them too
+    seq = torch.repeat_interleave(torch.arange(len(meta.query_lens)), torch.tensor(meta.query_lens))
+    moved = torch.stack([moved[(seq == seq[r]) & (torch.arange(len(seq)) <= r)].any() for r in range(len(seq))])
+    err = (got - expected).norm(dim=1) / expected.norm(dim=1)
+    print(f"{codec}: fused step vs PyTorch path, per-row relative error {[f'{e:.1e}' for e in err.tolist()]}; "
+          f"rows with a moved latent: {moved.nonzero().flatten().tolist()}")
+    if not moved.all():
+        assert float(err[~moved].max()) < 2e-4
+    # a moved 2-bit code is a third of its group's range (measured: up to 0.22 here)
+    assert float(err.max()) < (5e-2 if cache.codec.bits == 4 else 0.5)
+    if cache.codec.stat_dtype == torch.float32:
+        assert int(moved.sum()) <= 2

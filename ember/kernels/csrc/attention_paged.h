@@ -18,12 +18,23 @@
  *                 current pass opens and fills;
  *                 k_full [blocks] uint8: 1 once the block's last slot was written and its keys
  *                 quantized (until then attention reads k_res).
+ *   XQUANT4,      k: [blocks, block_size, 2 * kv_heads * head_dim * bits / 8] packed codes of the
+ *   XQUANT2       entry's latent (W = 2 * kv_heads * head_dim channels, packed as KIVI's);
+ *                 k_scale, k_min [blocks, block_size, W / xq_group] fp32 (fp16 where stats_f16);
+ *                 pos [blocks, block_size] int32, the entry's RoPE position; v unused. Beside the
+ *                 blocks, per layer: xq_to_latent, xq_from_latent [W, W], xq_bias [W] and the
+ *                 RoPE tables xq_cos, xq_sin [max_position, head_dim], all fp32 (the codec's
+ *                 bind_layer): latent = ([unrope(K), V] - bias) @ to_latent, and back
+ *                 [K_pre, V] = latent @ from_latent + bias, K = RoPE(K_pre, pos) (xquant.py).
  * Stores follow the codecs' `write` bit for bit (tests/kv/test_codecs.py holds them to it):
  * int8 rounds x / (max|x| / 127) to nearest even; fp8 keeps one power-of-two scale per block
  * and head, grown (and the block's rows re-encoded) when new rows need more range, and a
  * write that reaches a block's offset 0 starts the block afresh. KIVI quantizes values per token
  * as they come, keeps keys in k_res, and quantizes a block's keys when the write that reaches
- * its last slot lands (ember/kv/codecs/kivi.py).
+ * its last slot lands (ember/kv/codecs/kivi.py). XQuant computes and quantizes each row's latent
+ * as it is written (its codes may differ from the codec's in the rare element whose latent
+ * float summation order moves across a rounding boundary), and computes K and V again from
+ * the latents inside attention; no dequantized copy is kept.
  * Reads widen 8 values to fp32 in registers; a quantized row's scale multiplies its score
  * (K) or its probability (V), not each element.
  * References: the codecs' `write` and `read` (PyTorch), and the `torch` attention backend.
@@ -39,7 +50,7 @@
 
 /* The kinds in order; their names are what the codecs' `native_kind` says (checked at load). */
 #define EMBER_KV_KINDS(X) X(F32, f32) X(BF16, bf16) X(FP8_E4M3, fp8_e4m3) X(FP8_E5M2, fp8_e5m2) X(INT8, int8) \
-    X(KIVI4, kivi4) X(KIVI2, kivi2) X(BFP4, bfp4) X(BFP8, bfp8)
+    X(KIVI4, kivi4) X(KIVI2, kivi2) X(BFP4, bfp4) X(BFP8, bfp8) X(XQUANT4, xquant4) X(XQUANT2, xquant2)
 #define EMBER_KV_ENUM(id, name) EMBER_KV_##id,
 enum { EMBER_KV_KINDS(EMBER_KV_ENUM) EMBER_KV_NUM_KINDS };
 #define EMBER_KV_NAME(id, name) #name ","
@@ -53,6 +64,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     int64_t res_bf16;         /* KIVI: k_res holds bf16 (else fp32) */
     int64_t stats_f16;        /* KIVI: k_scale, k_min, v_scale, v_min hold fp16 (else fp32) */
     int64_t v_group;          /* KIVI: channels per value scale and minimum (a multiple of 32) */
+    int64_t xq_group;         /* XQUANT: latent channels per scale and minimum (a multiple of 8) */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -67,6 +79,12 @@ typedef struct {  /* one layer's tensors */
     const int32_t* scratch_slot;  /* KIVI: [blocks] s >= 0: slot s of k_res; s <= -2: slot -2 - s of
                                      k_res_pass; -1: none */
     void* k_res_pass;  /* KIVI: the pass pool, shared by the layers (ember/kv/scratch.py) */
+    int32_t* pos;      /* XQUANT: [blocks, block_size] each entry's RoPE position */
+    const float* xq_to_latent;    /* XQUANT: the layer's maps and bias, and the RoPE tables (see above) */
+    const float* xq_from_latent;
+    const float* xq_bias;
+    const float* xq_cos;
+    const float* xq_sin;
 } ember_kv_layer;
 
 /* KIVI: where block `block`'s residual starts (elements of the residual's dtype; k_res_pass's
@@ -80,10 +98,12 @@ static inline int64_t kivi_res_at(const ember_kv_layer* C, int64_t block, long p
 static inline int kv_quantized(int64_t kind) { return kind >= EMBER_KV_FP8_E4M3; }
 static inline int kv_kivi(int64_t kind) { return kind == EMBER_KV_KIVI4 || kind == EMBER_KV_KIVI2; }
 static inline int kv_bfp(int64_t kind) { return kind == EMBER_KV_BFP4 || kind == EMBER_KV_BFP8; }
+static inline int kv_xquant(int64_t kind) { return kind == EMBER_KV_XQUANT4 || kind == EMBER_KV_XQUANT2; }
 /* Kinds whose rows are stored one token at a time, independently (any order, any thread). */
 static inline int kv_per_token_store(int64_t kind) {
-    return kind <= EMBER_KV_BF16 || kind == EMBER_KV_INT8 || kv_bfp(kind);
+    return kind <= EMBER_KV_BF16 || kind == EMBER_KV_INT8 || kv_bfp(kind) || kv_xquant(kind);
 }
+#define XQ_MAX_WIDTH 4096  /* XQUANT: latent channels (2 * kv_heads * head_dim) at most (checked at load) */
 
 /* --- stores ------------------------------------------------------------------------------- */
 /* Round to nearest even onto the fp8 grid (man mantissa bits, exponent bias), |x| <= max:
@@ -302,9 +322,55 @@ static void kv_store_kivi_run(const ember_kv_layout* L, const ember_kv_layer* C,
     C->k_full[block] = 1;
 }
 
-/* n tokens of one sequence (consecutive slots, in order): their K and V rows, stride ld. */
+/* XQuant: one token's K (rotated) and V rows at `slot`, RoPE position p, as XQuantCodec.write:
+ * undo RoPE on K, subtract the bias, latent = [K_pre, V] @ to_latent (summed over the input
+ * channels in order, 8 outputs a vector: torch's GEMM may sum in another order, so a latent can
+ * differ in its last bits and, rarely, a code by one step), then per group of xq_group channels
+ * kivi_quantize (asymmetric, ties to even, fp16 statistics rounded first) and KIVI's packing. */
+static void kv_store_xquant(const ember_kv_layout* L, const ember_kv_layer* C, int64_t slot, int64_t p,
+                            const float* k_row, const float* v_row) {
+    const long Dh = L->head_dim, KV = L->num_kv_heads * Dh, W = 2 * KV, half = Dh / 2, G = L->xq_group;
+    const int bits = L->kind == EMBER_KV_XQUANT4 ? 4 : 2, per = 8 / bits;
+    float kv[XQ_MAX_WIDTH], lat[XQ_MAX_WIDTH];
+    uint8_t codes[XQ_MAX_WIDTH];
+    const float *c = C->xq_cos + p * Dh, *s = C->xq_sin + p * Dh, *bias = C->xq_bias;
+    for (long h = 0; h < KV; h += Dh)  /* RoPE undone: x * cos + rotate_half(x) * -sin, as xquant.rotate */
+        for (long i = 0; i < half; i++) {
+            const float a = k_row[h + i], b = k_row[h + i + half];
+            kv[h + i] = a * c[i] + b * s[i];
+            kv[h + i + half] = b * c[i + half] - a * s[i + half];
+        }
+    for (long i = 0; i < KV; i++) {
+        kv[i] -= bias[i];
+        kv[KV + i] = v_row[i] - bias[KV + i];
+    }
+    for (long o = 0; o < W; o += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (long j = 0; j < W; j++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(kv[j]), _mm256_loadu_ps(C->xq_to_latent + j * W + o), acc);
+        _mm256_storeu_ps(lat + o, acc);
+    }
+    const long groups = W / G, rowb = W / per;
+    for (long g = 0; g < groups; g++)
+        kivi_quantize(lat + g * G, 1, G, bits, codes + g * G, C->k_scale, C->k_min, slot * groups + g,
+                      (int)L->stats_f16);
+    uint8_t* row = (uint8_t*)C->k + slot * rowb;
+    for (long b = 0; b < rowb; b++) {
+        uint8_t byte = 0;
+        for (int i = 0; i < per; i++) byte |= (uint8_t)(codes[b * per + i] << (i * bits));
+        row[b] = byte;
+    }
+    C->pos[slot] = (int32_t)p;
+}
+
+/* n tokens of one sequence (consecutive slots, in order): their K and V rows, stride ld; pos:
+ * their RoPE positions (read by XQuant only, which stores nothing without them). */
 static void kv_store_seq(const ember_kv_layout* L, const ember_kv_layer* C, const int64_t* slots, long n,
-                         const float* k_rows, const float* v_rows, long ld) {
+                         const float* k_rows, const float* v_rows, long ld, const int64_t* pos) {
+    if (kv_xquant(L->kind)) {
+        for (long t = 0; pos && t < n; t++) kv_store_xquant(L, C, slots[t], pos[t], k_rows + t * ld, v_rows + t * ld);
+        return;
+    }
     if (kv_per_token_store(L->kind)) {
         for (long t = 0; t < n; t++) {
             kv_store_token(L, C->k, C->k_scale, slots[t], k_rows + t * ld);
@@ -326,9 +392,9 @@ static void kv_store_seq(const ember_kv_layout* L, const ember_kv_layer* C, cons
 }
 
 /* Where row t's scale sits in k_scale/v_scale (before adding the KV head), from its slot; KIVI
- * kinds take the slot itself (attend_heads_kivi finds its block, scales and codes from it). */
+ * (bfp, XQuant) kinds take the slot itself (attend_heads_kivi finds its block, scales and codes from it). */
 static inline int64_t kv_scale_base(const ember_kv_layout* L, int64_t slot) {
-    if (kv_kivi(L->kind) || kv_bfp(L->kind)) return slot;
+    if (kv_kivi(L->kind) || kv_bfp(L->kind) || kv_xquant(L->kind)) return slot;
     return L->kind == EMBER_KV_INT8 ? slot * L->num_kv_heads : slot / L->block_size * L->num_kv_heads;
 }
 
@@ -568,6 +634,134 @@ static inline __attribute__((always_inline)) void attend_heads_bfp(
     }
 }
 
+/* XQuant: the latent of the entry at `slot` dequantized into lat[0..W-1] (code * scale + min). */
+static inline __attribute__((always_inline)) void xq_dequantize(const ember_kv_layout* Lk, const ember_kv_layer* C,
+                                                               int64_t slot, float* lat, int bits, int f16) {
+    const long W = 2 * Lk->num_kv_heads * Lk->head_dim, G = Lk->xq_group, groups = W / G;
+    const uint8_t* row = (const uint8_t*)C->k + slot * (W * bits / 8);
+    for (long g = 0; g < groups; g++) {
+        const __m256 sc = _mm256_set1_ps(kivi_stat(C->k_scale, slot * groups + g, f16));
+        const __m256 mn = _mm256_set1_ps(kivi_stat(C->k_min, slot * groups + g, f16));
+        for (long c = g * G; c < g * G + G; c += 8)
+            _mm256_storeu_ps(lat + c, _mm256_fmadd_ps(kivi_codes8(row, c, bits), sc, mn));
+    }
+}
+
+/* out[i][0..Dh-1] = lat[i] @ F[:, col .. col + Dh) for n <= XQ_TILE latents of W channels (F: [W, W]
+ * row-major), summed over the channels in order: a tile of XQ_TILE rows x 2 vectors of columns in
+ * accumulators, so each load of F serves the whole tile (F's columns for one head are read from
+ * L2 once per tile). This is most of XQuant's attention: W * Dh FMAs per entry and KV head. */
+#if defined(__AVX512F__)
+#define XQ_TILE 8  /* 16 zmm accumulators + 2 loads + a broadcast in AVX-512's 32 registers */
+static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
+    for (long d = 0; d < Dh; d += 32) {
+        __m512 acc[XQ_TILE][2];
+        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        for (long c = 0; c < W; c++) {
+            const float* f = F + c * W + col + d;
+            const __m512 f0 = _mm512_loadu_ps(f), f1 = _mm512_loadu_ps(f + 16);
+            for (int i = 0; i < XQ_TILE; i++) {
+                if (i < n) {
+                    const __m512 x = _mm512_set1_ps(lat[i * W + c]);
+                    acc[i][0] = _mm512_fmadd_ps(x, f0, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(x, f1, acc[i][1]);
+                }
+            }
+        }
+        for (int i = 0; i < XQ_TILE && i < n; i++) {
+            _mm512_storeu_ps(out + i * Dh + d, acc[i][0]);
+            _mm512_storeu_ps(out + i * Dh + d + 16, acc[i][1]);
+        }
+    }
+}
+#else
+#define XQ_TILE 4  /* 8 ymm accumulators: AVX2 has 16 registers */
+static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
+    for (long d = 0; d < Dh; d += 16) {
+        __m256 acc[XQ_TILE][2];
+        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (long c = 0; c < W; c++) {
+            const float* f = F + c * W + col + d;
+            const __m256 f0 = _mm256_loadu_ps(f), f1 = _mm256_loadu_ps(f + 8);
+            for (int i = 0; i < XQ_TILE; i++) {
+                if (i < n) {
+                    const __m256 x = _mm256_set1_ps(lat[i * W + c]);
+                    acc[i][0] = _mm256_fmadd_ps(x, f0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(x, f1, acc[i][1]);
+                }
+            }
+        }
+        for (int i = 0; i < XQ_TILE && i < n; i++) {
+            _mm256_storeu_ps(out + i * Dh + d, acc[i][0]);
+            _mm256_storeu_ps(out + i * Dh + d + 8, acc[i][1]);
+        }
+    }
+}
+#endif
+
+/* attend_heads for the XQuant kinds: nh query heads (any number: the whole GQA group, so each
+ * entry's K is computed once for all of them) of KV head kvh, entry t at slot soff[t]. Keys:
+ * per tile of XQ_TILE entries, the latents dequantized, K_pre = latent @ from_latent[:, this
+ * head's K columns] + bias, RoPE at the entry's stored position, then q . K. Values never
+ * materialize: softmax weights sum to 1 after normalising, so sum_t p_t (latent_t @ F_v + b_v)
+ * = (sum_t p_t latent_t) @ F_v + b_v; each head accumulates its weighted latent and projects it
+ * once. scores: nh rows of ld floats. */
+static inline __attribute__((always_inline)) void attend_heads_xquant(
+        const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
+        long L, float scale, float* scores, long ld, float* out, int bits, int f16) {
+    const long Dh = Lk->head_dim, KV = Lk->num_kv_heads * Dh, W = 2 * KV, half = Dh / 2;
+    const float* F = C->xq_from_latent;
+    const float *bk = C->xq_bias + kvh * Dh, *bv = C->xq_bias + KV + kvh * Dh;
+    float* lat = (float*)malloc(sizeof(float) * (XQ_TILE * W + XQ_TILE * Dh + nh * W));
+    float* k = lat + XQ_TILE * W;     /* [XQ_TILE, Dh] the tile's keys */
+    float* acc = k + XQ_TILE * Dh;    /* [nh, W] each head's probability-weighted latent sum */
+    for (long t0 = 0; t0 < L; t0 += XQ_TILE) {
+        const long n = L - t0 < XQ_TILE ? L - t0 : XQ_TILE;
+        for (long i = 0; i < n; i++) xq_dequantize(Lk, C, soff[t0 + i], lat + i * W, bits, f16);
+        xq_project(lat, n, W, F, kvh * Dh, Dh, k);
+        for (long i = 0; i < n; i++) {
+            float* x = k + i * Dh;
+            const int64_t p = C->pos[soff[t0 + i]];
+            const float *c = C->xq_cos + p * Dh, *s = C->xq_sin + p * Dh;
+            for (long j = 0; j < Dh; j++) x[j] += bk[j];
+            for (long j = 0; j < half; j++) {  /* RoPE, as the model applies it */
+                const float a = x[j], b = x[j + half];
+                x[j] = a * c[j] - b * s[j];
+                x[j + half] = b * c[j + half] + a * s[j + half];
+            }
+            for (long h = 0; h < nh; h++) {
+                __m256 a = _mm256_setzero_ps();
+                for (long j = 0; j < Dh; j += 8)
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + j), _mm256_loadu_ps(x + j), a);
+                scores[h * ld + t0 + i] = hsum_ps(a) * scale;
+            }
+        }
+    }
+    for (long h = 0; h < nh; h++) {
+        const float inv = softmax_in_place(scores + h * ld, L);
+        for (long j = 0; j < W; j++) acc[h * W + j] = 0.0f;
+        scores[h * ld + L] = inv;  /* kept beside the row (ld >= L + 1) until the projection */
+    }
+    for (long t = 0; t < L; t++) {
+        xq_dequantize(Lk, C, soff[t], lat, bits, f16);
+        for (long h = 0; h < nh; h++) {
+            const __m256 p = _mm256_set1_ps(scores[h * ld + t]);
+            float* a = acc + h * W;
+            for (long j = 0; j < W; j += 8)
+                _mm256_storeu_ps(a + j, _mm256_fmadd_ps(p, _mm256_loadu_ps(lat + j), _mm256_loadu_ps(a + j)));
+        }
+    }
+    for (long h0 = 0; h0 < nh; h0 += XQ_TILE) {  /* the heads' V = weighted latent @ F_v, a tile at a time */
+        const long n = nh - h0 < XQ_TILE ? nh - h0 : XQ_TILE;
+        xq_project(acc + h0 * W, n, W, F, KV + kvh * Dh, Dh, k);
+        for (long i = 0; i < n; i++) {
+            const float inv = scores[(h0 + i) * ld + L];
+            for (long j = 0; j < Dh; j++) out[(h0 + i) * Dh + j] = k[i * Dh + j] * inv + bv[j];
+        }
+    }
+    free(lat);
+}
+
 /* attend_heads on one layer's cache, dispatched once per call on the layout's kind. */
 static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh,
                          const int64_t* off, const int64_t* soff, long L, float scale, float* scores, long ld,
@@ -575,6 +769,14 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
     const long Dh = Lk->head_dim, at = kvh * Dh;
     const float* ks = C->k_scale ? C->k_scale + kvh : NULL;
     const float* vs = C->v_scale ? C->v_scale + kvh : NULL;
+    if (kv_xquant(Lk->kind)) {  /* nh: the whole group (the caller's choice, see attend_heads_xquant) */
+        const int bits = Lk->kind == EMBER_KV_XQUANT4 ? 4 : 2, f16 = Lk->stats_f16 != 0;
+        if (bits == 4 && !f16) attend_heads_xquant(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 0);
+        else if (bits == 4) attend_heads_xquant(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 1);
+        else if (!f16) attend_heads_xquant(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 0);
+        else attend_heads_xquant(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 2, 1);
+        return;
+    }
     if (kv_kivi(Lk->kind)) {  /* one inlined copy per bit width, residual dtype and statistics dtype */
         switch ((Lk->kind == EMBER_KV_KIVI4) * 4 + (Lk->res_bf16 != 0) * 2 + (Lk->stats_f16 != 0)) {
 #define EMBER_KIVI_CASE(i, bits, rb, f16) \
@@ -593,7 +795,7 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
     switch (Lk->kind) {
 #define EMBER_KV_ATTEND(id, name) \
         case EMBER_KV_##id: { \
-            if (kv_kivi(EMBER_KV_##id) || kv_bfp(EMBER_KV_##id)) break; \
+            if (kv_kivi(EMBER_KV_##id) || kv_bfp(EMBER_KV_##id) || kv_xquant(EMBER_KV_##id)) break; \
             const int es = EMBER_KV_##id == EMBER_KV_F32 ? 4 : EMBER_KV_##id == EMBER_KV_BF16 ? 2 : 1; \
             attend_heads(q, nh, (const char*)C->k + at * es, (const char*)C->v + at * es, off, L, Dh, scale, \
                          scores, ld, out, EMBER_KV_##id, Lk->fp8_table, ks, vs, soff); \

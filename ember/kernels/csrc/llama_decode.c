@@ -7,9 +7,9 @@
  * inside one OpenMP parallel region: each step's work is split over the team with `omp for`,
  * whose implicit barriers order the phases, so threads are forked once per token.
  * Projections use the kernels of linear.h on each layer's own storage (weight.h's kinds).
- * Attention reads the paged cache [blocks, block_size, kv_heads, head_dim] (fp32 or bf16)
- * through each sequence's block table; softmax in fp32 with exp256_ps. Activations and sums
- * are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
+ * Attention reads the paged cache (each codec's layout, attention_paged.h; XQuant's K and V are
+ * computed again from its latents there) through each sequence's block table; softmax in fp32
+ * with exp256_ps. Activations and sums are fp32 whatever the model's dtype: a bf16 model's weights, embedding and KV cache are
  * read as bf16 and widened in registers (exact), and only K/V are rounded, when written. Every token's K and V are written
  * before any attention runs, so a prefill chunk's token at position p simply attends to its
  * sequence's positions 0..p: causal attention within the chunk, with no mask.
@@ -121,8 +121,10 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
     double last = omp_get_wtime();
     #pragma omp parallel num_threads(nthreads)
     {
-        const long ld = max_len + 8, group = H / Hkv, passes = (group + HEADS_PER_PASS - 1) / HEADS_PER_PASS;
-        float* scores = (float*)malloc(sizeof(float) * HEADS_PER_PASS * ld);
+        /* XQuant takes a KV head's whole group in one item: each entry's K is computed once for all */
+        const long ld = max_len + 8, group = H / Hkv, per_item = kv_xquant(kv->kind) ? group : HEADS_PER_PASS;
+        const long passes = (group + per_item - 1) / per_item;
+        float* scores = (float*)malloc(sizeof(float) * (per_item > HEADS_PER_PASS ? per_item : HEADS_PER_PASS) * ld);
         #pragma omp for schedule(static)
         for (long s = 0; s < S; s++) {
             const int64_t* table = tables + s * table_width;
@@ -151,14 +153,15 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             for (long m = 0; m < M; m++) {
                 float* row = qkv + m * QKV;
                 rope(row, H + Hkv, Dh, md->cos + pos[m] * Dh, md->sin + pos[m] * Dh);
-                if (per_token_store) kv_store_seq(kv, &L->kv, slots + m, 1, row + Q, row + Q + KV, QKV);
+                if (per_token_store) kv_store_seq(kv, &L->kv, slots + m, 1, row + Q, row + Q + KV, QKV, pos + m);
             }
             if (!per_token_store) {  /* fp8: a block's scale is decided over the run of its new rows; KIVI: a run
                                    * that fills a block quantizes its keys after its rows are in */
                 #pragma omp for schedule(dynamic, 1)
                 for (long s = 0; s < S; s++) {
                     const float* row = qkv + first[s] * QKV;
-                    kv_store_seq(kv, &L->kv, slots + first[s], first[s + 1] - first[s], row + Q, row + Q + KV, QKV);
+                    kv_store_seq(kv, &L->kv, slots + first[s], first[s + 1] - first[s], row + Q, row + Q + KV, QKV,
+                                 pos + first[s]);
                 }
             }
             PHASE(ATTENTION);
@@ -166,8 +169,8 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
             /* KV head outermost: a long chunk's K/V rows of one KV head fit in L2, all heads' don't */
             #pragma omp for schedule(dynamic, 2)
             for (long item = 0; item < M * Hkv * passes; item++) {
-                long kvh = item / (M * passes), m = item / passes % M, h0 = kvh * group + item % passes * HEADS_PER_PASS;
-                long nh = kvh * group + group - h0 < HEADS_PER_PASS ? kvh * group + group - h0 : HEADS_PER_PASS;
+                long kvh = item / (M * passes), m = item / passes % M, h0 = kvh * group + item % passes * per_item;
+                long nh = kvh * group + group - h0 < per_item ? kvh * group + group - h0 : per_item;
                 const float* q = qkv + m * QKV + h0 * Dh;
                 float* o = att + m * Q + h0 * Dh;
                 const int64_t* off = offs + seq[m] * max_len;
@@ -198,10 +201,16 @@ void ember_llama_decode(const ember_model* md, long M, const int64_t* ids, const
 }
 
 /* The fused step's KV store on its own, for one sequence's n new rows of one layer (k, v:
- * [n, kv_heads * head_dim] with row stride ld): tests hold it to the codecs' `write`. */
+ * [n, kv_heads * head_dim] with row stride ld) at RoPE positions pos [n] (XQuant's need them;
+ * ember_kv_store: none): tests hold it to the codecs' `write`. */
+void ember_kv_store_at(const ember_kv_layout* kv, const ember_kv_layer* layer, const int64_t* slots,
+                       const int64_t* pos, long n, const float* k, const float* v, long ld) {
+    kv_store_seq(kv, layer, slots, n, k, v, ld, pos);
+}
+
 void ember_kv_store(const ember_kv_layout* kv, const ember_kv_layer* layer, const int64_t* slots, long n,
                     const float* k, const float* v, long ld) {
-    kv_store_seq(kv, layer, slots, n, k, v, ld);
+    kv_store_seq(kv, layer, slots, n, k, v, ld, NULL);
 }
 
 /* The fused step's paged attention on its own: H query heads q [H, head_dim] of one sequence
@@ -217,10 +226,11 @@ void ember_kv_attend(const ember_kv_layout* kv, const ember_kv_layer* layer, con
         off[t] = slot * Hkv * Dh;
         soff[t] = kv_scale_base(kv, slot);
     }
-    float* scores = (float*)malloc(sizeof(float) * HEADS_PER_PASS * ld);
+    const long per_item = kv_xquant(kv->kind) ? group : HEADS_PER_PASS;  /* as the fused step */
+    float* scores = (float*)malloc(sizeof(float) * (per_item > HEADS_PER_PASS ? per_item : HEADS_PER_PASS) * ld);
     for (long kvh = 0; kvh < Hkv; kvh++)
-        for (long h0 = kvh * group; h0 < (kvh + 1) * group; h0 += HEADS_PER_PASS) {
-            long nh = (kvh + 1) * group - h0 < HEADS_PER_PASS ? (kvh + 1) * group - h0 : HEADS_PER_PASS;
+        for (long h0 = kvh * group; h0 < (kvh + 1) * group; h0 += per_item) {
+            long nh = (kvh + 1) * group - h0 < per_item ? (kvh + 1) * group - h0 : per_item;
             attend_paged(kv, layer, kvh, q + h0 * Dh, nh, off, kv_quantized(kv->kind) ? soff : NULL, n, scale, scores,
                          ld, out + h0 * Dh);
         }

@@ -42,8 +42,13 @@ Beside the blocks, the codec holds two fp32 r x r maps per layer (1.2 MB each la
 default model, 35 MB for 30 layers; not counted in the KV bytes, as the weights are not) and
 one fp32 copy of the RoPE tables.
 
-The fused C step has no layout for it (`native_kind` None): it runs on the PyTorch path, and
-a press (which writes entries without their positions) is refused.
+The fused C step reads and writes this layout (csrc/attention_paged.h's XQUANT4/XQUANT2 kinds,
+`native_kind`): it computes each new row's latent and quantizes it as `write` does (a code may
+differ by one step where float summation order moves a latent across a rounding boundary),
+and computes K and V again from the latents inside its attention, with the value projection
+applied once per query head to the probability-weighted latent. It takes decode steps only
+(prefill chunks stay on the PyTorch path, which decodes a layer's entries once per chunk). A
+press (which writes entries without their positions) is refused.
 `encode`/`decode` below, over the bound matrices, and xquant_ref.py (independent of this file)
 are the references.
 """
@@ -74,7 +79,15 @@ def latent_maps(w: torch.Tensor, rel_floor: float = 1e-6) -> tuple[torch.Tensor,
     latent = [K_pre, V] @ to_latent = X U (padded with zeros to n channels where r < n) and
     [K_pre, V] = latent @ from_latent. Singular values below rel_floor * S_max are dropped."""
     n = w.shape[1]
-    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)  # vh: [r, n]
+    # One thread: LAPACK's SVD of a matrix this small is a long run of tiny parallel regions; on
+    # a busy machine two threads spin against each other at each (measured 4 s a layer against
+    # 0.03 s with one, 2 cores shared with another job).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)  # vh: [r, n]
+    finally:
+        torch.set_num_threads(threads)
     keep = s > rel_floor * s[0]
     inv = torch.where(keep, 1 / s, torch.zeros_like(s))
     to_latent = torch.zeros(n, n, dtype=torch.float64)
@@ -98,7 +111,13 @@ class XQuantCodec(KVCodec):
     group = 32
     stat_dtype = torch.float32
     needs_positions = True
-    native_kind = None  # no layout in csrc/attention_paged.h: the fused step refuses it
+
+    @property
+    def native_kind(self) -> str | None:
+        # csrc/attention_paged.h: codes widened 8 at a time (groups of a multiple of 8 channels),
+        # a latent of at most XQ_MAX_WIDTH channels (buffers on the stack)
+        fits = self.group % 8 == 0 and self.width <= 4096
+        return f"xquant{self.bits}" if fits else None  # fp16 statistics: the layout's stats_f16
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
