@@ -1,8 +1,10 @@
 """`bfp4`, `bfp8`: block floating point (arXiv 2403.20137): each token's K and V rows, per KV
 head, in groups of 32 channels sharing one 8-bit power-of-two exponent, with 4- or 8-bit
 sign-magnitude mantissas (ember/numerics/bfp.py: round to nearest even, the group's largest
-value using the top mantissa bit). Per-token groups make the contents independent of how a
-sequence's tokens were split into writes, and need no residual.
+value using the top mantissa bit). `bfp4-g64`, `bfp8-g64`: the same with groups of 64 channels
+(the paper's other block size; a whole head at head_dim 64), half the exponent bytes. Per-token
+groups make the contents independent of how a sequence's tokens were split into writes, and
+need no residual.
 
 bfp4 mantissas (-7..7) are stored as two's-complement nibbles, two per byte, channel 2i in
 the low nibble. The paper also sorts key channels by norm (the same permutation folded into
@@ -11,9 +13,11 @@ W_q and W_k) so outlier channels share groups; not done here (groups are consecu
 csrc/attention_paged.h's bfp kinds store the same bytes (held to `write` bit for bit) and
 attend over the codes, scaling each group's partial sums by its power of two in registers.
 
-Per block (Hkv heads, D channels, bs tokens, G = min(32, D)):
+Per block (Hkv heads, D channels, bs tokens, G = min(32 or 64, D)):
   k, v          int8 [bs, Hkv, D] (bfp8) or uint8 [bs, Hkv, D/2] (bfp4)
   k_exp, v_exp  int8 [bs, Hkv, D/G]
+Bytes per token, K and V: 2 Hkv (D m/8 + D/G); at D = 64 that is 2 Hkv x 34 (bfp4), 33
+(bfp4-g64), 66 (bfp8), 65 (bfp8-g64), against 2 Hkv x 128 for bf16.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import torch
 
 from ember.kv.codecs.base import KV_CODECS, KVCodec
 from ember.numerics.bfp import bfp_decode, bfp_encode, BFPTensor
-
-GROUP = 32
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -41,14 +43,16 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 class BFPCodec(KVCodec):
     mantissa_bits: int
+    group_size = 32  # channels per shared exponent (fewer where the head is narrower)
 
     @property
     def native_kind(self) -> str | None:
-        return self.name if self.head_dim % GROUP == 0 else None
+        # the C kernels take 32 or 64 channels a group (ember_kv_layout.bfp_group), in 32-channel steps
+        return f"bfp{self.mantissa_bits}" if self.head_dim % 32 == 0 and self.group in (32, 64) else None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.group = min(GROUP, self.head_dim)
+        self.group = min(self.group_size, self.head_dim)
         if self.head_dim % self.group or self.head_dim * self.mantissa_bits % 8:
             raise ValueError(f"{self.name}: head_dim {self.head_dim} does not split into groups of {self.group}")
 
@@ -89,3 +93,13 @@ class BFP4Codec(BFPCodec):
 @KV_CODECS.register("bfp8")
 class BFP8Codec(BFPCodec):
     name, mantissa_bits = "bfp8", 8
+
+
+@KV_CODECS.register("bfp4-g64")
+class BFP4G64Codec(BFPCodec):
+    name, mantissa_bits, group_size = "bfp4-g64", 4, 64
+
+
+@KV_CODECS.register("bfp8-g64")
+class BFP8G64Codec(BFPCodec):
+    name, mantissa_bits, group_size = "bfp8-g64", 8, 64
