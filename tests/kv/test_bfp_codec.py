@@ -87,3 +87,64 @@ def test_bfp8_in_the_serving_path(make_llm, mixed_prompts, fused):
     fp32 = make_llm(max_num_seqs=1, enable_prefix_caching=False)
     plain = [fp32.generate(p, params)[0].outputs[0] for p in prompts]
     assert count_near_ties(plain, reference, 0.5) <= 2  # 8-bit mantissas: close to fp32 KV
+
+
+def test_pairs_by_norm_keeps_rope_pairs_together_largest_first():
+    from ember.kv.codecs.bfp import pairs_by_norm
+
+    rms = torch.tensor([[1.0, 9.0, 2.0, 0.5, 1.0, 0.0, 2.0, 0.5]])  # D = 8: pairs (0,4) (1,5) (2,6) (3,7)
+    assert pairs_by_norm(rms).tolist() == [[1, 5, 2, 6, 0, 4, 3, 7]]
+
+
+def test_bfp4_sorted_groups_the_large_channels_and_reads_back_in_model_order():
+    """Bound by hand (what bind_layer does from a calibration prefill): keys whose large
+    channels sit in every 32-channel group lose their small channels under bfp4; sorted, the
+    large ones share one group and the rest keep their bits. q.k needs the model's channel order,
+    so `read` undoes the permutation; the bytes are bfp4's of the permuted rows."""
+    from ember.kv.codecs.bfp import pairs_by_norm
+
+    d = 128
+    torch.manual_seed(1)
+    rms = torch.ones(HKV, d)
+    for c in (3, 40, 77, 100):  # one large channel (and its RoPE partner) in each group of 32
+        rms[:, c] = rms[:, (c + d // 2) % d] = 30.0
+    k, v = torch.randn(20, HKV, d) * rms, torch.randn(20, HKV, d)
+    plain, srt = (PagedKVCache.create(1, 2, BS, HKV, d, torch.float32, n) for n in ("bfp4", "bfp4-sorted"))
+    perm = pairs_by_norm(rms)
+    srt.layers[0] |= {"k_perm": perm, "k_unperm": perm.argsort(-1)}
+    slots = torch.arange(20)
+    plain.write(0, slots, k, v)
+    srt.write(0, slots, k, v)
+    (kp, vp), (ks, vs) = plain.gather(0, torch.arange(2), 20), srt.gather(0, torch.arange(2), 20)
+    assert torch.equal(vs, vp)  # values as bfp4
+    assert torch.equal(ks, bfp_quantize(k.gather(-1, perm.expand_as(k)), 32, 4).gather(-1, perm.argsort(-1).expand_as(k)))
+    small = rms[0] == 1  # sorted, 24 of the 120 small channels still share the large ones' group
+    assert (ks - k)[..., small].abs().mean() < (kp - k)[..., small].abs().mean() / 2
+    unbound = PagedKVCache.create(1, 2, BS, HKV, d, torch.float32, "bfp4-sorted")
+    with pytest.raises(RuntimeError, match="not bound to a model"):
+        unbound.write(0, slots, k, v)
+
+
+def test_bfp4_sorted_calibrates_at_bind_and_runs_on_the_pytorch_path(tmp_path):
+    from ember.kv.codecs.bfp import key_channel_rms, pairs_by_norm
+    from ember.loader import load_model
+    from tests.loader.builders import tiny_llama, write_llama_gguf
+
+    lm = load_model(write_llama_gguf(tmp_path / "tiny.gguf", tiny_llama(seed=3, hidden_size=256, num_attention_heads=4,
+                                                                       num_key_value_heads=2)))
+    cfg = lm.config
+    cache = PagedKVCache.create(cfg.num_layers, 4, BS, cfg.num_kv_heads, cfg.head_dim, kv_cache_dtype="bfp4-sorted")
+    assert cache.codec.native_kind is None
+    cache.bind_model(lm.model)
+    rms = key_channel_rms(lm.model)
+    assert rms.shape == (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim) and bool((rms > 0).all())
+    for layer, tensors in enumerate(cache.layers):
+        perm = tensors["k_perm"]
+        assert sorted(perm[0].tolist()) == list(range(cfg.head_dim))
+        assert torch.equal(perm, pairs_by_norm(rms[layer]))
+    # through decode steps (the fused step refuses it: PyTorch path), close to uncompressed keys
+    from ember.eval.decode_nll import decode_window_nll
+
+    windows = torch.randint(cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    exact, sorted_ = (decode_window_nll(lm.model, windows, 0, kv_cache_dtype=n, block_size=BS) for n in ("auto", "bfp4-sorted"))
+    assert bool(torch.isfinite(sorted_).all()) and abs(float(sorted_.mean() - exact.mean())) < 0.1

@@ -103,3 +103,70 @@ class BFP4G64Codec(BFPCodec):
 @KV_CODECS.register("bfp8-g64")
 class BFP8G64Codec(BFPCodec):
     name, mantissa_bits, group_size = "bfp8-g64", 8, 64
+
+
+CALIBRATION_TOKENS = 256
+
+
+def key_channel_rms(model, tokens: int = CALIBRATION_TOKENS, seed: int = 0) -> torch.Tensor:
+    """Each layer's stored (rotated) keys' RMS per KV head and channel [layers, Hkv, D], from one
+    prefill of `tokens` seeded random token ids through the model with an uncompressed cache. The
+    codec has no tokenizer at bind time; which channels carry the large keys is mostly the
+    weights' doing (and RoPE's slow pairs), so random ids find the same ones as text would."""
+    from ember.kernels.attention import AttentionMetadata
+    from ember.kv.cache import PagedKVCache
+
+    cfg, bs = model.cfg, 16
+    blocks = -(-tokens // bs)
+    cache = PagedKVCache.create(cfg.num_layers, blocks, bs, cfg.num_kv_heads, cfg.head_dim, dtype=model.dtype)
+    ids = torch.randint(cfg.vocab_size, (tokens,), generator=torch.Generator().manual_seed(seed))
+    meta = AttentionMetadata([tokens], [tokens], torch.arange(tokens), torch.arange(blocks)[None])
+    model(ids, torch.arange(tokens), meta, cache)
+    keys = torch.stack([k.reshape(-1, cfg.num_kv_heads, cfg.head_dim)[:tokens].float() for k in cache.k])
+    return keys.square().mean(1).sqrt()
+
+
+def pairs_by_norm(rms: torch.Tensor) -> torch.Tensor:
+    """rms [..., D] -> a permutation [..., D] of the channels: RoPE pairs (i, i + D/2), the
+    largest pair first, each pair's two channels side by side. RoPE turns a pair's energy from
+    one channel to the other as the position moves, so splitting a pair across groups would let
+    an outlier visit either group; kept together, a group's largest value stays in the group."""
+    half = rms.shape[-1] // 2
+    pair = rms[..., :half].square() + rms[..., half:].square()
+    order = pair.argsort(dim=-1, descending=True, stable=True)
+    return torch.stack([order, order + half], dim=-1).flatten(-2)
+
+
+@KV_CODECS.register("bfp4-sorted")
+class BFP4SortedCodec(BFP4Codec):
+    """bfp4 with each layer's key channels, per KV head, stored in order of their calibrated RMS
+    (`bind_layer`: pairs_by_norm of key_channel_rms), so the outlier channels share groups and
+    the rest keep their low bits: the BFP paper's sorting, done in the codec rather than folded
+    into W_q and W_k (the model applies RoPE by channel index, so a permutation of the weights
+    would need the tables permuted too). q.k is unchanged by permuting both, so `read` permutes
+    the keys back and attention sees the channels in the model's order. Same bytes as bfp4."""
+    name = "bfp4-sorted"
+
+    @property
+    def native_kind(self) -> str | None:
+        return None  # the C attention does not permute q: the PyTorch path reads it
+
+    def bind_layer(self, tensors, model, index):
+        if getattr(self, "_calibrated", None) is not model:  # one calibration prefill for all layers
+            self._calibrated, self._rms = model, key_channel_rms(model)
+        perm = pairs_by_norm(self._rms[index])  # [Hkv, D]: stored channel j holds channel perm[:, j]
+        tensors |= {"k_perm": perm, "k_unperm": perm.argsort(dim=-1)}
+
+    def _bound(self, tensors) -> dict[str, torch.Tensor]:
+        if "k_perm" not in tensors:
+            raise RuntimeError(f"the {self.name!r} KV cache is not bound to a model (PagedKVCache.bind_model)")
+        return tensors
+
+    def write(self, tensors, slots, k, v):
+        perm = self._bound(tensors)["k_perm"]
+        super().write(tensors, slots, k.gather(-1, perm.expand_as(k)), v)
+
+    def read(self, tensors, blocks):
+        unperm = self._bound(tensors)["k_unperm"]
+        k, v = super().read(tensors, blocks)
+        return k.gather(-1, unperm.expand_as(k)), v
