@@ -8,7 +8,8 @@ need no residual.
 
 bfp4 mantissas (-7..7) are stored as two's-complement nibbles, two per byte, channel 2i in
 the low nibble. The paper also sorts key channels by norm (the same permutation folded into
-W_q and W_k) so outlier channels share groups; not done here (groups are consecutive channels).
+W_q and W_k) so outlier channels share groups: `bfp4-sorted` below (PyTorch path only); the
+other codecs group consecutive channels.
 
 csrc/attention_paged.h's bfp kinds store the same bytes (held to `write` bit for bit) and
 attend over the codes, scaling each group's partial sums by its power of two in registers.
@@ -110,9 +111,9 @@ CALIBRATION_TOKENS = 256
 
 def key_channel_rms(model, tokens: int = CALIBRATION_TOKENS, seed: int = 0) -> torch.Tensor:
     """Each layer's stored (rotated) keys' RMS per KV head and channel [layers, Hkv, D], from one
-    prefill of `tokens` seeded random token ids through the model with an uncompressed cache. The
-    codec has no tokenizer at bind time; which channels carry the large keys is mostly the
-    weights' doing (and RoPE's slow pairs), so random ids find the same ones as text would."""
+    prefill of `tokens` seeded random token ids through the model with an uncompressed cache
+    (the codec has no tokenizer at bind time; text ranks the channels somewhat differently:
+    benchmarks/README.md, "Block floating point")."""
     from ember.kernels.attention import AttentionMetadata
     from ember.kv.cache import PagedKVCache
 
@@ -144,7 +145,8 @@ class BFP4SortedCodec(BFP4Codec):
     the rest keep their low bits: the BFP paper's sorting, done in the codec rather than folded
     into W_q and W_k (the model applies RoPE by channel index, so a permutation of the weights
     would need the tables permuted too). q.k is unchanged by permuting both, so `read` permutes
-    the keys back and attention sees the channels in the model's order. Same bytes as bfp4."""
+    the keys back and attention sees the channels in the model's order. Same bytes as bfp4. On
+    the default model it loses more than bfp4 (benchmarks/README.md, "Block floating point")."""
     name = "bfp4-sorted"
 
     @property
