@@ -65,7 +65,8 @@ class KVLayout(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int64), ("block_size", ctypes.c_int64), ("num_kv_heads", ctypes.c_int64),
                 ("head_dim", ctypes.c_int64), ("fp8_table", ctypes.c_void_p), ("fp8_max", ctypes.c_double),
                 ("fp8_man_bits", ctypes.c_int64), ("fp8_bias", ctypes.c_int64), ("res_bf16", ctypes.c_int64),
-                ("stats_f16", ctypes.c_int64), ("v_group", ctypes.c_int64), ("xq_group", ctypes.c_int64)]
+                ("stats_f16", ctypes.c_int64), ("v_group", ctypes.c_int64), ("xq_group", ctypes.c_int64),
+                ("bfp_group", ctypes.c_int64)]
 
 
 class KVLayer(ctypes.Structure):
@@ -88,7 +89,8 @@ def kv_layout(codec, kinds: list[str]) -> tuple[KVLayout, torch.Tensor | None]:
                       fmt.man_bits if fmt else 0, fmt.bias if fmt else 0,
                       getattr(codec, "residual_dtype", None) == torch.bfloat16,
                       getattr(codec, "stat_dtype", None) == torch.float16, getattr(codec, "vgroup", 0),
-                      codec.group if codec.native_kind.startswith("xquant") else 0)
+                      codec.group if codec.native_kind.startswith("xquant") else 0,
+                      codec.group if codec.native_kind in ("bfp4", "bfp8") else 0)
     return layout, table
 
 

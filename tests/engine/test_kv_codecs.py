@@ -14,9 +14,13 @@ from ember.kernels import native
 from tests.engine.conftest import NEAR_TIE_NATS, assert_no_leak, count_near_ties
 
 # bf16, fp8-e5m2 and kivi2 share their code paths with auto, fp8-e4m3 and kivi4: slow, to keep
-# `make test` short.
+# `make test` short; so do the bfp codecs (about 5 s each on the idle 2-core machine, 100-200 s
+# loaded; bfp8's serving path runs in the fast set in tests/kv/test_bfp_codec.py, and the
+# g64 codecs share its code).
 CODECS = [pytest.param("bf16", marks=pytest.mark.slow), "fp8-e4m3", pytest.param("fp8-e5m2", marks=pytest.mark.slow),
-          "int8", "kivi4", pytest.param("kivi2", marks=pytest.mark.slow), pytest.param("kivi4-fp16", marks=pytest.mark.slow)]
+          "int8", "kivi4", pytest.param("kivi2", marks=pytest.mark.slow), pytest.param("kivi4-fp16", marks=pytest.mark.slow),
+          pytest.param("bfp4-g64", marks=pytest.mark.slow), pytest.param("bfp8-g64", marks=pytest.mark.slow),
+          pytest.param("bfp4-sorted", marks=pytest.mark.slow)]
 # e5m2 keeps 2 mantissa bits: a float-noise difference between batched and alone GEMMs (1e-6)
 # that moves a K/V element across a rounding step changes it by up to 12.5%, so greedy paths can
 # part beyond near-ties. For it the check is looser: a few sequences may part, each only onto one
@@ -24,8 +28,12 @@ CODECS = [pytest.param("bf16", marks=pytest.mark.slow), "fp8-e4m3", pytest.param
 # kivi2 likewise: its 4 levels a group turn such a difference into a third of the group's range.
 # kivi4-fp16 too: a difference that moves a group's minimum or scale across an fp16 rounding
 # step moves the whole group's grid (seen: one sequence parting at a 0.058-nat gap).
+# bfp4-g64 and bfp4-sorted too: a 4-bit mantissa step is a seventh of its group's largest value
+# (seen: bfp4 parting at a 0.107-nat gap; bfp4 itself parts 4 sequences here, so it is left out).
+# bfp8-g64's steps are 1/127 of it: near-ties, but two sequences (seen) rather than one.
 NEAR_TIES = {"fp8-e5m2": (float("inf"), 3), "kivi2": (float("inf"), 3),
-             "kivi4-fp16": (float("inf"), 3), "kivi4-fp16-v64": (float("inf"), 3)}  # codec -> (logprob gap allowed, sequences that may part)
+             "kivi4-fp16": (float("inf"), 3), "kivi4-fp16-v64": (float("inf"), 3),
+             "bfp4-g64": (float("inf"), 3), "bfp4-sorted": (float("inf"), 3), "bfp8-g64": (NEAR_TIE_NATS, 2)}  # codec -> (logprob gap allowed, sequences that may part)
 PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=5)
 
 
@@ -33,7 +41,8 @@ PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=5
 def test_codec_in_the_serving_path(make_llm, mixed_prompts, codec):
     prompts = [{"prompt_token_ids": p["prompt_token_ids"][:64]} for p in mixed_prompts[:8]]
     alone = make_llm(max_num_seqs=1, enable_prefix_caching=False, kv_cache_dtype=codec)
-    assert (alone.engine.runner.decoder is not None) == native.available()
+    fused = native.available() and alone.engine.kv_cache.codec.native_kind is not None  # bfp4-sorted: PyTorch path
+    assert (alone.engine.runner.decoder is not None) == fused
     reference = [alone.generate(p, PARAMS)[0].outputs[0] for p in prompts]
     assert_no_leak(alone)
     # A pool too small for all of them at once (preemption by swap), chunks of 32 tokens; then

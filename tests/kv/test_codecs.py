@@ -23,9 +23,14 @@ ML_DTYPES = {"fp8-e4m3": ml_dtypes.float8_e4m3fn, "fp8-e5m2": ml_dtypes.float8_e
 needs_native = pytest.mark.skipif(not native.available(), reason="the C kernels need a C compiler and AVX2")
 
 
-def _rows(n: int, seed: int, spread: float = 3.0) -> torch.Tensor:
+def _rows(n: int, seed: int, spread: float = 3.0, d: int = D) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, HKV, D, generator=g) * spread
+    return torch.randn(n, HKV, d, generator=g) * spread
+
+
+NATIVE = ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8", "bfp4", "bfp8", "bfp4-g64", "bfp8-g64"]
+# The head width the C tests give each codec: two exponent groups a head for the 64-channel bfp codecs.
+NATIVE_D = {"bfp4-g64": 128, "bfp8-g64": 128}
 
 
 def test_every_codec_is_registered_and_sized():
@@ -122,7 +127,7 @@ def test_copy_blocks_moves_every_tensor(name):
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8", "bfp4", "bfp8"])
+@pytest.mark.parametrize("name", NATIVE)
 def test_c_store_equals_the_codec_write(name, cpu_variant):
     """The fused step's store (csrc/attention_paged.h), called on its own, leaves the same bytes
     as the codec's PyTorch write: whole blocks, partial runs across a block boundary, a growing
@@ -131,18 +136,19 @@ def test_c_store_equals_the_codec_write(name, cpu_variant):
 
     lib = native.load("llama_decode")
     abi = native.check_abi(lib, "ember_llama_decode_abi", _STRUCTS)
-    codec = get_kv_codec(name, BS, HKV, D, torch.float32)
+    d = NATIVE_D.get(name, D)
+    codec = get_kv_codec(name, BS, HKV, d, torch.float32)
     layout, _table = native.kv_layout(codec, abi["kv_kinds"])
     py, c = PagedKVCache(codec, 1, 6), PagedKVCache(codec, 1, 6)
     layer = native.kv_layer(c.layers[0])
     writes = [([8, 9, 10], 1.0), ([11, 12], 40.0), ([13], 0.01), ([20, 21, 22, 23], 5.0), ([8, 9], 2.0)]
     for i, (slots, spread) in enumerate(writes):
-        k, v = _rows(len(slots), 10 + i, spread), _rows(len(slots), 20 + i, spread)
+        k, v = _rows(len(slots), 10 + i, spread, d), _rows(len(slots), 20 + i, spread, d)
         s = torch.tensor(slots, dtype=torch.int64)
         py.write(0, s, k, v)
         p = ctypes.c_void_p
         lib.ember_kv_store(ctypes.byref(layout), ctypes.byref(layer), p(s.data_ptr()), ctypes.c_long(len(slots)),
-                           p(k.data_ptr()), p(v.data_ptr()), ctypes.c_long(HKV * D))
+                           p(k.data_ptr()), p(v.data_ptr()), ctypes.c_long(HKV * d))
         for key in py.layers[0]:
             assert torch.equal(py.layers[0][key], c.layers[0][key]), (name, i, key)
 
@@ -153,7 +159,7 @@ def test_pow2_scale():
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["fp32", "bf16", "fp8-e4m3", "fp8-e5m2", "int8", "bfp4", "bfp8"])
+@pytest.mark.parametrize("name", NATIVE)
 def test_c_attention_equals_softmax_over_the_codec_read(name, cpu_variant):
     """The fused step's paged attention on its own (csrc/llama_decode.c's ember_kv_attend): 1..3
     query heads per KV head over a scattered block table, contexts ending mid-block and on a
@@ -162,22 +168,23 @@ def test_c_attention_equals_softmax_over_the_codec_read(name, cpu_variant):
 
     lib = native.load("llama_decode")
     abi = native.check_abi(lib, "ember_llama_decode_abi", _STRUCTS)
-    codec = get_kv_codec(name, BS, HKV, D, torch.float32)
+    d = NATIVE_D.get(name, D)
+    codec = get_kv_codec(name, BS, HKV, d, torch.float32)
     layout, _table = native.kv_layout(codec, abi["kv_kinds"])
     cache = PagedKVCache(codec, 1, 6)
     layer = native.kv_layer(cache.layers[0])
     table = torch.tensor([4, 1, 5, 0], dtype=torch.int64)
     n_max = 4 * BS - 1
     slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:n_max]
-    cache.write(0, slots, _rows(n_max, 60), _rows(n_max, 61))
+    cache.write(0, slots, _rows(n_max, 60, d=d), _rows(n_max, 61, d=d))
     p = ctypes.c_void_p
     for n in (1, BS - 1, BS, 2 * BS + 1, n_max):
         keys, values = cache.gather(0, table, n)
         for group in (1, 2, 3):
-            q = torch.randn(group * HKV, D, generator=torch.Generator().manual_seed(n * 10 + group))
+            q = torch.randn(group * HKV, d, generator=torch.Generator().manual_seed(n * 10 + group))
             kr, vr = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
-            want = torch.einsum("ht,thd->hd", torch.softmax(torch.einsum("hd,thd->ht", q, kr) * D ** -0.5, -1), vr)
+            want = torch.einsum("ht,thd->hd", torch.softmax(torch.einsum("hd,thd->ht", q, kr) * d ** -0.5, -1), vr)
             out = torch.empty_like(q)
             lib.ember_kv_attend(ctypes.byref(layout), ctypes.byref(layer), p(q.data_ptr()), ctypes.c_long(group * HKV),
-                                p(table.data_ptr()), ctypes.c_long(n), ctypes.c_float(D ** -0.5), p(out.data_ptr()))
+                                p(table.data_ptr()), ctypes.c_long(n), ctypes.c_float(d ** -0.5), p(out.data_ptr()))
             torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-4, msg=f"{name} n={n} group={group}")

@@ -26,6 +26,10 @@
  *                 RoPE tables xq_cos, xq_sin [max_position, head_dim], all fp32 (the codec's
  *                 bind_layer): latent = ([unrope(K), V] - bias) @ to_latent, and back
  *                 [K_pre, V] = latent @ from_latent + bias, K = RoPE(K_pre, pos) (xquant.py).
+ *   BFP4, BFP8    k, v: [blocks, block_size, kv_heads, head_dim] int8 codes (bfp8), or head_dim / 2
+ *                 bytes of two's-complement nibbles (bfp4, channel 2i low); k_scale, v_scale hold
+ *                 int8 exponents [blocks, block_size, kv_heads, head_dim / bfp_group]; value =
+ *                 code * 2^exponent (ember/kv/codecs/bfp.py).
  * Stores follow the codecs' `write` bit for bit (tests/kv/test_codecs.py holds them to it):
  * int8 rounds x / (max|x| / 127) to nearest even; fp8 keeps one power-of-two scale per block
  * and head, grown (and the block's rows re-encoded) when new rows need more range, and a
@@ -65,6 +69,7 @@ typedef struct {  /* how every layer's blocks are laid out */
     int64_t stats_f16;        /* KIVI: k_scale, k_min, v_scale, v_min hold fp16 (else fp32) */
     int64_t v_group;          /* KIVI: channels per value scale and minimum (a multiple of 32) */
     int64_t xq_group;         /* XQUANT: latent channels per scale and minimum (a multiple of 8) */
+    int64_t bfp_group;        /* bfp: channels per shared exponent, 32 or 64 */
 } ember_kv_layout;
 
 typedef struct {  /* one layer's tensors */
@@ -168,17 +173,18 @@ static void kv_store_token(const ember_kv_layout* L, void* data, float* scales, 
         store_row_plain(data, slot * KV, row, KV, L->kind == EMBER_KV_BF16);
         return;
     }
-    if (kv_bfp(L->kind)) {  /* groups of 32 channels; bfp4 codes as nibbles, channel 2i low */
+    if (kv_bfp(L->kind)) {  /* groups of G = 32 or 64 channels; bfp4 codes as nibbles, channel 2i low */
         const int m = L->kind == EMBER_KV_BFP4 ? 4 : 8;
-        int8_t q[32];
-        int8_t* exps = (int8_t*)scales + slot * (KV / 32);
-        for (long g = 0; g < KV / 32; g++) {
-            bfp_quantize_group(row + g * 32, 32, m, q, exps + g);
+        const long G = L->bfp_group;
+        int8_t q[64];
+        int8_t* exps = (int8_t*)scales + slot * (KV / G);
+        for (long g = 0; g < KV / G; g++) {
+            bfp_quantize_group(row + g * G, G, m, q, exps + g);
             if (m == 8) {
-                memcpy((int8_t*)data + slot * KV + g * 32, q, 32);
+                memcpy((int8_t*)data + slot * KV + g * G, q, G);
             } else {
-                uint8_t* out = (uint8_t*)data + (slot * KV + g * 32) / 2;
-                for (int i = 0; i < 16; i++) out[i] = (uint8_t)((q[2 * i] & 15) | ((q[2 * i + 1] & 15) << 4));
+                uint8_t* out = (uint8_t*)data + (slot * KV + g * G) / 2;
+                for (long i = 0; i < G / 2; i++) out[i] = (uint8_t)((q[2 * i] & 15) | ((q[2 * i + 1] & 15) << 4));
             }
         }
         return;
@@ -585,14 +591,15 @@ static inline __m256 bfp_codes8(const void* row, long c, int bits) {
     return _mm256_cvtepi32_ps(x);
 }
 
-/* attend_heads for the bfp kinds: entry t is at slot soff[t]; each 32-channel group of its K
- * and V rows is codes * 2^exponent (k_scale/v_scale hold the int8 exponents, one per token,
- * KV head and group). Keys: the group's q.codes partial sums scaled by 2^e before they join
- * the total; values: p * 2^e per group and token. */
+/* attend_heads for the bfp kinds: entry t is at slot soff[t]; each G-channel group (G = 32 or
+ * 64, a constant at each call site) of its K and V rows is codes * 2^exponent (k_scale/v_scale
+ * hold the int8 exponents, one per token, KV head and group). Keys: the group's q.codes
+ * partial sums scaled by 2^e before they join the total; values, 32 channels at a time (a
+ * group or half of one): p * 2^e per group and token. */
 static inline __attribute__((always_inline)) void attend_heads_bfp(
         const ember_kv_layout* Lk, const ember_kv_layer* C, long kvh, const float* q, long nh, const int64_t* soff,
-        long L, float scale, float* scores, long ld, float* out, int bits) {
-    const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, groups = Dh / 32;
+        long L, float scale, float* scores, long ld, float* out, int bits, long G) {
+    const long Hkv = Lk->num_kv_heads, Dh = Lk->head_dim, KV = Hkv * Dh, groups = Dh / G;
     const int8_t* ke = (const int8_t*)C->k_scale;
     const int8_t* ve = (const int8_t*)C->v_scale;
     for (long t = 0; t < L; t++) {
@@ -603,7 +610,7 @@ static inline __attribute__((always_inline)) void attend_heads_bfp(
         for (long g = 0; g < groups; g++) {
             __m256 part[HEADS_PER_PASS];
             for (int h = 0; h < HEADS_PER_PASS; h++) part[h] = _mm256_setzero_ps();
-            for (long c = g * 32; c < g * 32 + 32; c += 8) {
+            for (long c = g * G; c < g * G + G; c += 8) {
                 __m256 x = bfp_codes8(row, c, bits);
                 for (int h = 0; h < HEADS_PER_PASS; h++)
                     if (h < nh) part[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * Dh + c), x, part[h]);
@@ -623,7 +630,7 @@ static inline __attribute__((always_inline)) void attend_heads_bfp(
         for (long t = 0; t < L; t++) {
             const int64_t slot = soff[t], at = slot * KV + kvh * Dh;
             const void* row = bits == 8 ? (const void*)((const int8_t*)C->v + at) : (const void*)((const uint8_t*)C->v + at / 2);
-            const float sv = ldexpf(1.0f, ve[(slot * Hkv + kvh) * groups + c / 32]);
+            const float sv = ldexpf(1.0f, ve[(slot * Hkv + kvh) * groups + c / G]);
             __m256 x[4];
             for (int i = 0; i < 4; i++) x[i] = bfp_codes8(row, c + 8 * i, bits);
             accumulate_value_row(acc, x, scores, ld, t, sv, nh);
@@ -787,9 +794,15 @@ static void attend_paged(const ember_kv_layout* Lk, const ember_kv_layer* C, lon
         }
         return;
     }
-    if (kv_bfp(Lk->kind)) {
-        if (Lk->kind == EMBER_KV_BFP4) attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4);
-        else attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 8);
+    if (kv_bfp(Lk->kind)) {  /* one inlined copy per mantissa width and group size */
+        const int g64 = Lk->bfp_group == 64;
+        if (Lk->kind == EMBER_KV_BFP4) {
+            if (g64) attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 64);
+            else attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 4, 32);
+        } else {
+            if (g64) attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 8, 64);
+            else attend_heads_bfp(Lk, C, kvh, q, nh, soff, L, scale, scores, ld, out, 8, 32);
+        }
         return;
     }
     switch (Lk->kind) {
