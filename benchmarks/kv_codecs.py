@@ -30,6 +30,7 @@ def decode_step_seconds(lm, codec: str, seqs: int, context: int, steps: int) -> 
     per_seq = -(-(context + steps) // bs)
     cache = PagedKVCache.create(cfg.num_layers, seqs * per_seq, bs, cfg.num_kv_heads, cfg.head_dim,
                                 lm.model.dtype, codec)
+    cache.bind_model(lm.model)  # a codec that stores K/V through the model's weights (XQuant)
     tables = torch.arange(seqs * per_seq).view(seqs, per_seq)
     # real K/V rows: one 256-token prefill into a plain cache, tiled over every sequence
     seed_cache = PagedKVCache.create(cfg.num_layers, 16, bs, cfg.num_kv_heads, cfg.head_dim, lm.model.dtype)
@@ -42,7 +43,7 @@ def decode_step_seconds(lm, codec: str, seqs: int, context: int, steps: int) -> 
             for start in range(0, context, 256):
                 n = min(256, context - start)
                 slots = tables[s, start // bs:] [:(n + bs - 1) // bs, None] * bs + torch.arange(bs)
-                cache.write(layer, slots.flatten()[:n], k[:n], v[:n])
+                cache.write(layer, slots.flatten()[:n], k[:n], v[:n], positions=torch.arange(n))  # as rotated
     decoder = lm.model.native_decoder(cache, get_attention_backend("batched"))
     times = []
     for step in range(steps):
