@@ -658,53 +658,46 @@ static inline __attribute__((always_inline)) void xq_dequantize(const ember_kv_l
  * row-major), summed over the channels in order: a tile of XQ_TILE rows x 2 vectors of columns in
  * accumulators, so each load of F serves the whole tile (F's columns for one head are read from
  * L2 once per tile). This is most of XQuant's attention: W * Dh FMAs per entry and KV head. */
-#if defined(__AVX512F__)
-#define XQ_TILE 8  /* 16 zmm accumulators + 2 loads + a broadcast in AVX-512's 32 registers */
-static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
-    for (long d = 0; d < Dh; d += 32) {
-        __m512 acc[XQ_TILE][2];
-        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-        for (long c = 0; c < W; c++) {
-            const float* f = F + c * W + col + d;
-            const __m512 f0 = _mm512_loadu_ps(f), f1 = _mm512_loadu_ps(f + 16);
-            for (int i = 0; i < XQ_TILE; i++) {
-                if (i < n) {
-                    const __m512 x = _mm512_set1_ps(lat[i * W + c]);
-                    acc[i][0] = _mm512_fmadd_ps(x, f0, acc[i][0]);
-                    acc[i][1] = _mm512_fmadd_ps(x, f1, acc[i][1]);
-                }
-            }
-        }
-        for (int i = 0; i < XQ_TILE && i < n; i++) {
-            _mm512_storeu_ps(out + i * Dh + d, acc[i][0]);
-            _mm512_storeu_ps(out + i * Dh + d + 16, acc[i][1]);
-        }
-    }
-}
-#else
-#define XQ_TILE 4  /* 8 ymm accumulators: AVX2 has 16 registers */
-static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
-    for (long d = 0; d < Dh; d += 16) {
-        __m256 acc[XQ_TILE][2];
-        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (long c = 0; c < W; c++) {
-            const float* f = F + c * W + col + d;
-            const __m256 f0 = _mm256_loadu_ps(f), f1 = _mm256_loadu_ps(f + 8);
-            for (int i = 0; i < XQ_TILE; i++) {
-                if (i < n) {
-                    const __m256 x = _mm256_set1_ps(lat[i * W + c]);
-                    acc[i][0] = _mm256_fmadd_ps(x, f0, acc[i][0]);
-                    acc[i][1] = _mm256_fmadd_ps(x, f1, acc[i][1]);
-                }
-            }
-        }
-        for (int i = 0; i < XQ_TILE && i < n; i++) {
-            _mm256_storeu_ps(out + i * Dh + d, acc[i][0]);
-            _mm256_storeu_ps(out + i * Dh + d + 8, acc[i][1]);
-        }
-    }
-}
+#if defined(__AVX512F__)  /* 16 zmm accumulators + 2 loads + a broadcast in AVX-512's 32 registers */
+#define XQ_TILE 8
+#define XQ_LANES 16
+typedef __m512 xq_vec;
+#define xq_zero _mm512_setzero_ps
+#define xq_load _mm512_loadu_ps
+#define xq_set1 _mm512_set1_ps
+#define xq_fmadd _mm512_fmadd_ps
+#define xq_store _mm512_storeu_ps
+#else  /* 8 ymm accumulators: AVX2 has 16 registers */
+#define XQ_TILE 4
+#define XQ_LANES 8
+typedef __m256 xq_vec;
+#define xq_zero _mm256_setzero_ps
+#define xq_load _mm256_loadu_ps
+#define xq_set1 _mm256_set1_ps
+#define xq_fmadd _mm256_fmadd_ps
+#define xq_store _mm256_storeu_ps
 #endif
+static inline void xq_project(const float* lat, long n, long W, const float* F, long col, long Dh, float* out) {
+    for (long d = 0; d < Dh; d += 2 * XQ_LANES) {
+        xq_vec acc[XQ_TILE][2];
+        for (int i = 0; i < XQ_TILE; i++) acc[i][0] = acc[i][1] = xq_zero();
+        for (long c = 0; c < W; c++) {
+            const float* f = F + c * W + col + d;
+            const xq_vec f0 = xq_load(f), f1 = xq_load(f + XQ_LANES);
+            for (int i = 0; i < XQ_TILE; i++) {
+                if (i < n) {
+                    const xq_vec x = xq_set1(lat[i * W + c]);
+                    acc[i][0] = xq_fmadd(x, f0, acc[i][0]);
+                    acc[i][1] = xq_fmadd(x, f1, acc[i][1]);
+                }
+            }
+        }
+        for (int i = 0; i < XQ_TILE && i < n; i++) {
+            xq_store(out + i * Dh + d, acc[i][0]);
+            xq_store(out + i * Dh + d + XQ_LANES, acc[i][1]);
+        }
+    }
+}
 
 /* attend_heads for the XQuant kinds: nh query heads (any number: the whole GQA group, so each
  * entry's K is computed once for all of them) of KV head kvh, entry t at slot soff[t]. Keys:
